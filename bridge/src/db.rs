@@ -1,0 +1,77 @@
+//! Database access: schema migrations (diesel, embedded from `migrations/`) and the
+//! tokio-postgres connection the writer uses for binary COPY, which diesel-async lacks.
+
+use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to the database at {url}: {source}")]
+    Connect {
+        url: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("migration failed: {0}")]
+    Migrate(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Applies pending migrations; safe to run from every process at start-up (diesel runs
+/// them in a transaction and records what it applied).
+pub async fn migrate(url: &str) -> Result<(), DbError> {
+    let conn = AsyncPgConnection::establish(url)
+        .await
+        .map_err(|e| DbError::Connect {
+            url: redact(url),
+            source: Box::new(e),
+        })?;
+    let mut harness = AsyncMigrationHarness::new(conn);
+    let applied = harness
+        .run_pending_migrations(MIGRATIONS)
+        .map_err(DbError::Migrate)?;
+    for version in applied {
+        tracing::info!(%version, "applied migration");
+    }
+    Ok(())
+}
+
+/// A plain tokio-postgres client; its connection task lives until the client is dropped.
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client, DbError> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| DbError::Connect {
+            url: redact(url),
+            source: Box::new(e),
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "database connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(
+            super::redact("postgres://u:secret@h:5/db"),
+            "postgres://u@h:5/db"
+        );
+        assert_eq!(super::redact("postgres://h/db"), "postgres://h/db");
+    }
+}

@@ -1,0 +1,29 @@
+//! HTTP side: `/metrics` for Prometheus and `/health` for load balancers and scripts.
+//! It only reads state that the other stages publish through the `metrics` facade.
+
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Installs the process-wide metrics recorder; call once, before any stage starts.
+pub fn install_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("sluice_writer_batch_rows".into()),
+            &[1.0, 10.0, 100.0, 1_000.0, 5_000.0, 10_000.0, 50_000.0],
+        )?
+        .install_recorder()
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: PrometheusHandle,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || std::future::ready(metrics.render())),
+        )
+        .route("/health", get(|| std::future::ready("ok\n")));
+    axum::serve(listener, app).await
+}

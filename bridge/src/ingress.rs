@@ -1,0 +1,365 @@
+//! Ingress: owns each device's socket. It relays the connection to the embedded rumqttd
+//! (sessions, subscriptions, retained messages and live fan-out stay rumqttd's), sends every
+//! publish through `mapping` and `decode` to `produce`, and holds back rumqttd's
+//! PUBACK/PUBREC: the device gets its own, in packet order, once Kafka has the record.
+
+use std::future::{ready, Future};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use chrono::Utc;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
+use metrics::{counter, gauge};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::decode::decode;
+use crate::mapping::{AckPolicy, Mappings};
+use crate::produce::{DeadLetter, Delivery, ProduceError, Producer};
+use crate::record::Record;
+use crate::settings::IngressSettings;
+use crate::wire::{self, Frame, WireError};
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0}")]
+    Wire(#[from] WireError),
+    #[error("no CONNECT within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("no embedded broker listener for protocol level {0}")]
+    NoBroker(u8),
+    #[error("kafka did not take a QoS {qos} record (packet {pkid}): {source}; closing so the device retransmits")]
+    Delivery {
+        qos: u8,
+        pkid: u16,
+        source: ProduceError,
+    },
+}
+
+/// Shared by every connection.
+pub struct Ingress {
+    settings: IngressSettings,
+    /// rumqttd's loopback listeners for MQTT 3.1.1 and 5.
+    broker_v4: SocketAddr,
+    broker_v5: Option<SocketAddr>,
+    mappings: Mappings,
+    producer: Arc<Producer>,
+    /// Records on their way to Kafka, all connections together.
+    inflight: Arc<AtomicUsize>,
+}
+
+impl Ingress {
+    pub fn new(
+        settings: IngressSettings,
+        broker_v4: SocketAddr,
+        broker_v5: Option<SocketAddr>,
+        mappings: Mappings,
+        producer: Arc<Producer>,
+    ) -> Ingress {
+        Ingress {
+            settings,
+            broker_v4,
+            broker_v5,
+            mappings,
+            producer,
+            inflight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        loop {
+            let (socket, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                // Out of file descriptors and the like: keep serving the others.
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let ingress = self.clone();
+            tokio::spawn(async move {
+                gauge!("sluice_connections").increment(1.0);
+                if let Err(e) = ingress.connection(socket).await {
+                    tracing::info!(%peer, error = %e, "device connection closed");
+                }
+                gauge!("sluice_connections").decrement(1.0);
+            });
+        }
+    }
+
+    async fn connection(self: Arc<Self>, device: TcpStream) -> Result<(), ConnError> {
+        device.set_nodelay(true)?;
+        let (mut dev_rd, mut dev_wr) = device.into_split();
+        let mut dev_buf = BytesMut::with_capacity(4096);
+        let wait = Duration::from_millis(self.settings.connect_timeout_ms);
+        let first = tokio::time::timeout(wait, async {
+            loop {
+                if let Some(frame) = wire::next_frame(&mut dev_buf, self.settings.max_packet_size)?
+                {
+                    return Ok::<_, ConnError>(frame);
+                }
+                if dev_rd.read_buf(&mut dev_buf).await? == 0 {
+                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+                }
+            }
+        })
+        .await
+        .map_err(|_| ConnError::ConnectTimeout(wait))??;
+        let connect = match wire::read_connect(&first) {
+            Err(e @ WireError::UnsupportedLevel(_)) => {
+                dev_wr
+                    .write_all(&wire::CONNACK_UNACCEPTABLE_PROTOCOL)
+                    .await?;
+                return Err(e.into());
+            }
+            other => other?,
+        };
+        let broker = match connect.level {
+            5 => self.broker_v5.ok_or(ConnError::NoBroker(5))?,
+            _ => self.broker_v4,
+        };
+        let upstream = TcpStream::connect(broker).await?;
+        upstream.set_nodelay(true)?;
+        let (up_rd, mut up_wr) = upstream.into_split();
+        up_wr.write_all(&first.bytes).await?;
+        Conn {
+            ingress: self,
+            level: connect.level,
+            client_id: connect.client_id,
+            dev_rd,
+            dev_wr,
+            dev_buf,
+            up_rd,
+            up_wr,
+            up_buf: BytesMut::with_capacity(4096),
+            out: BytesMut::with_capacity(1024),
+            pending: FuturesOrdered::new(),
+        }
+        .run()
+        .await
+    }
+}
+
+/// What to send a device once its publish's delivery resolves.
+struct Ack {
+    qos: u8,
+    pkid: u16,
+    reason: u8,
+}
+
+type PendingAck = Pin<Box<dyn Future<Output = (Ack, Result<(), ProduceError>)> + Send>>;
+
+/// One relayed device connection.
+struct Conn {
+    ingress: Arc<Ingress>,
+    level: u8,
+    client_id: String,
+    dev_rd: OwnedReadHalf,
+    dev_wr: OwnedWriteHalf,
+    dev_buf: BytesMut,
+    up_rd: OwnedReadHalf,
+    up_wr: OwnedWriteHalf,
+    up_buf: BytesMut,
+    /// Frames on their way to one side, written once per read.
+    out: BytesMut,
+    /// QoS 1/2 publishes awaiting Kafka, in packet order.
+    pending: FuturesOrdered<PendingAck>,
+}
+
+impl Conn {
+    async fn run(mut self) -> Result<(), ConnError> {
+        // CONNECT may have arrived with more packets behind it.
+        self.relay_from_device().await?;
+        loop {
+            let limits = &self.ingress.settings;
+            let has_room = self.pending.len() < limits.max_inflight_per_connection
+                && self.ingress.inflight.load(Ordering::Relaxed) < limits.max_inflight_total;
+            tokio::select! {
+                n = self.dev_rd.read_buf(&mut self.dev_buf), if has_room => {
+                    if n? == 0 {
+                        return Ok(());
+                    }
+                    self.relay_from_device().await?;
+                }
+                n = self.up_rd.read_buf(&mut self.up_buf) => {
+                    if n? == 0 {
+                        return Ok(());
+                    }
+                    self.relay_from_broker().await?;
+                }
+                Some(done) = self.pending.next() => self.acknowledge(done).await?,
+                // Only the global budget is full: look again shortly.
+                _ = tokio::time::sleep(Duration::from_millis(5)), if !has_room && self.pending.is_empty() => {}
+            }
+        }
+    }
+
+    /// Relays whole frames to rumqttd; publishes also go to Kafka first.
+    async fn relay_from_device(&mut self) -> Result<(), ConnError> {
+        let limit = self.ingress.settings.max_packet_size;
+        while let Some(frame) = wire::next_frame(&mut self.dev_buf, limit)? {
+            if frame.packet_type() == wire::PUBLISH {
+                self.publish(&frame).await?;
+            }
+            self.out.extend_from_slice(&frame.bytes);
+        }
+        if !self.out.is_empty() {
+            self.up_wr.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Relays rumqttd's packets to the device, except its early PUBACK/PUBREC: those
+    /// answer the device's own publishes, which Sluice acknowledges itself.
+    async fn relay_from_broker(&mut self) -> Result<(), ConnError> {
+        while let Some(frame) = wire::next_frame(&mut self.up_buf, usize::MAX)? {
+            if !matches!(frame.packet_type(), wire::PUBACK | wire::PUBREC) {
+                self.out.extend_from_slice(&frame.bytes);
+            }
+        }
+        if !self.out.is_empty() {
+            self.dev_wr.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    async fn publish(&mut self, frame: &Frame) -> Result<(), ConnError> {
+        let received_at = Utc::now();
+        let publish = wire::read_publish(frame, self.level)?;
+        let qos = publish.qos;
+        counter!("sluice_publishes_total", "qos" => qos.to_string()).increment(1);
+        let producer = &self.ingress.producer;
+        let wait = qos > 0;
+        let dead_letter = |reason, detail| DeadLetter {
+            mqtt_topic: &publish.topic,
+            client_id: &self.client_id,
+            reason,
+            detail,
+            received_at,
+        };
+        let (delivery, reason, policy) = match self.ingress.mappings.route(&publish.topic) {
+            None => {
+                counter!("sluice_rejected_total", "reason" => "unmapped").increment(1);
+                let letter = dead_letter("unmapped", "no mapping matches the topic".into());
+                let delivery = producer.dead_letter(&publish.payload, letter, wait).await;
+                (
+                    delivery,
+                    wire::REASON_PAYLOAD_FORMAT_INVALID,
+                    AckPolicy::Kafka,
+                )
+            }
+            Some(route) => match decode(&publish.payload, route.metric.as_deref(), received_at) {
+                Ok(readings) => {
+                    let record = Record {
+                        device_id: route.device_id,
+                        mqtt_topic: publish.topic.clone(),
+                        qos,
+                        client_id: self.client_id.clone(),
+                        received_at,
+                        readings,
+                    };
+                    let payload = record.to_json();
+                    let delivery = producer
+                        .send(route.kafka_topic, &route.key, &payload, None, wait)
+                        .await;
+                    (delivery, wire::REASON_SUCCESS, route.ack)
+                }
+                Err(e) => {
+                    counter!("sluice_rejected_total", "reason" => e.reason()).increment(1);
+                    tracing::debug!(topic = %publish.topic, client_id = %self.client_id, error = %e, "payload rejected");
+                    let letter = dead_letter(e.reason(), e.to_string());
+                    let delivery = producer.dead_letter(&publish.payload, letter, wait).await;
+                    (delivery, wire::REASON_PAYLOAD_FORMAT_INVALID, route.ack)
+                }
+            },
+        };
+        let delivery = InFlight::track(&self.ingress.inflight, delivery);
+        let ack = Ack {
+            qos,
+            pkid: publish.pkid,
+            reason,
+        };
+        match (qos, policy) {
+            (0, _) => {
+                tokio::spawn(watch_unacknowledged(delivery, "qos0"));
+            }
+            (_, AckPolicy::Receipt) => {
+                tokio::spawn(watch_unacknowledged(delivery, "receipt"));
+                self.pending.push_back(Box::pin(ready((ack, Ok(())))));
+            }
+            (_, AckPolicy::Kafka) => {
+                self.pending
+                    .push_back(Box::pin(delivery.map(move |result| (ack, result))));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the acks of every delivery that is done, in packet order; a failed delivery
+    /// closes the connection so that the device retransmits what it never saw acknowledged.
+    async fn acknowledge(
+        &mut self,
+        mut done: (Ack, Result<(), ProduceError>),
+    ) -> Result<(), ConnError> {
+        loop {
+            let (ack, result) = done;
+            if let Err(source) = result {
+                counter!("sluice_delivery_failed_total", "policy" => "kafka").increment(1);
+                return Err(ConnError::Delivery {
+                    qos: ack.qos,
+                    pkid: ack.pkid,
+                    source,
+                });
+            }
+            wire::encode_ack(&mut self.out, ack.qos, ack.pkid, self.level, ack.reason);
+            match self.pending.next().now_or_never() {
+                Some(Some(next)) => done = next,
+                _ => break,
+            }
+        }
+        self.dev_wr.write_all(&self.out).await?;
+        self.out.clear();
+        Ok(())
+    }
+}
+
+/// Counts a record against the global in-flight budget until its delivery resolves or is
+/// abandoned with its connection.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn track(counter: &Arc<AtomicUsize>, delivery: Delivery) -> Delivery {
+        counter.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(counter.clone());
+        Box::pin(async move {
+            let result = delivery.await;
+            drop(guard);
+            result
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Deliveries nobody waits for (QoS 0, `ack = "receipt"`): a failure is counted, not silent.
+async fn watch_unacknowledged(delivery: Delivery, policy: &'static str) {
+    if let Err(e) = delivery.await {
+        counter!("sluice_delivery_failed_total", "policy" => policy).increment(1);
+        tracing::warn!(error = %e, policy, "record lost after it was accepted without waiting for kafka");
+    }
+}

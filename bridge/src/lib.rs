@@ -1,0 +1,14 @@
+//! Sluice: an MQTT ingestion gateway. Devices publish over MQTT; the `ingress` relays them
+//! to the embedded rumqttd and, through `mapping` and `decode`, to Kafka (`produce`),
+//! acknowledging only what Kafka has; the `writer` puts each reading in the database once.
+
+pub mod db;
+pub mod decode;
+pub mod http;
+pub mod ingress;
+pub mod mapping;
+pub mod produce;
+pub mod record;
+pub mod settings;
+pub mod wire;
+pub mod writer;

@@ -1,0 +1,70 @@
+//! The typed values that cross stages: a `Reading` decoded from a device payload, and the
+//! `Record` that carries one MQTT publish's readings through Kafka to the writer. The
+//! record's JSON form is the documented Kafka message format (README, "Kafka records").
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// One measurement of one metric of one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    pub metric: String,
+    pub time: DateTime<Utc>,
+    pub value: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
+}
+
+/// The value of a Kafka record on a readings topic: one MQTT publish, decoded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub device_id: String,
+    pub mqtt_topic: String,
+    pub qos: u8,
+    pub client_id: String,
+    pub received_at: DateTime<Utc>,
+    pub readings: Vec<Reading>,
+}
+
+impl Record {
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain strings, numbers and timestamps cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Record, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_keeps_every_field() {
+        let t = DateTime::parse_from_rfc3339("2026-11-23T10:00:00.123Z")
+            .expect("valid time")
+            .with_timezone(&Utc);
+        let record = Record {
+            device_id: "d1".into(),
+            mqtt_topic: "sensors/d1/temp".into(),
+            qos: 1,
+            client_id: "c1".into(),
+            received_at: t,
+            readings: vec![Reading {
+                metric: "temp".into(),
+                time: t,
+                value: 21.5,
+                unit: Some("Cel".into()),
+                seq: Some(7),
+            }],
+        };
+        assert_eq!(
+            Record::from_json(&record.to_json()).expect("decodes"),
+            record
+        );
+    }
+}

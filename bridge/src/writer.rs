@@ -1,0 +1,353 @@
+//! Writer: a Kafka consumer-group member that turns records into `readings` rows. Batches
+//! grow with the backlog (it writes as soon as Kafka has nothing more ready, up to
+//! `max_batch_rows`); each batch is one transaction: binary COPY into a staging table,
+//! `INSERT .. ON CONFLICT DO NOTHING` into `readings`, and the next Kafka offsets. The
+//! database is the source of truth for progress, so each reading lands exactly once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use metrics::{counter, histogram};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+
+use crate::db;
+use crate::produce::client_config;
+use crate::record::Record;
+use crate::settings::{KafkaSettings, WriterSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriterError {
+    #[error("kafka consumer: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error("database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+/// One row of `readings`, as COPY sends it.
+struct Row {
+    time: DateTime<Utc>,
+    device_id: String,
+    metric: String,
+    value: f64,
+    unit: Option<String>,
+    seq: Option<i64>,
+    received_at: DateTime<Utc>,
+}
+
+/// Rows plus the Kafka position they bring each partition to.
+#[derive(Default)]
+struct Batch {
+    rows: Vec<Row>,
+    next_offsets: HashMap<(String, i32), i64>,
+    records: usize,
+}
+
+/// A consumed Kafka message, detached from the consumer's buffers.
+struct Incoming {
+    partition: (String, i32),
+    offset: i64,
+    payload: Option<Vec<u8>>,
+}
+
+fn owned(message: Result<BorrowedMessage<'_>, KafkaError>) -> Option<Incoming> {
+    match message {
+        Ok(m) => Some(Incoming {
+            partition: (m.topic().to_owned(), m.partition()),
+            offset: m.offset(),
+            payload: m.payload().map(<[u8]>::to_vec),
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "kafka consumer error");
+            None
+        }
+    }
+}
+
+/// Tells the write loop to reload its offsets after a rebalance.
+struct WriterContext {
+    reassigned: Arc<AtomicBool>,
+}
+
+impl ClientContext for WriterContext {}
+
+impl ConsumerContext for WriterContext {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "writer assigned partitions");
+            self.reassigned.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+pub struct Writer {
+    settings: WriterSettings,
+    consumer: StreamConsumer<WriterContext>,
+    reassigned: Arc<AtomicBool>,
+    /// Next offset to write per partition, as the database has it.
+    committed: HashMap<(String, i32), i64>,
+    client: Option<tokio_postgres::Client>,
+}
+
+const STAGE_COLUMNS: &str = "time, device_id, metric, value, unit, seq, received_at";
+
+impl Writer {
+    pub fn new(
+        settings: WriterSettings,
+        kafka: &KafkaSettings,
+        topics: &[&str],
+    ) -> Result<Writer, WriterError> {
+        let reassigned = Arc::new(AtomicBool::new(true));
+        let consumer: StreamConsumer<WriterContext> = client_config(kafka)
+            .set("group.id", &settings.group_id)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "6000")
+            .create_with_context(WriterContext {
+                reassigned: reassigned.clone(),
+            })?;
+        consumer.subscribe(topics)?;
+        Ok(Writer {
+            settings,
+            consumer,
+            reassigned,
+            committed: HashMap::new(),
+            client: None,
+        })
+    }
+
+    /// Runs until the process ends; database outages are waited out batch by batch.
+    pub async fn run(mut self) -> Result<(), WriterError> {
+        loop {
+            let batch = self.next_batch().await?;
+            if batch.records == 0 {
+                continue;
+            }
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match self.write(&batch).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        counter!("sluice_writer_errors_total").increment(1);
+                        tracing::warn!(error = %e, retry_in = ?backoff, rows = batch.rows.len(), "batch not written; retrying");
+                        self.client = None;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            self.commit_hint(&batch);
+        }
+    }
+
+    /// Waits for one record, then takes whatever else is ready (and, with `linger_ms`,
+    /// whatever arrives within it) up to `max_batch_rows`.
+    async fn next_batch(&mut self) -> Result<Batch, WriterError> {
+        let mut batch = Batch::default();
+        let first = owned(self.consumer.recv().await);
+        self.add(&mut batch, first).await?;
+        let deadline = Instant::now() + Duration::from_millis(self.settings.linger_ms);
+        while batch.rows.len() < self.settings.max_batch_rows {
+            let next = match self.consumer.recv().now_or_never() {
+                Some(next) => owned(next),
+                None => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, self.consumer.recv()).await {
+                        Ok(next) if !left.is_zero() => owned(next),
+                        _ => break,
+                    }
+                }
+            };
+            self.add(&mut batch, next).await?;
+        }
+        Ok(batch)
+    }
+
+    async fn add(
+        &mut self,
+        batch: &mut Batch,
+        message: Option<Incoming>,
+    ) -> Result<(), WriterError> {
+        let Some(Incoming {
+            partition,
+            offset,
+            payload,
+        }) = message
+        else {
+            return Ok(());
+        };
+        if self.reassigned.swap(false, Ordering::SeqCst) {
+            self.load_committed().await?;
+        }
+        if self
+            .committed
+            .get(&partition)
+            .is_some_and(|&next| offset < next)
+        {
+            counter!("sluice_writer_skipped_total").increment(1);
+            return Ok(());
+        }
+        batch.records += 1;
+        batch.next_offsets.insert(partition, offset + 1);
+        match payload.as_deref().map(Record::from_json) {
+            Some(Ok(record)) => batch.rows.extend(record.readings.into_iter().map(|r| Row {
+                time: r.time,
+                device_id: record.device_id.clone(),
+                metric: r.metric,
+                value: r.value,
+                unit: r.unit,
+                seq: r.seq,
+                received_at: record.received_at,
+            })),
+            // Only Sluice produces to the readings topics; anything else is skipped, loudly.
+            _ => {
+                counter!("sluice_writer_bad_records_total").increment(1);
+                tracing::error!(
+                    offset,
+                    "record on a readings topic is not a Sluice record; skipped"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn client(&mut self) -> Result<&mut tokio_postgres::Client, WriterError> {
+        if self.client.is_none() {
+            let client = db::connect(&self.settings.database_url).await?;
+            client
+                .batch_execute(&format!(
+                    "CREATE TEMP TABLE IF NOT EXISTS readings_stage ON COMMIT DELETE ROWS AS \
+                     SELECT {STAGE_COLUMNS} FROM readings WITH NO DATA"
+                ))
+                .await?;
+            self.client = Some(client);
+        }
+        Ok(self.client.as_mut().expect("just connected"))
+    }
+
+    async fn load_committed(&mut self) -> Result<(), WriterError> {
+        let group = self.settings.group_id.clone();
+        let rows = loop {
+            let result = match self.client().await {
+                Ok(client) => client
+                    .query(
+                        "SELECT topic, partition, next_offset FROM sluice_offsets WHERE group_id = $1",
+                        &[&group],
+                    )
+                    .await
+                    .map_err(WriterError::from),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(rows) => break rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read writer offsets; retrying");
+                    self.client = None;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        self.committed = rows
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect();
+        Ok(())
+    }
+
+    async fn write(&mut self, batch: &Batch) -> Result<(), WriterError> {
+        let started = Instant::now();
+        let group = self.settings.group_id.clone();
+        let client = self.client().await?;
+        let tx = client.transaction().await?;
+        let sink = tx
+            .copy_in(&format!(
+                "COPY readings_stage ({STAGE_COLUMNS}) FROM STDIN (FORMAT binary)"
+            ))
+            .await?;
+        let types = [
+            Type::TIMESTAMPTZ,
+            Type::TEXT,
+            Type::TEXT,
+            Type::FLOAT8,
+            Type::TEXT,
+            Type::INT8,
+            Type::TIMESTAMPTZ,
+        ];
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        futures::pin_mut!(writer);
+        for row in &batch.rows {
+            writer
+                .as_mut()
+                .write(&[
+                    &row.time,
+                    &row.device_id,
+                    &row.metric,
+                    &row.value,
+                    &row.unit,
+                    &row.seq,
+                    &row.received_at,
+                ])
+                .await?;
+        }
+        writer.finish().await?;
+        let inserted = tx
+            .execute(
+                &format!(
+                    "INSERT INTO readings ({STAGE_COLUMNS}) SELECT {STAGE_COLUMNS} FROM readings_stage \
+                     ON CONFLICT DO NOTHING"
+                ),
+                &[],
+            )
+            .await?;
+        let statement = tx
+            .prepare(
+                "INSERT INTO sluice_offsets (group_id, topic, partition, next_offset) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (group_id, topic, partition) \
+                 DO UPDATE SET next_offset = GREATEST(sluice_offsets.next_offset, EXCLUDED.next_offset)",
+            )
+            .await?;
+        for ((topic, partition), next) in &batch.next_offsets {
+            tx.execute(&statement, &[&group, topic, partition, next])
+                .await?;
+        }
+        tx.commit().await?;
+        for (partition, next) in &batch.next_offsets {
+            self.committed.insert(partition.clone(), *next);
+        }
+        let duplicates = batch.rows.len() as u64 - inserted;
+        counter!("sluice_writer_rows_total").increment(inserted);
+        counter!("sluice_writer_duplicates_total").increment(duplicates);
+        histogram!("sluice_writer_batch_rows").record(batch.rows.len() as f64);
+        histogram!("sluice_writer_batch_seconds").record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Tells Kafka how far the database is, so a restart fetches from near there; the
+    /// database's offsets stay authoritative (records below them are skipped).
+    fn commit_hint(&self, batch: &Batch) {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in &batch.next_offsets {
+            if tpl
+                .add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .is_err()
+            {
+                return;
+            }
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(error = %e, "offset hint not committed to kafka");
+        }
+    }
+}

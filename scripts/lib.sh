@@ -1,0 +1,108 @@
+# Shared by the scripts: installs what is missing and starts/stops the private
+# PostgreSQL cluster and tansu (Kafka API) on 127.0.0.1. Source it; do not run it.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TANSU_VERSION="0.6.0"
+PG_BIN="/usr/lib/postgresql/15/bin"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# Debian packages and tansu, each only when missing.
+ensure_deps() {
+  local pkgs=()
+  [ -x "$PG_BIN/initdb" ] || pkgs+=(postgresql-15)
+  command -v mosquitto_pub >/dev/null || pkgs+=(mosquitto-clients)
+  command -v mosquitto >/dev/null || pkgs+=(mosquitto)
+  command -v runuser >/dev/null || pkgs+=(util-linux)
+  if [ ${#pkgs[@]} -gt 0 ]; then
+    log "installing ${pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+  fi
+  # Debian's package starts its own broker on 1883; the gateway needs that port.
+  if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
+    systemctl stop mosquitto || true
+  fi
+  pkill -x mosquitto 2>/dev/null || true
+  if ! command -v tansu >/dev/null || [ "$(tansu --version 2>/dev/null)" != "tansu $TANSU_VERSION" ]; then
+    log "installing tansu $TANSU_VERSION (Kafka-compatible broker; about 10 minutes, once)"
+    cargo install tansu --version "$TANSU_VERSION" --locked --features libsql,dynostore
+  fi
+}
+
+build() {
+  log "building sluice (release)"
+  (cd "$ROOT" && cargo build --release --workspace --quiet)
+}
+
+wait_port() { # host port what
+  for _ in $(seq 1 300); do
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "$3 did not listen on $1:$2" >&2
+  return 1
+}
+
+running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# start_postgres DATA_DIR PORT: a private cluster run by the postgres user, trust auth
+# on 127.0.0.1 only, owner and database `sluice`.
+start_postgres() {
+  local dir="$1" port="$2"
+  mkdir -p "$dir"
+  # The postgres user must reach the data dir; a repo under /root is not reachable.
+  if ! runuser -u postgres -- test -x "$dir" 2>/dev/null; then
+    local alt="/var/tmp/sluice-pg-$(echo "$dir" | md5sum | cut -c1-12)"
+    mkdir -p "$alt"
+    rm -rf "$dir" && ln -s "$alt" "$dir"
+  fi
+  local pgdata="$dir/pgdata"
+  chown postgres "$(readlink -f "$dir")"
+  if [ ! -f "$pgdata/PG_VERSION" ]; then
+    log "initialising PostgreSQL cluster in $pgdata"
+    runuser -u postgres -- "$PG_BIN/initdb" -D "$pgdata" -U sluice --auth=trust -E UTF8 >/dev/null
+  fi
+  if ! runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$pgdata" status >/dev/null 2>&1; then
+    log "starting PostgreSQL on 127.0.0.1:$port"
+    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w -t 60 \
+      -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=/tmp -c max_connections=200 -c fsync=on" start >/dev/null
+  fi
+  psql -h 127.0.0.1 -p "$port" -U sluice -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='sluice'" | grep -q 1 ||
+    psql -h 127.0.0.1 -p "$port" -U sluice -d postgres -qc "CREATE DATABASE sluice"
+}
+
+stop_postgres() {
+  local pgdata="$1/pgdata"
+  [ -f "$pgdata/PG_VERSION" ] || return 0
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$pgdata" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+# start_tansu DATA_DIR PORT: durable sqlite storage, advertised as 127.0.0.1 (tansu
+# listens on IPv4 only).
+start_tansu() {
+  local dir="$1" port="$2"
+  mkdir -p "$dir"
+  if running "$dir/tansu.pid"; then return 0; fi
+  log "starting tansu on 127.0.0.1:$port"
+  # `sqlite://NAME` is relative to the working directory, so run it from the data dir.
+  (cd "$dir" && exec nohup tansu broker \
+    --listener-url "tcp://127.0.0.1:$port" \
+    --advertised-listener-url "tcp://127.0.0.1:$port" \
+    --storage-engine "sqlite://tansu.db" \
+    >tansu.log 2>&1) &
+  echo $! >"$dir/tansu.pid"
+  wait_port 127.0.0.1 "$port" tansu
+}
+
+stop_pidfile() { # pidfile
+  if running "$1"; then
+    local pid; pid="$(cat "$1")"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$1"
+}
