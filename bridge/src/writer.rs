@@ -163,10 +163,14 @@ impl Writer {
             let next = match self.consumer.recv().now_or_never() {
                 Some(next) => owned(next),
                 None => {
+                    // A received message must never be dropped: its offset is consumed.
                     let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
                     match tokio::time::timeout(left, self.consumer.recv()).await {
-                        Ok(next) if !left.is_zero() => owned(next),
-                        _ => break,
+                        Ok(next) => owned(next),
+                        Err(_elapsed) => break,
                     }
                 }
             };
