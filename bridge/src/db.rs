@@ -1,7 +1,7 @@
 //! Database access: schema migrations (diesel, embedded from `migrations/`) and the
 //! tokio-postgres connection the writer uses for binary COPY, which diesel-async lacks.
 
-use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection};
+use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
@@ -17,15 +17,19 @@ pub enum DbError {
     Migrate(Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// Applies pending migrations; safe to run from every process at start-up (diesel runs
-/// them in a transaction and records what it applied).
+/// Applies pending migrations. Safe when several processes start at once: an advisory
+/// lock serialises them and each skips what another already applied.
 pub async fn migrate(url: &str) -> Result<(), DbError> {
-    let conn = AsyncPgConnection::establish(url)
+    let mut conn = AsyncPgConnection::establish(url)
         .await
         .map_err(|e| DbError::Connect {
             url: redact(url),
             source: Box::new(e),
         })?;
+    diesel::sql_query("SELECT pg_advisory_lock(7261001)")
+        .execute(&mut conn)
+        .await
+        .map_err(|e| DbError::Migrate(Box::new(e)))?;
     let mut harness = AsyncMigrationHarness::new(conn);
     let applied = harness
         .run_pending_migrations(MIGRATIONS)

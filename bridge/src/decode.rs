@@ -51,11 +51,33 @@ enum Timestamp {
 /// A single-reading payload, the same shape in JSON and CBOR.
 #[derive(Debug, Deserialize)]
 struct SinglePayload {
+    #[serde(deserialize_with = "number")]
     value: f64,
     ts: Option<Timestamp>,
     unit: Option<String>,
     seq: Option<i64>,
     metric: Option<String>,
+}
+
+/// Any numeric encoding as f64: compact CBOR encoders send 7 as an integer, not a float.
+fn number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    struct Number;
+    impl serde::de::Visitor<'_> for Number {
+        type Value = f64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a number")
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+    }
+    d.deserialize_any(Number)
 }
 
 /// Decodes one payload. `metric` comes from the topic when the mapping names it;
@@ -155,6 +177,7 @@ mod tests {
         use ciborium::Value;
         let payload = cbor(&Value::Map(vec![
             (Value::Text("value".into()), Value::Float(2.25)),
+            (Value::Text("unit".into()), Value::Text("%".into())),
             (
                 Value::Text("ts".into()),
                 Value::Integer(1_700_000_002_000i64.into()),
@@ -165,6 +188,13 @@ mod tests {
         assert_eq!(r[0].value, 2.25);
         assert_eq!(r[0].seq, Some(9));
         assert_eq!(r[0].time.timestamp_millis(), 1_700_000_002_000);
+        assert_eq!(r[0].unit.as_deref(), Some("%"));
+        // Compact encoders send whole numbers as CBOR integers.
+        let payload = cbor(&Value::Map(vec![(
+            Value::Text("value".into()),
+            Value::Integer((-7).into()),
+        )]));
+        assert_eq!(decode(&payload, Some("m"), now()).unwrap()[0].value, -7.0);
     }
 
     #[test]

@@ -131,7 +131,13 @@ async fn main() -> anyhow::Result<()> {
     let acked = acked.lock().await;
     let verdict = match &cli.verify_db {
         Some(url) => Some(
-            verify::verify(url, &cli.prefix, &acked, Duration::from_secs(cli.verify_wait)).await?,
+            verify::verify(
+                url,
+                &cli.prefix,
+                &acked,
+                Duration::from_secs(cli.verify_wait),
+            )
+            .await?,
         ),
         None => None,
     };
@@ -187,7 +193,10 @@ async fn show_progress(stats: Arc<Stats>, every: u64, started: Instant) {
 
 fn print_report(r: &Report) {
     let l = &r.ack_latency_ms;
-    println!("sensors={} qos={} format={:?} seconds={:.1}", r.sensors, r.qos, r.format, r.seconds);
+    println!(
+        "sensors={} qos={} format={:?} seconds={:.1}",
+        r.sensors, r.qos, r.format, r.seconds
+    );
     println!(
         "sent={} resent={} acked={} skipped={} unacked={} errors={}",
         r.sent, r.resent, r.acked, r.skipped, r.unacked, r.errors

@@ -2,6 +2,7 @@
 //! `sensors/{device}/{metric}`, and the publish-to-ack latency of every reading the gateway
 //! acknowledged (PUBACK for QoS 1, PUBREC for QoS 2; QoS 0 has no ack).
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -92,7 +93,10 @@ pub async fn run(index: usize, plan: Arc<Plan>, stats: Arc<Stats>, acked: Arc<Mu
         if now >= plan.stop_at && !draining {
             draining = true;
         }
-        if draining && (queued.is_empty() && on_wire.is_empty() || now >= plan.stop_at + Duration::from_secs(30)) {
+        if draining
+            && (queued.is_empty() && on_wire.is_empty()
+                || now >= plan.stop_at + Duration::from_secs(30))
+        {
             break;
         }
         tokio::select! {
@@ -125,10 +129,10 @@ pub async fn run(index: usize, plan: Arc<Plan>, stats: Arc<Stats>, acked: Arc<Mu
                     stats.sent.inc();
                     if pkid == 0 {
                         queued.pop_front();
-                    } else if !on_wire.contains_key(&pkid) {
+                    } else if let Entry::Vacant(slot) = on_wire.entry(pkid) {
                         // A resend keeps its first send time; a new packet id is the next reading.
                         if let Some(reading) = queued.pop_front() {
-                            on_wire.insert(pkid, (reading, Instant::now()));
+                            slot.insert((reading, Instant::now()));
                         }
                     } else {
                         stats.resent.inc();

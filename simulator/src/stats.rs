@@ -49,7 +49,9 @@ impl Stats {
             connected: Counter::default(),
             errors: Mutex::new(BTreeMap::new()),
             // 1 µs to 10 min at 3 significant digits; bounds are constants, so this holds.
-            latency: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")),
+            latency: Mutex::new(
+                Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
+            ),
         }
     }
 
@@ -78,7 +80,11 @@ impl Stats {
     }
 
     pub fn latency_ms(&self) -> Latency {
-        let h = self.latency.lock().map(|h| h.clone()).unwrap_or_else(|e| e.into_inner().clone());
+        let h = self
+            .latency
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_else(|e| e.into_inner().clone());
         let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         Latency {
             p50: ms(0.5),

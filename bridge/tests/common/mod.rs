@@ -1,0 +1,275 @@
+//! End-to-end harness: starts real `sluice` processes against the PostgreSQL and tansu that
+//! `scripts/test.sh` started (DATABASE_URL, KAFKA_BROKERS), each test on its own ports,
+//! Kafka topics and consumer group, and stops them when the test ends.
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the end-to-end tests through scripts/test.sh")
+    })
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A name unique to this test run, for device ids, topics and groups.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+pub struct Gateway {
+    pub id: String,
+    pub mqtt_port: u16,
+    pub http_port: u16,
+    pub readings_topic: String,
+    pub dlq_topic: String,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    children: Vec<Child>,
+}
+
+/// Edits of the default broker.toml for one test.
+pub type Tweak = Box<dyn Fn(&mut toml::Table)>;
+
+impl Gateway {
+    /// One `sluice` process with every role.
+    pub fn start(tweak: Option<Tweak>) -> Gateway {
+        let mut g = Gateway::configure(tweak);
+        g.spawn(&["--role", "all"], &[]);
+        g.wait_ready();
+        g
+    }
+
+    /// Writes this test's configuration; processes are started with `spawn`.
+    pub fn configure(tweak: Option<Tweak>) -> Gateway {
+        let id = unique("e2e");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let text = std::fs::read_to_string(root.join("broker.toml")).expect("broker.toml");
+        let mut config: toml::Table = text.parse().expect("broker.toml parses");
+        let (mqtt_port, http_port) = (free_port(), free_port());
+        let readings_topic = format!("sensor.readings.{id}");
+        let dlq_topic = format!("sensor.dlq.{id}");
+        set(
+            &mut config,
+            &["ingress", "listen"],
+            format!("127.0.0.1:{mqtt_port}"),
+        );
+        set(
+            &mut config,
+            &["http", "listen"],
+            format!("127.0.0.1:{http_port}"),
+        );
+        set(
+            &mut config,
+            &["broker", "v4", "1", "listen"],
+            format!("127.0.0.1:{}", free_port()),
+        );
+        set(
+            &mut config,
+            &["broker", "v5", "1", "listen"],
+            format!("127.0.0.1:{}", free_port()),
+        );
+        set(
+            &mut config,
+            &["kafka", "dead_letter_topic"],
+            dlq_topic.clone(),
+        );
+        set(&mut config, &["kafka", "partitions"], 3);
+        set(&mut config, &["writer", "group_id"], format!("writer-{id}"));
+        if let Some(toml::Value::Array(mappings)) = config.get_mut("mappings") {
+            if let Some(toml::Value::Table(first)) = mappings.first_mut() {
+                first.insert("kafka_topic".into(), readings_topic.clone().into());
+            }
+        }
+        if let Some(tweak) = tweak {
+            tweak(&mut config);
+        }
+        let path = dir.path().join("broker.toml");
+        std::fs::write(&path, toml::to_string(&config).expect("serialises")).expect("write config");
+        Gateway {
+            id,
+            mqtt_port,
+            http_port,
+            readings_topic,
+            dlq_topic,
+            dir,
+            config: path,
+            children: Vec::new(),
+        }
+    }
+
+    pub fn spawn(&mut self, args: &[&str], envs: &[(&str, &str)]) {
+        let n = self.children.len();
+        let log = std::fs::File::create(self.dir.path().join(format!("sluice-{n}.log")))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .envs(envs.iter().copied())
+            .env("DATABASE_URL", env("DATABASE_URL"))
+            .env("KAFKA_BROKERS", env("KAFKA_BROKERS"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("sluice starts");
+        self.children.push(child);
+    }
+
+    /// Waits until the device port accepts and the writer has its partitions.
+    pub fn wait_ready(&mut self) {
+        wait_for(Duration::from_secs(60), "sluice to accept MQTT", || {
+            self.check_alive();
+            std::net::TcpStream::connect(("127.0.0.1", self.mqtt_port)).is_ok()
+        });
+        wait_for(Duration::from_secs(60), "the writer to be assigned", || {
+            self.check_alive();
+            self.logs().contains("writer assigned partitions")
+        });
+    }
+
+    pub fn check_alive(&mut self) {
+        for c in &mut self.children {
+            if let Ok(Some(status)) = c.try_wait() {
+                panic!("sluice exited ({status}):\n{}", self.logs());
+            }
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        (0..self.children.len())
+            .map(|n| {
+                std::fs::read_to_string(self.dir.path().join(format!("sluice-{n}.log")))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    pub fn mqtt_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.mqtt_port)
+    }
+
+    /// The Prometheus page, fetched with a bare HTTP/1.0 request.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).expect("http up");
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .expect("request");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("response");
+        body
+    }
+
+    /// The value of one sample line (`name{labels}`), 0 when absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- sluice logs ---\n{}", self.logs());
+        }
+    }
+}
+
+fn set(table: &mut toml::Table, path: &[&str], value: impl Into<toml::Value>) {
+    let (last, parents) = path.split_last().expect("non-empty path");
+    let mut t = table;
+    for p in parents {
+        t = t
+            .get_mut(*p)
+            .and_then(toml::Value::as_table_mut)
+            .unwrap_or_else(|| panic!("broker.toml has no [{p}]"));
+    }
+    t.insert((*last).into(), value.into());
+}
+
+pub fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub async fn db() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&env("DATABASE_URL"), tokio_postgres::NoTls)
+        .await
+        .expect("database reachable");
+    tokio::spawn(conn);
+    client
+}
+
+/// A row as the tests compare it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub device_id: String,
+    pub metric: String,
+    pub time_ms: i64,
+    pub value: f64,
+    pub unit: Option<String>,
+    pub seq: Option<i64>,
+}
+
+pub async fn rows(db: &tokio_postgres::Client, device_prefix: &str) -> Vec<Row> {
+    db.query(
+        "SELECT device_id, metric, (extract(epoch FROM time) * 1000)::bigint, value, unit, seq \
+         FROM readings WHERE starts_with(device_id, $1) ORDER BY device_id, metric, time",
+        &[&device_prefix],
+    )
+    .await
+    .expect("query readings")
+    .iter()
+    .map(|r| Row {
+        device_id: r.get(0),
+        metric: r.get(1),
+        time_ms: r.get(2),
+        value: r.get(3),
+        unit: r.get(4),
+        seq: r.get(5),
+    })
+    .collect()
+}
+
+/// Waits until `n` rows exist for the prefix (and a little longer, to catch extras).
+pub async fn wait_rows(db: &tokio_postgres::Client, device_prefix: &str, n: usize) -> Vec<Row> {
+    let start = Instant::now();
+    loop {
+        let got = rows(db, device_prefix).await;
+        if got.len() >= n {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return rows(db, device_prefix).await;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {n} rows of {device_prefix}: have {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

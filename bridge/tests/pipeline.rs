@@ -1,0 +1,449 @@
+//! The pipeline end to end on real parts: MQTT clients (rumqttc, mosquitto_pub/sub) publish
+//! to a real `sluice`, through real tansu, into real PostgreSQL; the tests read the rows.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{db, wait_for, wait_rows, Gateway, Row};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
+/// A rumqttc device whose events are collected in the background.
+struct Device {
+    client: AsyncClient,
+    events: mpsc::UnboundedReceiver<Event>,
+}
+
+impl Device {
+    async fn connect(gateway: &Gateway, client_id: &str) -> Device {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", gateway.mqtt_port);
+        options.set_keep_alive(Duration::from_secs(30));
+        let (client, mut eventloop) = AsyncClient::new(options, 16);
+        let (tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(event) = eventloop.poll().await {
+                if tx.send(event).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut device = Device { client, events };
+        device.expect(|p| matches!(p, Packet::ConnAck(_))).await;
+        device
+    }
+
+    async fn publish(&self, topic: &str, qos: QoS, payload: Vec<u8>) {
+        self.client
+            .publish(topic, qos, false, payload)
+            .await
+            .expect("queued");
+    }
+
+    /// The next incoming packet that `want` accepts, within 30 s.
+    async fn expect(&mut self, want: impl Fn(&Packet) -> bool) -> Packet {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match self.events.recv().await {
+                    Some(Event::Incoming(p)) if want(&p) => return p,
+                    Some(_) => {}
+                    None => panic!("connection ended"),
+                }
+            }
+        })
+        .await
+        .expect("packet within 30 s")
+    }
+
+    async fn expect_puback(&mut self) {
+        self.expect(|p| matches!(p, Packet::PubAck(_))).await;
+    }
+}
+
+fn cbor(value: &ciborium::Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(value, &mut out).expect("cbor");
+    out
+}
+
+fn row(
+    device: &str,
+    metric: &str,
+    time_ms: i64,
+    value: f64,
+    unit: Option<&str>,
+    seq: Option<i64>,
+) -> Row {
+    Row {
+        device_id: device.into(),
+        metric: metric.into(),
+        time_ms,
+        value,
+        unit: unit.map(Into::into),
+        seq,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rumqttc_json_and_cbor_at_qos0_and_qos1_land_as_exact_rows() {
+    let gateway = Gateway::start(None);
+    let db = db().await;
+    let a = format!("{}-a", gateway.id);
+    let b = format!("{}-b", gateway.id);
+    let mut dev_a = Device::connect(&gateway, &a).await;
+    let dev_b = Device::connect(&gateway, &b).await;
+
+    use ciborium::Value;
+    dev_a
+        .publish(
+            &format!("sensors/{a}/temp"),
+            QoS::AtLeastOnce,
+            br#"{"value": 21.5, "ts": 1700000000000, "unit": "Cel", "seq": 1}"#.to_vec(),
+        )
+        .await;
+    dev_a.expect_puback().await;
+    let packed = cbor(&Value::Map(vec![
+        (Value::Text("value".into()), Value::Float(48.25)),
+        (
+            Value::Text("ts".into()),
+            Value::Text("2023-11-14T22:13:21Z".into()),
+        ),
+        (Value::Text("seq".into()), Value::Integer(2.into())),
+    ]));
+    dev_a
+        .publish(&format!("sensors/{a}/hum"), QoS::AtLeastOnce, packed)
+        .await;
+    dev_a.expect_puback().await;
+    dev_b
+        .publish(
+            &format!("sensors/{b}/temp"),
+            QoS::AtMostOnce,
+            br#"{"value": -3, "ts": 1700000002000}"#.to_vec(),
+        )
+        .await;
+    let packed = cbor(&Value::Map(vec![
+        (Value::Text("value".into()), Value::Integer(7.into())),
+        (
+            Value::Text("ts".into()),
+            Value::Integer(1_700_000_003_000i64.into()),
+        ),
+        (Value::Text("unit".into()), Value::Text("%".into())),
+    ]));
+    dev_b
+        .publish(&format!("sensors/{b}/hum"), QoS::AtMostOnce, packed)
+        .await;
+
+    let rows = wait_rows(&db, &gateway.id, 4).await;
+    assert_eq!(
+        rows,
+        vec![
+            row(&a, "hum", 1_700_000_001_000, 48.25, None, Some(2)),
+            row(&a, "temp", 1_700_000_000_000, 21.5, Some("Cel"), Some(1)),
+            row(&b, "hum", 1_700_000_003_000, 7.0, Some("%"), None),
+            row(&b, "temp", 1_700_000_002_000, -3.0, None, None),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_pub_lands_and_mosquitto_sub_sees_it_live() {
+    let gateway = Gateway::start(None);
+    let db = db().await;
+    let port = gateway.mqtt_port.to_string();
+    let sub = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "sensors/#",
+            "-v",
+            "-C",
+            "2",
+            "-W",
+            "30",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub (Debian mosquitto-clients) runs");
+    // mosquitto_sub has no "subscribed" signal; give its SUBSCRIBE time to reach the broker.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let dev = format!("{}-m", gateway.id);
+    for (version, metric, body) in [
+        (
+            "mqttv311",
+            "temp",
+            r#"{"value": 1.25, "ts": 1700000000000}"#,
+        ),
+        (
+            "mqttv5",
+            "hum",
+            r#"{"value": 2.5, "ts": 1700000001000, "unit": "%"}"#,
+        ),
+    ] {
+        let status = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-V", version, "-q", "1"])
+            .args(["-t", &format!("sensors/{dev}/{metric}"), "-m", body])
+            .status()
+            .expect("mosquitto_pub runs");
+        assert!(
+            status.success(),
+            "mosquitto_pub -V {version} got its PUBACK"
+        );
+    }
+    let out = sub.wait_with_output().expect("mosquitto_sub ends");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        vec![
+            format!(r#"sensors/{dev}/temp {{"value": 1.25, "ts": 1700000000000}}"#),
+            format!(r#"sensors/{dev}/hum {{"value": 2.5, "ts": 1700000001000, "unit": "%"}}"#),
+        ]
+    );
+    let rows = wait_rows(&db, &dev, 2).await;
+    assert_eq!(
+        rows,
+        vec![
+            row(&dev, "hum", 1_700_000_001_000, 2.5, Some("%"), None),
+            row(&dev, "temp", 1_700_000_000_000, 1.25, None, None),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_payloads_are_dead_lettered_and_the_connection_keeps_flowing() {
+    let gateway = Gateway::start(None);
+    let db = db().await;
+    let bad = format!("{}-bad", gateway.id);
+    let other = format!("{}-other", gateway.id);
+    let mut dev = Device::connect(&gateway, &bad).await;
+    let mut neighbour = Device::connect(&gateway, &other).await;
+
+    dev.publish(
+        &format!("sensors/{bad}/temp"),
+        QoS::AtLeastOnce,
+        b"not json at all".to_vec(),
+    )
+    .await;
+    dev.expect_puback().await;
+    dev.publish(
+        &format!("sensors/{bad}/temp"),
+        QoS::AtLeastOnce,
+        vec![0xa1, 0x65, 0x76],
+    )
+    .await;
+    dev.expect_puback().await;
+    // The same connection goes on: its next good reading lands, and so do the neighbour's.
+    dev.publish(
+        &format!("sensors/{bad}/temp"),
+        QoS::AtLeastOnce,
+        br#"{"value": 5, "ts": 1700000000000}"#.to_vec(),
+    )
+    .await;
+    dev.expect_puback().await;
+    neighbour
+        .publish(
+            &format!("sensors/{other}/temp"),
+            QoS::AtLeastOnce,
+            br#"{"value": 6, "ts": 1700000000000}"#.to_vec(),
+        )
+        .await;
+    neighbour.expect_puback().await;
+    let rows = wait_rows(&db, &gateway.id, 2).await;
+    assert_eq!(
+        rows,
+        vec![
+            row(&bad, "temp", 1_700_000_000_000, 5.0, None, None),
+            row(&other, "temp", 1_700_000_000_000, 6.0, None, None),
+        ]
+    );
+    assert_eq!(
+        gateway.metric(r#"sluice_rejected_total{reason="unknown_format"}"#),
+        1.0
+    );
+    assert_eq!(
+        gateway.metric(r#"sluice_rejected_total{reason="invalid_cbor"}"#),
+        1.0
+    );
+
+    // Both bad payloads are in the dead-letter topic with their bytes and reasons.
+    let letters = read_topic(&gateway.dlq_topic, 2).await;
+    let mut got: Vec<(Vec<u8>, String, String)> = letters
+        .iter()
+        .map(|(payload, headers)| {
+            let h = |k: &str| {
+                headers
+                    .iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            (payload.clone(), h("reason"), h("mqtt_topic"))
+        })
+        .collect();
+    got.sort();
+    let topic = format!("sensors/{bad}/temp");
+    assert_eq!(
+        got,
+        vec![
+            (
+                b"not json at all".to_vec(),
+                "unknown_format".into(),
+                topic.clone()
+            ),
+            (vec![0xa1, 0x65, 0x76], "invalid_cbor".into(), topic),
+        ]
+    );
+}
+
+/// Reads `n` records from every partition of a topic, from the beginning.
+async fn read_topic(topic: &str, n: usize) -> Vec<(Vec<u8>, Vec<(String, String)>)> {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", common::env("KAFKA_BROKERS"))
+            .set("group.id", common::unique("reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..3 {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                .expect("partition");
+        }
+        consumer.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        wait_for(Duration::from_secs(30), "dead letters", || {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                let v = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                                (h.key.to_owned(), v.unwrap_or_default())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((m.payload().unwrap_or_default().to_vec(), headers));
+            }
+            out.len() >= n
+        });
+        out
+    })
+    .await
+    .expect("reader")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_bad_payload_gets_reason_code_0x99() {
+    use rumqttc::v5::mqttbytes::v5::{Packet as P5, PubAckReason};
+    use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
+    let gateway = Gateway::start(None);
+    let dev = format!("{}-v5", gateway.id);
+    let (client, mut eventloop) =
+        Client5::new(Options5::new(&dev, "127.0.0.1", gateway.mqtt_port), 8);
+    client
+        .publish(
+            format!("sensors/{dev}/temp"),
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            "{oops",
+        )
+        .await
+        .expect("queued");
+    let reason = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Event5::Incoming(P5::PubAck(ack)) = eventloop.poll().await.expect("connected") {
+                return ack.reason;
+            }
+        }
+    })
+    .await
+    .expect("PUBACK within 30 s");
+    assert_eq!(reason, PubAckReason::PayloadFormatInvalid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_runs_as_its_own_process() {
+    let mut gateway = Gateway::configure(None);
+    gateway.spawn(&["--role", "ingress"], &[]);
+    let writer_http = format!("127.0.0.1:{}", common::free_port());
+    gateway.spawn(
+        &["--role", "writer"],
+        &[("SLUICE__HTTP__LISTEN", &writer_http)],
+    );
+    gateway.wait_ready();
+    let db = db().await;
+    let dev = format!("{}-split", gateway.id);
+    let mut device = Device::connect(&gateway, &dev).await;
+    for i in 0..3 {
+        let body = format!(r#"{{"value": {i}, "ts": {}}}"#, 1_700_000_000_000i64 + i);
+        device
+            .publish(
+                &format!("sensors/{dev}/temp"),
+                QoS::AtLeastOnce,
+                body.into_bytes(),
+            )
+            .await;
+        device.expect_puback().await;
+    }
+    let rows = wait_rows(&db, &dev, 3).await;
+    assert_eq!(
+        rows.iter().map(|r| r.value).collect::<Vec<_>>(),
+        vec![0.0, 1.0, 2.0]
+    );
+}
+
+#[test]
+fn configuration_errors_name_the_key_and_stop_start_up() {
+    let gateway = Gateway::configure(Some(Box::new(|c: &mut toml::Table| {
+        if let Some(toml::Value::Table(kafka)) = c.get_mut("kafka") {
+            kafka.insert("brokerz".into(), "x".into());
+        }
+    })));
+    let run = |envs: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("--config")
+            .arg(&gateway.config)
+            .envs(envs.iter().copied())
+            .output()
+            .expect("sluice runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("brokerz"), "names the unknown key: {err}");
+
+    let good = Gateway::configure(None);
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--config")
+        .arg(&good.config)
+        .env("SLUICE__HTTP__LISTEN", "not-an-address")
+        .output()
+        .expect("sluice runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("http.listen") || err.contains("listen"),
+        "names the key: {err}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--config")
+        .arg(good.dir.path().join("missing.toml"))
+        .output()
+        .expect("sluice runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("missing.toml"), "names the file: {err}");
+}
