@@ -52,8 +52,15 @@ pub struct Ingress {
     broker_v5: Option<SocketAddr>,
     mappings: Mappings,
     producer: Arc<Producer>,
-    /// Records on their way to Kafka, all connections together.
-    inflight: Arc<AtomicUsize>,
+    /// Records and bytes on their way to Kafka, all connections together.
+    inflight: Arc<Budget>,
+}
+
+/// What is on its way to Kafka: records and payload bytes.
+#[derive(Default)]
+struct Budget {
+    records: AtomicUsize,
+    bytes: AtomicUsize,
 }
 
 impl Ingress {
@@ -70,7 +77,7 @@ impl Ingress {
             broker_v5,
             mappings,
             producer,
-            inflight: Arc::new(AtomicUsize::new(0)),
+            inflight: Arc::new(Budget::default()),
         }
     }
 
@@ -143,6 +150,7 @@ impl Ingress {
             up_buf: BytesMut::with_capacity(4096),
             out: BytesMut::with_capacity(1024),
             pending: FuturesOrdered::new(),
+            pending_bytes: 0,
         }
         .run()
         .await
@@ -154,6 +162,7 @@ struct Ack {
     qos: u8,
     pkid: u16,
     reason: u8,
+    bytes: usize,
 }
 
 type PendingAck = Pin<Box<dyn Future<Output = (Ack, Result<(), ProduceError>)> + Send>>;
@@ -171,8 +180,9 @@ struct Conn {
     up_buf: BytesMut,
     /// Frames on their way to one side, written once per read.
     out: BytesMut,
-    /// QoS 1/2 publishes awaiting Kafka, in packet order.
+    /// QoS 1/2 publishes awaiting Kafka, in packet order, and their payload bytes.
     pending: FuturesOrdered<PendingAck>,
+    pending_bytes: usize,
 }
 
 impl Conn {
@@ -180,9 +190,7 @@ impl Conn {
         // CONNECT may have arrived with more packets behind it.
         self.relay_from_device().await?;
         loop {
-            let limits = &self.ingress.settings;
-            let has_room = self.pending.len() < limits.max_inflight_per_connection
-                && self.ingress.inflight.load(Ordering::Relaxed) < limits.max_inflight_total;
+            let has_room = self.has_room();
             tokio::select! {
                 n = self.dev_rd.read_buf(&mut self.dev_buf), if has_room => {
                     if n? == 0 {
@@ -201,6 +209,17 @@ impl Conn {
                 _ = tokio::time::sleep(Duration::from_millis(5)), if !has_room && self.pending.is_empty() => {}
             }
         }
+    }
+
+    /// Whether this connection may be read: past its own or the global budget, the device
+    /// is left waiting for acks, which is what slows it down.
+    fn has_room(&self) -> bool {
+        let limits = &self.ingress.settings;
+        let global = &self.ingress.inflight;
+        self.pending.len() < limits.max_inflight_per_connection
+            && self.pending_bytes < limits.max_inflight_bytes_per_connection
+            && global.records.load(Ordering::Relaxed) < limits.max_inflight_total
+            && global.bytes.load(Ordering::Relaxed) < limits.max_inflight_bytes_total
     }
 
     /// Relays whole frames to rumqttd; publishes also go to Kafka first.
@@ -284,11 +303,13 @@ impl Conn {
                 }
             },
         };
-        let delivery = InFlight::track(&self.ingress.inflight, delivery);
+        let bytes = publish.payload.len();
+        let delivery = InFlight::track(&self.ingress.inflight, bytes, delivery);
         let ack = Ack {
             qos,
             pkid: publish.pkid,
             reason,
+            bytes,
         };
         match (qos, policy) {
             (0, _) => {
@@ -296,9 +317,11 @@ impl Conn {
             }
             (_, AckPolicy::Receipt) => {
                 tokio::spawn(watch_unacknowledged(delivery, "receipt"));
+                self.pending_bytes += bytes;
                 self.pending.push_back(Box::pin(ready((ack, Ok(())))));
             }
             (_, AckPolicy::Kafka) => {
+                self.pending_bytes += bytes;
                 self.pending
                     .push_back(Box::pin(delivery.map(move |result| (ack, result))));
             }
@@ -314,6 +337,7 @@ impl Conn {
     ) -> Result<(), ConnError> {
         loop {
             let (ack, result) = done;
+            self.pending_bytes -= ack.bytes;
             if let Err(source) = result {
                 counter!("sluice_delivery_failed_total", "policy" => "kafka").increment(1);
                 return Err(ConnError::Delivery {
@@ -334,14 +358,21 @@ impl Conn {
     }
 }
 
-/// Counts a record against the global in-flight budget until its delivery resolves or is
-/// abandoned with its connection.
-struct InFlight(Arc<AtomicUsize>);
+/// Counts a record against the global budget until its delivery resolves or is abandoned
+/// with its connection.
+struct InFlight {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
 
 impl InFlight {
-    fn track(counter: &Arc<AtomicUsize>, delivery: Delivery) -> Delivery {
-        counter.fetch_add(1, Ordering::Relaxed);
-        let guard = InFlight(counter.clone());
+    fn track(budget: &Arc<Budget>, bytes: usize, delivery: Delivery) -> Delivery {
+        budget.records.fetch_add(1, Ordering::Relaxed);
+        budget.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let guard = InFlight {
+            budget: budget.clone(),
+            bytes,
+        };
         Box::pin(async move {
             let result = delivery.await;
             drop(guard);
@@ -352,7 +383,8 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.budget.records.fetch_sub(1, Ordering::Relaxed);
+        self.budget.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 

@@ -82,8 +82,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("http.listen {}", settings.http.listen))?;
     let mappings = mapping::Mappings::new(&settings.mappings).context("mappings")?;
-    let topics: Vec<String> = mappings.kafka_topics().map(str::to_owned).collect();
-    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let topic_refs = mappings.kafka_topics();
 
     let ingress_task = async {
         if !with_ingress {

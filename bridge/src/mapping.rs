@@ -205,9 +205,12 @@ impl Mappings {
         })
     }
 
-    /// Every Kafka topic a mapping can produce to, for creation at start-up.
-    pub fn kafka_topics(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|m| m.kafka_topic.as_str())
+    /// Every Kafka topic a mapping can produce to, once each.
+    pub fn kafka_topics(&self) -> Vec<&str> {
+        let mut topics: Vec<&str> = self.0.iter().map(|m| m.kafka_topic.as_str()).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        topics
     }
 }
 

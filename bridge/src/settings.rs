@@ -35,6 +35,9 @@ pub struct IngressSettings {
     pub max_inflight_per_connection: usize,
     /// Records all connections together may have on their way to Kafka.
     pub max_inflight_total: usize,
+    /// The same two limits in payload bytes.
+    pub max_inflight_bytes_per_connection: usize,
+    pub max_inflight_bytes_total: usize,
     /// How long a new connection may take to send its CONNECT.
     pub connect_timeout_ms: u64,
 }
@@ -75,13 +78,15 @@ pub struct KafkaSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WriterSettings {
-    /// Run the writer in this process (`sluice --role all`).
     pub database_url: String,
     pub group_id: String,
     /// Upper bound on rows per COPY batch.
     pub max_batch_rows: usize,
     /// Extra wait for more records when a batch is not full; 0 writes as soon as Kafka is idle.
     pub linger_ms: u64,
+    /// Rows per second the writer may write; 0 is no limit. Protects a shared database.
+    #[serde(default)]
+    pub max_rows_per_second: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -156,7 +161,14 @@ impl Settings {
         if self.kafka.brokers.trim().is_empty() {
             return invalid("kafka.brokers", "must name at least one host:port");
         }
-        if self.ingress.max_inflight_per_connection == 0 || self.ingress.max_inflight_total == 0 {
+        let i = &self.ingress;
+        let limits = [
+            i.max_inflight_per_connection,
+            i.max_inflight_total,
+            i.max_inflight_bytes_per_connection,
+            i.max_inflight_bytes_total,
+        ];
+        if limits.contains(&0) {
             return invalid("ingress.max_inflight_*", "must be at least 1");
         }
         if self.writer.max_batch_rows == 0 {

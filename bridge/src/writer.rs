@@ -132,6 +132,7 @@ impl Writer {
     pub async fn run(mut self) -> Result<(), WriterError> {
         loop {
             let batch = self.next_batch().await?;
+            let started = Instant::now();
             if batch.records == 0 {
                 continue;
             }
@@ -149,6 +150,7 @@ impl Writer {
                 }
             }
             self.commit_hint(&batch);
+            self.throttle(batch.rows.len(), started).await;
         }
     }
 
@@ -159,7 +161,12 @@ impl Writer {
         let first = owned(self.consumer.recv().await);
         self.add(&mut batch, first).await?;
         let deadline = Instant::now() + Duration::from_millis(self.settings.linger_ms);
-        while batch.rows.len() < self.settings.max_batch_rows {
+        // A throttled writer takes about a second's worth at a time, so it stays smooth.
+        let max_rows = match self.settings.max_rows_per_second {
+            0 => self.settings.max_batch_rows,
+            rate => self.settings.max_batch_rows.min(rate as usize),
+        };
+        while batch.rows.len() < max_rows {
             let next = match self.consumer.recv().now_or_never() {
                 Some(next) => owned(next),
                 None => {
@@ -336,6 +343,15 @@ impl Writer {
         histogram!("sluice_writer_batch_rows").record(batch.rows.len() as f64);
         histogram!("sluice_writer_batch_seconds").record(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// Keeps to `max_rows_per_second` by sleeping off what this batch was ahead.
+    async fn throttle(&self, rows: usize, started: Instant) {
+        let rate = self.settings.max_rows_per_second;
+        if rate > 0 {
+            let due = Duration::from_secs_f64(rows as f64 / rate as f64);
+            tokio::time::sleep(due.saturating_sub(started.elapsed())).await;
+        }
     }
 
     /// Tells Kafka how far the database is, so a restart fetches from near there; the

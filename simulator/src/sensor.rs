@@ -80,9 +80,9 @@ pub async fn run(index: usize, plan: Arc<Plan>, stats: Arc<Stats>, acked: Arc<Mu
     let mut tick = tokio::time::interval(plan.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Readings published but not yet seen on the wire, in publish order.
-    let mut queued: VecDeque<Acked> = VecDeque::new();
+    let mut queued: VecDeque<Out> = VecDeque::new();
     // On the wire, by packet id, awaiting their ack.
-    let mut on_wire: HashMap<u16, (Acked, Instant)> = HashMap::new();
+    let mut on_wire: HashMap<u16, (Out, Instant)> = HashMap::new();
     let mut mine = Vec::new();
     let mut seq = 0i64;
     let mut last_ts = 0i64;
@@ -106,12 +106,13 @@ pub async fn run(index: usize, plan: Arc<Plan>, stats: Arc<Stats>, acked: Arc<Mu
                     let ts = chrono::Utc::now().timestamp_millis().max(last_ts + 1);
                     last_ts = ts;
                     let value = 20.0 + (seq % 100) as f64 / 10.0;
-                    let topic = format!("sensors/{device}/{metric}");
-                    let payload = encode(plan.format, value, ts, seq);
-                    match client.try_publish(topic, plan.qos, false, payload) {
-                        Ok(()) => {
-                            queued.push_back(Acked { device: device.clone(), metric: metric.clone(), ts_ms: ts });
-                        }
+                    let out = Out {
+                        reading: Acked { device: device.clone(), metric: metric.clone(), ts_ms: ts },
+                        topic: format!("sensors/{device}/{metric}"),
+                        payload: encode(plan.format, value, ts, seq),
+                    };
+                    match client.try_publish(&out.topic, plan.qos, false, out.payload.clone()) {
+                        Ok(()) => queued.push_back(out),
                         // The gateway is holding acks (backpressure): this reading is skipped.
                         Err(_) => stats.skipped.inc(),
                     }
@@ -119,11 +120,25 @@ pub async fn run(index: usize, plan: Arc<Plan>, stats: Arc<Stats>, acked: Arc<Mu
             }
             _ = tokio::time::sleep(Duration::from_millis(200)), if draining => {}
             event = events.poll() => match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                     if !connected {
                         stats.connected.inc();
                     }
                     connected = true;
+                    if !connack.session_present {
+                        // The gateway lost our session (it restarted) and rumqttc dropped what
+                        // it had not had acknowledged; a sensor with a buffer sends it again.
+                        let mut lost: Vec<(Out, Instant)> = on_wire.drain().map(|(_, v)| v).collect();
+                        lost.sort_by_key(|(_, sent)| *sent);
+                        let again: Vec<Out> = lost.into_iter().map(|(o, _)| o).chain(queued.drain(..)).collect();
+                        for out in again {
+                            stats.resent.inc();
+                            match client.try_publish(&out.topic, plan.qos, false, out.payload.clone()) {
+                                Ok(()) => queued.push_back(out),
+                                Err(_) => stats.skipped.inc(),
+                            }
+                        }
+                    }
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                     stats.sent.inc();
@@ -165,15 +180,22 @@ pub async fn run(index: usize, plan: Arc<Plan>, stats: Arc<Stats>, acked: Arc<Mu
     acked.lock().await.extend(mine);
 }
 
+/// A reading on its way: what verify will look for, and what to send again if needed.
+struct Out {
+    reading: Acked,
+    topic: String,
+    payload: Vec<u8>,
+}
+
 fn ack_received(
-    on_wire: &mut HashMap<u16, (Acked, Instant)>,
+    on_wire: &mut HashMap<u16, (Out, Instant)>,
     pkid: u16,
     stats: &Stats,
     mine: &mut Vec<Acked>,
 ) {
-    if let Some((reading, sent)) = on_wire.remove(&pkid) {
+    if let Some((out, sent)) = on_wire.remove(&pkid) {
         stats.acked.inc();
         stats.record_latency(sent.elapsed());
-        mine.push(reading);
+        mine.push(out.reading);
     }
 }

@@ -120,9 +120,9 @@ impl Gateway {
             .arg("--config")
             .arg(&self.config)
             .args(args)
-            .envs(envs.iter().copied())
             .env("DATABASE_URL", env("DATABASE_URL"))
             .env("KAFKA_BROKERS", env("KAFKA_BROKERS"))
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -192,6 +192,67 @@ impl Drop for Gateway {
         if std::thread::panicking() {
             eprintln!("--- sluice logs ---\n{}", self.logs());
         }
+    }
+}
+
+/// A tansu broker of a test's own, for tests that kill Kafka.
+pub struct Tansu {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        let mut t = Tansu {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+        };
+        t.restart();
+        t
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.dir.path().join("tansu.log")).expect("log");
+        let child = Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tansu is installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        wait_for(Duration::from_secs(30), "tansu to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
