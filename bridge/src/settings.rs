@@ -79,7 +79,12 @@ pub struct KafkaSettings {
 #[serde(deny_unknown_fields)]
 pub struct WriterSettings {
     pub database_url: String,
+    /// Names this writer's progress in `sluice_offsets`.
     pub group_id: String,
+    /// Partitions of each readings topic this writer takes; all of them when absent.
+    /// Writers that share the load take disjoint sets under one `group_id`.
+    #[serde(default)]
+    pub partitions: Option<Vec<i32>>,
     /// Upper bound on rows per COPY batch.
     pub max_batch_rows: usize,
     /// Extra wait for more records when a batch is not full; 0 writes as soon as Kafka is idle.

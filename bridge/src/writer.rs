@@ -1,23 +1,19 @@
-//! Writer: a Kafka consumer-group member that turns records into `readings` rows. Batches
-//! grow with the backlog (it writes as soon as Kafka has nothing more ready, up to
-//! `max_batch_rows`); each batch is one transaction: binary COPY into a staging table,
-//! `INSERT .. ON CONFLICT DO NOTHING` into `readings`, and the next Kafka offsets. The
-//! database is the source of truth for progress, so each reading lands exactly once.
+//! Writer: turns Kafka records into `readings` rows. Batches grow with the backlog (it
+//! writes as soon as Kafka has nothing more ready, up to `max_batch_rows`); each batch is
+//! one transaction: binary COPY into a staging table, `INSERT .. ON CONFLICT DO NOTHING`
+//! into `readings`, and the next Kafka offsets. The database is the source of truth for
+//! progress: the writer assigns itself its partitions at the offsets stored there.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use metrics::{counter, histogram};
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
@@ -76,26 +72,10 @@ fn owned(message: Result<BorrowedMessage<'_>, KafkaError>) -> Option<Incoming> {
     }
 }
 
-/// Tells the write loop to reload its offsets after a rebalance.
-struct WriterContext {
-    reassigned: Arc<AtomicBool>,
-}
-
-impl ClientContext for WriterContext {}
-
-impl ConsumerContext for WriterContext {
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            tracing::info!(partitions = tpl.count(), "writer assigned partitions");
-            self.reassigned.store(true, Ordering::SeqCst);
-        }
-    }
-}
-
 pub struct Writer {
     settings: WriterSettings,
-    consumer: StreamConsumer<WriterContext>,
-    reassigned: Arc<AtomicBool>,
+    consumer: StreamConsumer,
+    topics: Vec<String>,
     /// Next offset to write per partition, as the database has it.
     committed: HashMap<(String, i32), i64>,
     client: Option<tokio_postgres::Client>,
@@ -109,27 +89,72 @@ impl Writer {
         kafka: &KafkaSettings,
         topics: &[&str],
     ) -> Result<Writer, WriterError> {
-        let reassigned = Arc::new(AtomicBool::new(true));
-        let consumer: StreamConsumer<WriterContext> = client_config(kafka)
+        // The group id only names the progress in `sluice_offsets` (and Kafka's offset
+        // hint); partitions are assigned, not negotiated, so a restarted writer resumes at
+        // once instead of waiting out a dead member's session.
+        let consumer: StreamConsumer = client_config(kafka)
             .set("group.id", &settings.group_id)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "6000")
-            .create_with_context(WriterContext {
-                reassigned: reassigned.clone(),
-            })?;
-        consumer.subscribe(topics)?;
+            .create()?;
         Ok(Writer {
             settings,
             consumer,
-            reassigned,
+            topics: topics.iter().map(|t| t.to_string()).collect(),
             committed: HashMap::new(),
             client: None,
         })
     }
 
+    /// Assigns this writer's partitions (all of them, or `writer.partitions`), each at
+    /// the offset the database has for it; waits for Kafka and the database if need be.
+    async fn assign(&mut self) -> Result<(), WriterError> {
+        self.load_committed().await?;
+        let mut tpl = TopicPartitionList::new();
+        for topic in self.topics.clone() {
+            let partitions = self.partitions(&topic).await;
+            for p in partitions {
+                let offset = match self.committed.get(&(topic.clone(), p)) {
+                    Some(&next) => Offset::Offset(next),
+                    None => Offset::Beginning,
+                };
+                tpl.add_partition_offset(&topic, p, offset)?;
+            }
+        }
+        self.consumer.assign(&tpl)?;
+        tracing::info!(partitions = tpl.count(), "writer assigned partitions");
+        Ok(())
+    }
+
+    async fn partitions(&self, topic: &str) -> Vec<i32> {
+        loop {
+            match self
+                .consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(5))
+            {
+                Ok(md) => {
+                    let all: Vec<i32> = md
+                        .topics()
+                        .iter()
+                        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                        .collect();
+                    if !all.is_empty() {
+                        return match &self.settings.partitions {
+                            Some(mine) => all.into_iter().filter(|p| mine.contains(p)).collect(),
+                            None => all,
+                        };
+                    }
+                    tracing::warn!(topic, "topic has no partitions yet; waiting");
+                }
+                Err(e) => tracing::warn!(topic, error = %e, "kafka metadata unavailable; retrying"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     /// Runs until the process ends; database outages are waited out batch by batch.
     pub async fn run(mut self) -> Result<(), WriterError> {
+        self.assign().await?;
         loop {
             let batch = self.next_batch().await?;
             let started = Instant::now();
@@ -199,9 +224,6 @@ impl Writer {
         else {
             return Ok(());
         };
-        if self.reassigned.swap(false, Ordering::SeqCst) {
-            self.load_committed().await?;
-        }
         if self
             .committed
             .get(&partition)

@@ -40,6 +40,9 @@ struct Cli {
     /// Metrics per sensor, each its own topic (`sensors/{device}/m0`, `m1`, ...).
     #[arg(long, default_value_t = 1)]
     metrics: usize,
+    /// First topic level: readings go to `{topic_root}/{device}/{metric}`.
+    #[arg(long, default_value = "sensors")]
+    topic_root: String,
     /// Device id prefix; devices are `{prefix}-{n}`.
     #[arg(long, default_value = "sim")]
     prefix: String,
@@ -103,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
         host,
         port,
         prefix: cli.prefix.clone(),
+        topic_root: cli.topic_root.clone(),
         qos,
         format: cli.format,
         interval: Duration::from_millis(cli.interval_ms.max(1)),

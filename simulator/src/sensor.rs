@@ -26,6 +26,7 @@ pub struct Plan {
     pub host: String,
     pub port: u16,
     pub prefix: String,
+    pub topic_root: String,
     pub qos: QoS,
     pub format: Format,
     pub interval: Duration,
@@ -108,7 +109,7 @@ pub async fn run(index: usize, plan: Arc<Plan>, stats: Arc<Stats>, acked: Arc<Mu
                     let value = 20.0 + (seq % 100) as f64 / 10.0;
                     let out = Out {
                         reading: Acked { device: device.clone(), metric: metric.clone(), ts_ms: ts },
-                        topic: format!("sensors/{device}/{metric}"),
+                        topic: format!("{}/{device}/{metric}", plan.topic_root),
                         payload: encode(plan.format, value, ts, seq),
                     };
                     match client.try_publish(&out.topic, plan.qos, false, out.payload.clone()) {
