@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests, and end-to-end tests against a private PostgreSQL and tansu
-# that this script starts on their own ports (so a running demo is left alone) and stops.
+# Runs every test: unit tests, end-to-end tests against a private PostgreSQL and tansu
+# that this script starts on their own ports (so a running demo is left alone) and stops,
+# then the fault drills (scripts/drills/all.sh; SLUICE_SKIP_DRILLS=1 skips them).
+# Arguments go to the test binaries, e.g. `scripts/test.sh mosquitto`.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DATA="$ROOT/.data/test"
@@ -31,3 +33,8 @@ cargo build --release --workspace --all-targets --quiet
 ./target/release/sluice --config broker.toml --migrate-only
 log "tests"
 cargo test --release --workspace -- "$@"
+cleanup
+if [ "${SLUICE_SKIP_DRILLS:-0}" != 1 ] && [ $# -eq 0 ]; then
+  log "fault drills"
+  bash "$ROOT/scripts/drills/all.sh"
+fi

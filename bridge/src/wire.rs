@@ -158,6 +158,7 @@ fn malformed(packet: &'static str, reason: impl ToString) -> WireError {
 
 /// MQTT 5 reason codes the ingress puts on acknowledgements.
 pub const REASON_SUCCESS: u8 = 0x00;
+pub const REASON_TOPIC_NAME_INVALID: u8 = 0x90;
 pub const REASON_PAYLOAD_FORMAT_INVALID: u8 = 0x99;
 
 /// PUBACK for QoS 1 or PUBREC for QoS 2. MQTT 5 carries a reason code when it is not
