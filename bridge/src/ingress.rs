@@ -19,11 +19,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::decode::decode;
+use crate::decode::{check_name, decode, Context, DecodeError, Format, Limits};
 use crate::mapping::{AckPolicy, Mappings};
 use crate::produce::{DeadLetter, Delivery, ProduceError, Producer};
 use crate::record::Record;
-use crate::settings::IngressSettings;
+use crate::settings::{IngressSettings, UnmappedPolicy};
 use crate::wire::{self, Frame, WireError};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,7 @@ enum ConnError {
 /// Shared by every connection.
 pub struct Ingress {
     settings: IngressSettings,
+    limits: Limits,
     /// rumqttd's loopback listeners for MQTT 3.1.1 and 5.
     broker_v4: SocketAddr,
     broker_v5: Option<SocketAddr>,
@@ -66,6 +67,7 @@ struct Budget {
 impl Ingress {
     pub fn new(
         settings: IngressSettings,
+        limits: Limits,
         broker_v4: SocketAddr,
         broker_v5: Option<SocketAddr>,
         mappings: Mappings,
@@ -73,6 +75,7 @@ impl Ingress {
     ) -> Ingress {
         Ingress {
             settings,
+            limits,
             broker_v4,
             broker_v5,
             mappings,
@@ -163,6 +166,23 @@ struct Ack {
     pkid: u16,
     reason: u8,
     bytes: usize,
+}
+
+/// A publish ready for Kafka.
+struct Accepted<'a> {
+    topic: &'a str,
+    key: String,
+    ack: AckPolicy,
+    record: Record,
+}
+
+/// A publish that is not: why, what MQTT 5 devices are told, and whether its bytes are kept.
+struct Rejected {
+    reason: &'static str,
+    detail: String,
+    code: u8,
+    ack: AckPolicy,
+    dead_letter: bool,
 }
 
 type PendingAck = Pin<Box<dyn Future<Output = (Ack, Result<(), ProduceError>)> + Send>>;
@@ -260,48 +280,31 @@ impl Conn {
         counter!("sluice_publishes_total", "qos" => qos.to_string()).increment(1);
         let producer = &self.ingress.producer;
         let wait = qos > 0;
-        let dead_letter = |reason, detail| DeadLetter {
-            mqtt_topic: &publish.topic,
-            client_id: &self.client_id,
-            reason,
-            detail,
-            received_at,
-        };
-        let (delivery, reason, policy) = match self.ingress.mappings.route(&publish.topic) {
-            None => {
-                counter!("sluice_rejected_total", "reason" => "unmapped").increment(1);
-                let letter = dead_letter("unmapped", "no mapping matches the topic".into());
-                let delivery = producer.dead_letter(&publish.payload, letter, wait).await;
-                (
-                    delivery,
-                    wire::REASON_PAYLOAD_FORMAT_INVALID,
-                    AckPolicy::Kafka,
-                )
+        let (delivery, reason, policy) = match self.prepare(&publish, received_at) {
+            Ok(accepted) => {
+                let payload = accepted.record.to_json();
+                let delivery = producer
+                    .send(accepted.topic, &accepted.key, &payload, None, wait)
+                    .await;
+                (delivery, wire::REASON_SUCCESS, accepted.ack)
             }
-            Some(route) => match decode(&publish.payload, route.metric.as_deref(), received_at) {
-                Ok(readings) => {
-                    let record = Record {
-                        device_id: route.device_id,
-                        mqtt_topic: publish.topic.clone(),
-                        qos,
-                        client_id: self.client_id.clone(),
+            Err(rejected) => {
+                counter!("sluice_rejected_total", "reason" => rejected.reason).increment(1);
+                tracing::debug!(topic = %publish.topic, client_id = %self.client_id, reason = rejected.reason, detail = %rejected.detail, "publish rejected");
+                let delivery: Delivery = if rejected.dead_letter {
+                    let letter = DeadLetter {
+                        mqtt_topic: &publish.topic,
+                        client_id: &self.client_id,
+                        reason: rejected.reason,
+                        detail: rejected.detail,
                         received_at,
-                        readings,
                     };
-                    let payload = record.to_json();
-                    let delivery = producer
-                        .send(route.kafka_topic, &route.key, &payload, None, wait)
-                        .await;
-                    (delivery, wire::REASON_SUCCESS, route.ack)
-                }
-                Err(e) => {
-                    counter!("sluice_rejected_total", "reason" => e.reason()).increment(1);
-                    tracing::debug!(topic = %publish.topic, client_id = %self.client_id, error = %e, "payload rejected");
-                    let letter = dead_letter(e.reason(), e.to_string());
-                    let delivery = producer.dead_letter(&publish.payload, letter, wait).await;
-                    (delivery, wire::REASON_PAYLOAD_FORMAT_INVALID, route.ack)
-                }
-            },
+                    producer.dead_letter(&publish.payload, letter, wait).await
+                } else {
+                    Box::pin(ready(Ok(())))
+                };
+                (delivery, rejected.code, rejected.ack)
+            }
         };
         let bytes = publish.payload.len();
         let delivery = InFlight::track(&self.ingress.inflight, bytes, delivery);
@@ -327,6 +330,57 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// Maps and decodes a publish into the record Kafka gets, or says why not.
+    fn prepare<'a>(
+        &'a self,
+        publish: &wire::Publish,
+        received_at: chrono::DateTime<Utc>,
+    ) -> Result<Accepted<'a>, Rejected> {
+        let ingress = &self.ingress;
+        let Some(route) = ingress.mappings.route(&publish.topic) else {
+            return Err(Rejected {
+                reason: "unmapped",
+                detail: "no mapping matches the topic".into(),
+                code: wire::REASON_TOPIC_NAME_INVALID,
+                ack: AckPolicy::Kafka,
+                dead_letter: ingress.settings.unmapped == UnmappedPolicy::DeadLetter,
+            });
+        };
+        let refuse = |e: DecodeError| Rejected {
+            reason: e.reason(),
+            detail: e.to_string(),
+            code: wire::REASON_PAYLOAD_FORMAT_INVALID,
+            ack: route.ack,
+            dead_letter: true,
+        };
+        check_name(&route.device_id, &ingress.limits).map_err(refuse)?;
+        let format = publish
+            .content_type
+            .as_deref()
+            .and_then(Format::from_content_type)
+            .unwrap_or(route.format);
+        let cx = Context {
+            format,
+            metric: route.metric.as_deref(),
+            received_at,
+            limits: &ingress.limits,
+        };
+        let readings = decode(&publish.payload, &cx).map_err(refuse)?;
+        Ok(Accepted {
+            topic: route.kafka_topic,
+            key: route.key,
+            ack: route.ack,
+            record: Record {
+                device_id: route.device_id,
+                mqtt_topic: publish.topic.clone(),
+                qos: publish.qos,
+                client_id: self.client_id.clone(),
+                received_at,
+                readings,
+            },
+        })
     }
 
     /// Writes the acks of every delivery that is done, in packet order; a failed delivery

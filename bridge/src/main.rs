@@ -99,6 +99,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         tracing::info!(listen = %settings.ingress.listen, "accepting MQTT 3.1.1 and 5 devices");
         let ingress = Arc::new(ingress::Ingress::new(
             settings.ingress.clone(),
+            settings.limits.clone(),
             broker_v4,
             broker_v5,
             mappings.clone(),

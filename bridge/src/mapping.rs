@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 
+use crate::decode::Format;
 use crate::settings::MappingSettings;
 
 /// When a device's QoS 1/2 publish is acknowledged.
@@ -161,6 +162,7 @@ pub struct Mapping {
     pub template: TopicTemplate,
     pub kafka_topic: String,
     pub ack: AckPolicy,
+    pub format: Format,
 }
 
 /// Where one publish goes.
@@ -171,6 +173,7 @@ pub struct Route<'a> {
     pub kafka_topic: &'a str,
     pub key: String,
     pub ack: AckPolicy,
+    pub format: Format,
 }
 
 /// The ordered mapping list; the first filter that matches wins.
@@ -186,6 +189,7 @@ impl Mappings {
                     template: TopicTemplate::parse(&m.filter, &m.key)?,
                     kafka_topic: m.kafka_topic.clone(),
                     ack: m.ack,
+                    format: m.format,
                 })
             })
             .collect::<Result<_, _>>()
@@ -201,6 +205,7 @@ impl Mappings {
                 kafka_topic: &m.kafka_topic,
                 key: m.template.render_key(&captures),
                 ack: m.ack,
+                format: m.format,
             })
         })
     }
@@ -226,6 +231,7 @@ mod tests {
                 kafka_topic: topic.to_string(),
                 key: "{device_id}".into(),
                 ack: *ack,
+                format: Format::Auto,
             })
             .collect();
         Mappings::new(&settings).expect("valid mappings")

@@ -5,16 +5,50 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// One measurement of one metric of one device.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One measurement of one metric of one device. Exactly the columns of `readings`: a
+/// numeric `value`, or a SenML boolean, string or data value, and/or a SenML sum.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Reading {
     pub metric: String,
     pub time: DateTime<Utc>,
-    pub value: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_bool: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_text: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "base64_bytes"
+    )]
+    pub value_data: Option<Vec<u8>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sum: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<i64>,
+}
+
+/// Data values travel as base64 text in the record's JSON.
+mod base64_bytes {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(bytes) => s.serialize_str(&STANDARD.encode(bytes)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| STANDARD.decode(text).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 /// The value of a Kafka record on a readings topic: one MQTT publish, decoded.
@@ -54,13 +88,25 @@ mod tests {
             qos: 1,
             client_id: "c1".into(),
             received_at: t,
-            readings: vec![Reading {
-                metric: "temp".into(),
-                time: t,
-                value: 21.5,
-                unit: Some("Cel".into()),
-                seq: Some(7),
-            }],
+            readings: vec![
+                Reading {
+                    metric: "temp".into(),
+                    time: t,
+                    value: Some(21.5),
+                    unit: Some("Cel".into()),
+                    seq: Some(7),
+                    ..Reading::default()
+                },
+                Reading {
+                    metric: "blob".into(),
+                    time: t,
+                    value_data: Some(vec![0, 1, 254, 255]),
+                    value_bool: Some(true),
+                    value_text: Some("ok".into()),
+                    sum: Some(3.5),
+                    ..Reading::default()
+                },
+            ],
         };
         assert_eq!(
             Record::from_json(&record.to_json()).expect("decodes"),

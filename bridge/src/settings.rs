@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::decode::{Format, Limits};
 use crate::mapping::AckPolicy;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -15,6 +16,8 @@ use crate::mapping::AckPolicy;
 pub struct Settings {
     pub ingress: IngressSettings,
     pub mappings: Vec<MappingSettings>,
+    #[serde(default)]
+    pub limits: Limits,
     pub kafka: KafkaSettings,
     pub writer: WriterSettings,
     pub http: HttpSettings,
@@ -40,6 +43,19 @@ pub struct IngressSettings {
     pub max_inflight_bytes_total: usize,
     /// How long a new connection may take to send its CONNECT.
     pub connect_timeout_ms: u64,
+    /// What happens to a publish no mapping matches.
+    #[serde(default)]
+    pub unmapped: UnmappedPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnmappedPolicy {
+    /// Into the dead-letter topic with its bytes, then acknowledged.
+    #[default]
+    DeadLetter,
+    /// Counted and acknowledged (MQTT 5: reason 0x90), not kept.
+    Reject,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +69,10 @@ pub struct MappingSettings {
     pub key: String,
     #[serde(default)]
     pub ack: AckPolicy,
+    /// `auto` (by first byte), `json`, `cbor`, `senml`, `senml+json` or `senml+cbor`; an
+    /// MQTT 5 content type overrides it.
+    #[serde(default)]
+    pub format: Format,
 }
 
 fn default_key() -> String {

@@ -123,6 +123,8 @@ pub struct Publish {
     pub qos: u8,
     pub pkid: u16,
     pub payload: Bytes,
+    /// MQTT 5 content type, which names the payload's format.
+    pub content_type: Option<String>,
 }
 
 pub fn read_publish(frame: &Frame, level: u8) -> Result<Publish, WireError> {
@@ -136,6 +138,7 @@ pub fn read_publish(frame: &Frame, level: u8) -> Result<Publish, WireError> {
             qos: p.qos as u8,
             pkid: p.pkid,
             payload: p.payload,
+            content_type: p.properties.and_then(|props| props.content_type),
         })
     } else {
         let p = v4::v4::Publish::read(frame.v4_header(), frame.bytes.clone())
@@ -145,6 +148,7 @@ pub fn read_publish(frame: &Frame, level: u8) -> Result<Publish, WireError> {
             qos: p.qos as u8,
             pkid: p.pkid,
             payload: p.payload,
+            content_type: None,
         })
     }
 }

@@ -19,7 +19,7 @@ use tokio_postgres::types::Type;
 
 use crate::db;
 use crate::produce::client_config;
-use crate::record::Record;
+use crate::record::{Reading, Record};
 use crate::settings::{KafkaSettings, WriterSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,13 +34,9 @@ pub enum WriterError {
 
 /// One row of `readings`, as COPY sends it.
 struct Row {
-    time: DateTime<Utc>,
     device_id: String,
-    metric: String,
-    value: f64,
-    unit: Option<String>,
-    seq: Option<i64>,
     received_at: DateTime<Utc>,
+    reading: Reading,
 }
 
 /// Rows plus the Kafka position they bring each partition to.
@@ -81,7 +77,8 @@ pub struct Writer {
     client: Option<tokio_postgres::Client>,
 }
 
-const STAGE_COLUMNS: &str = "time, device_id, metric, value, unit, seq, received_at";
+const STAGE_COLUMNS: &str =
+    "time, device_id, metric, value, value_bool, value_text, value_data, sum, unit, seq, received_at";
 
 impl Writer {
     pub fn new(
@@ -235,15 +232,13 @@ impl Writer {
         batch.records += 1;
         batch.next_offsets.insert(partition, offset + 1);
         match payload.as_deref().map(Record::from_json) {
-            Some(Ok(record)) => batch.rows.extend(record.readings.into_iter().map(|r| Row {
-                time: r.time,
-                device_id: record.device_id.clone(),
-                metric: r.metric,
-                value: r.value,
-                unit: r.unit,
-                seq: r.seq,
-                received_at: record.received_at,
-            })),
+            Some(Ok(record)) => batch
+                .rows
+                .extend(record.readings.into_iter().map(|reading| Row {
+                    device_id: record.device_id.clone(),
+                    received_at: record.received_at,
+                    reading,
+                })),
             // Only Sluice produces to the readings topics; anything else is skipped, loudly.
             _ => {
                 counter!("sluice_writer_bad_records_total").increment(1);
@@ -314,6 +309,10 @@ impl Writer {
             Type::TEXT,
             Type::TEXT,
             Type::FLOAT8,
+            Type::BOOL,
+            Type::TEXT,
+            Type::BYTEA,
+            Type::FLOAT8,
             Type::TEXT,
             Type::INT8,
             Type::TIMESTAMPTZ,
@@ -321,15 +320,20 @@ impl Writer {
         let writer = BinaryCopyInWriter::new(sink, &types);
         futures::pin_mut!(writer);
         for row in &batch.rows {
+            let r = &row.reading;
             writer
                 .as_mut()
                 .write(&[
-                    &row.time,
+                    &r.time,
                     &row.device_id,
-                    &row.metric,
-                    &row.value,
-                    &row.unit,
-                    &row.seq,
+                    &r.metric,
+                    &r.value,
+                    &r.value_bool,
+                    &r.value_text,
+                    &r.value_data,
+                    &r.sum,
+                    &r.unit,
+                    &r.seq,
                     &row.received_at,
                 ])
                 .await?;

@@ -79,7 +79,7 @@ async fn puback_waits_for_kafka_unless_the_mapping_acks_on_receipt() {
     let rows = wait_rows(&db, &dev, 2).await;
     assert_eq!(
         rows.iter().map(|r| r.value).collect::<Vec<_>>(),
-        vec![1.0, 2.0],
+        vec![Some(1.0), Some(2.0)],
         "both readings land once Kafka is back: {rows:?}"
     );
 }

@@ -82,7 +82,7 @@ fn row(
         device_id: device.into(),
         metric: metric.into(),
         time_ms,
-        value,
+        value: Some(value),
         unit: unit.map(Into::into),
         seq,
     }
@@ -397,7 +397,7 @@ async fn writer_runs_as_its_own_process() {
     let rows = wait_rows(&db, &dev, 3).await;
     assert_eq!(
         rows.iter().map(|r| r.value).collect::<Vec<_>>(),
-        vec![0.0, 1.0, 2.0]
+        vec![Some(0.0), Some(1.0), Some(2.0)]
     );
 }
 

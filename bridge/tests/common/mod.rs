@@ -91,8 +91,8 @@ impl Gateway {
         set(&mut config, &["kafka", "partitions"], 3);
         set(&mut config, &["writer", "group_id"], format!("writer-{id}"));
         if let Some(toml::Value::Array(mappings)) = config.get_mut("mappings") {
-            if let Some(toml::Value::Table(first)) = mappings.first_mut() {
-                first.insert("kafka_topic".into(), readings_topic.clone().into());
+            for m in mappings.iter_mut().filter_map(toml::Value::as_table_mut) {
+                m.insert("kafka_topic".into(), readings_topic.clone().into());
             }
         }
         if let Some(tweak) = tweak {
@@ -293,7 +293,7 @@ pub struct Row {
     pub device_id: String,
     pub metric: String,
     pub time_ms: i64,
-    pub value: f64,
+    pub value: Option<f64>,
     pub unit: Option<String>,
     pub seq: Option<i64>,
 }
