@@ -17,19 +17,9 @@ done
 
 DATA="$ROOT/.data/bench"
 PG_PORT=54359 KAFKA_PORT=39092 MQTT_PORT=41883
-cleanup() {
-  stop_pidfile "$DATA/sluice.pid"
-  stop_pidfile "$DATA/kafka/tansu.pid"
-  stop_postgres "$DATA/pg"
-}
-trap cleanup EXIT
-cleanup
-rm -rf "$DATA" "$(readlink -f "$DATA/pg" 2>/dev/null || true)"
-mkdir -p "$DATA"
 ensure_deps
 build
-start_postgres "$DATA/pg" "$PG_PORT"
-start_tansu "$DATA/kafka" "$KAFKA_PORT"
+fresh_stack "$DATA" "$PG_PORT" "$KAFKA_PORT"
 
 # The default mapping acks after Kafka; a second one, on `receipt/...`, acks on receipt.
 cp "$ROOT/broker.toml" "$DATA/broker.toml"
@@ -40,7 +30,6 @@ filter = "receipt/{device_id}/{metric}"
 kafka_topic = "sensor.readings"
 ack = "receipt"
 TOML
-export DATABASE_URL="postgres://sluice@127.0.0.1:$PG_PORT/sluice" KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 SLUICE__INGRESS__LISTEN="127.0.0.1:$MQTT_PORT" SLUICE__HTTP__LISTEN="127.0.0.1:49464" \
 SLUICE__BROKER__V4__1__LISTEN="127.0.0.1:51883" SLUICE__BROKER__V5__1__LISTEN="127.0.0.1:51884" \
   "$ROOT/target/release/sluice" --config "$DATA/broker.toml" >"$DATA/sluice.log" 2>&1 &

@@ -2,7 +2,5 @@
 # Stops what scripts/up.sh started, by pid. Data stays in .data/ for the next run.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 DATA="$ROOT/.data"
-stop_pidfile "$DATA/sluice.pid"
-stop_pidfile "$DATA/kafka/tansu.pid"
-stop_postgres "$DATA/pg"
+stop_stack "$DATA"
 log "down"

@@ -106,3 +106,25 @@ stop_pidfile() { # pidfile
   fi
   rm -f "$1"
 }
+
+# stop_stack DIR: stops every sluice (DIR/sluice*.pid), tansu and PostgreSQL under DIR.
+stop_stack() {
+  local p
+  for p in "$1"/sluice*.pid; do [ -e "$p" ] && stop_pidfile "$p"; done
+  stop_pidfile "$1/kafka/tansu.pid"
+  stop_postgres "$1/pg"
+}
+
+# fresh_stack DIR PG_PORT KAFKA_PORT: empty PostgreSQL and tansu under DIR, stopped when
+# the script exits, and DATABASE_URL / KAFKA_BROKERS exported for them. A fresh start
+# each time, so no result depends on an earlier run.
+fresh_stack() {
+  local dir="$1"
+  trap "stop_stack '$dir'" EXIT
+  stop_stack "$dir"
+  rm -rf "$dir" "$(readlink -f "$dir/pg" 2>/dev/null || true)"
+  mkdir -p "$dir"
+  start_postgres "$dir/pg" "$2"
+  start_tansu "$dir/kafka" "$3"
+  export DATABASE_URL="postgres://sluice@127.0.0.1:$2/sluice" KAFKA_BROKERS="127.0.0.1:$3"
+}

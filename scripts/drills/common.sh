@@ -7,18 +7,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 DATA="$ROOT/.data/drill"
 PG_PORT=54349 KAFKA_PORT=29092 MQTT_PORT=21883 HTTP_PORT=29464
 SENSORS="${DRILL_SENSORS:-1000}" DURATION="${DRILL_DURATION:-60}"
-export DATABASE_URL="postgres://sluice@127.0.0.1:$PG_PORT/sluice"
-export KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 export SLUICE__INGRESS__LISTEN="127.0.0.1:$MQTT_PORT"
 export SLUICE__BROKER__V4__1__LISTEN="127.0.0.1:31883" SLUICE__BROKER__V5__1__LISTEN="127.0.0.1:31884"
 export SLUICE__WRITER__GROUP_ID="drill-writer"
-
-drill_cleanup() {
-  for p in "$DATA"/sluice-*.pid; do [ -e "$p" ] && stop_pidfile "$p"; done
-  [ -n "${SIM_PID:-}" ] && kill "$SIM_PID" 2>/dev/null || true
-  stop_pidfile "$DATA/kafka/tansu.pid"
-  stop_postgres "$DATA/pg"
-}
 
 # start_sluice NAME ROLE [VAR=VALUE ...]: a sluice process whose pid is in sluice-NAME.pid.
 start_sluice() {
@@ -49,13 +40,9 @@ say() { printf '[drill %5ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 # simulator in the background, `fault` meanwhile, then the verdict from the simulator.
 drill() {
   local name="$1"
-  trap drill_cleanup EXIT
-  drill_cleanup
-  rm -rf "$DATA" "$(readlink -f "$DATA/pg" 2>/dev/null || true)"
-  mkdir -p "$DATA"
   [ -x "$ROOT/target/release/sluice-sim" ] || build
-  start_postgres "$DATA/pg" "$PG_PORT"
-  start_tansu "$DATA/kafka" "$KAFKA_PORT"
+  fresh_stack "$DATA" "$PG_PORT" "$KAFKA_PORT"
+  trap '[ -n "${SIM_PID:-}" ] && kill "$SIM_PID" 2>/dev/null; stop_stack "$DATA"' EXIT
   "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" --migrate-only
   if declare -F start_stack >/dev/null; then start_stack; else start_sluice main all; fi
   wait_port 127.0.0.1 "$MQTT_PORT" sluice
