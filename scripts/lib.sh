@@ -13,7 +13,6 @@ ensure_deps() {
   local pkgs=()
   [ -x "$PG_BIN/initdb" ] || pkgs+=(postgresql-15)
   command -v mosquitto_pub >/dev/null || pkgs+=(mosquitto-clients)
-  command -v mosquitto >/dev/null || pkgs+=(mosquitto)
   command -v runuser >/dev/null || pkgs+=(util-linux)
   if [ ${#pkgs[@]} -gt 0 ]; then
     log "installing ${pkgs[*]}"
@@ -21,11 +20,6 @@ ensure_deps() {
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
   fi
-  # Debian's package starts its own broker on 1883; the gateway needs that port.
-  if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
-    systemctl stop mosquitto || true
-  fi
-  pkill -x mosquitto 2>/dev/null || true
   if ! command -v tansu >/dev/null || [ "$(tansu --version 2>/dev/null)" != "tansu $TANSU_VERSION" ]; then
     log "installing tansu $TANSU_VERSION (Kafka-compatible broker; about 10 minutes, once)"
     cargo install tansu --version "$TANSU_VERSION" --locked --features libsql,dynostore
