@@ -2,7 +2,7 @@
 //! frames, read CONNECT and PUBLISH with rumqttc's public codecs (3.1.1 and 5), and encode
 //! the acknowledgements the ingress sends itself. Everything else is relayed untouched.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes as v4;
 use rumqttc::v5::mqttbytes::v5;
 
@@ -181,15 +181,15 @@ pub fn encode_ack(out: &mut BytesMut, qos: u8, pkid: u16, level: u8, reason: u8)
 /// connection is closed, as MQTT 3.1.1 section 3.1.2.2 asks.
 pub const CONNACK_UNACCEPTABLE_PROTOCOL: [u8; 4] = [0x20, 2, 0, 1];
 
-/// Packet id of a PUBACK/PUBREC frame (used in tests and logs).
-pub fn ack_pkid(frame: &Frame) -> Option<u16> {
-    let mut b = frame.bytes.slice(frame.header_len..);
-    (b.remaining() >= 2).then(|| b.get_u16())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Buf;
+
+    fn ack_pkid(frame: &Frame) -> Option<u16> {
+        let mut b = frame.bytes.slice(frame.header_len..);
+        (b.remaining() >= 2).then(|| b.get_u16())
+    }
 
     fn frames(bytes: &[u8]) -> Vec<Frame> {
         let mut buf = BytesMut::from(bytes);
