@@ -75,6 +75,9 @@ pub struct Writer {
     /// Next offset to write per partition, as the database has it.
     committed: HashMap<(String, i32), i64>,
     client: Option<tokio_postgres::Client>,
+    /// Crash drill hook: abort the process after COPY, before the commit of this batch
+    /// number (`SLUICE_CRASH_BEFORE_COMMIT=N`), as a kill at the worst moment would.
+    crash_before_commit: Option<u64>,
 }
 
 const STAGE_COLUMNS: &str =
@@ -100,6 +103,9 @@ impl Writer {
             topics: topics.iter().map(|t| t.to_string()).collect(),
             committed: HashMap::new(),
             client: None,
+            crash_before_commit: std::env::var("SLUICE_CRASH_BEFORE_COMMIT")
+                .ok()
+                .and_then(|n| n.parse().ok()),
         })
     }
 
@@ -297,6 +303,13 @@ impl Writer {
     async fn write(&mut self, batch: &Batch) -> Result<(), WriterError> {
         let started = Instant::now();
         let group = self.settings.group_id.clone();
+        let crash = match self.crash_before_commit.as_mut() {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n == 0
+            }
+            None => false,
+        };
         let client = self.client().await?;
         let tx = client.transaction().await?;
         let sink = tx
@@ -358,6 +371,13 @@ impl Writer {
         for ((topic, partition), next) in &batch.next_offsets {
             tx.execute(&statement, &[&group, topic, partition, next])
                 .await?;
+        }
+        if crash {
+            tracing::error!(
+                rows = batch.rows.len(),
+                "SLUICE_CRASH_BEFORE_COMMIT: aborting after COPY, before commit"
+            );
+            std::process::abort();
         }
         tx.commit().await?;
         for (partition, next) in &batch.next_offsets {

@@ -142,6 +142,21 @@ impl Gateway {
         });
     }
 
+    /// Waits for the `n`th process started to exit on its own.
+    pub fn wait_exit(&mut self, n: usize) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.children[n].try_wait() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "process {n} did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn check_alive(&mut self) {
         for c in &mut self.children {
             if let Ok(Some(status)) = c.try_wait() {
