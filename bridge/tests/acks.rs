@@ -3,25 +3,15 @@
 
 mod common;
 
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::Duration;
 
 use common::{db, wait_for, wait_rows, Gateway, Tansu};
 
-fn mosquitto_pub(port: u16, topic: &str, body: &str) -> Child {
-    Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-m",
-            body,
-        ])
+fn mosquitto_pub(gateway: &Gateway, topic: &str, body: &str) -> Child {
+    gateway
+        .mosquitto_pub()
+        .args(["-t", topic, "-m", body])
         .spawn()
         .expect("mosquitto_pub runs")
 }
@@ -45,7 +35,7 @@ async fn puback_waits_for_kafka_unless_the_mapping_acks_on_receipt() {
 
     kafka.kill();
     let mut gated = mosquitto_pub(
-        gateway.mqtt_port,
+        &gateway,
         &format!("sensors/{dev}/temp"),
         r#"{"value": 1, "ts": 1700000000000}"#,
     );
@@ -56,7 +46,7 @@ async fn puback_waits_for_kafka_unless_the_mapping_acks_on_receipt() {
     );
 
     let mut receipt = mosquitto_pub(
-        gateway.mqtt_port,
+        &gateway,
         &format!("fast/{dev}/temp"),
         r#"{"value": 2, "ts": 1700000000001}"#,
     );

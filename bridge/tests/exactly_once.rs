@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::{db, free_port, rows, wait_rows, Gateway};
 
@@ -29,17 +29,9 @@ async fn writer_killed_between_copy_and_commit_loses_and_duplicates_nothing() {
     let lines: String = (0..20)
         .map(|i| format!("{{\"value\": {i}, \"ts\": {}}}\n", 1_700_000_000_000i64 + i))
         .collect();
-    let mut publisher = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &gateway.mqtt_port.to_string(),
-            "-q",
-            "1",
-            "-l",
-        ])
-        .args(["-t", &format!("sensors/{dev}/temp")])
+    let mut publisher = gateway
+        .mosquitto_pub()
+        .args(["-l", "-t", &format!("sensors/{dev}/temp")])
         .stdin(Stdio::piped())
         .spawn()
         .expect("mosquitto_pub runs");

@@ -3,20 +3,11 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{db, wait_rows, Gateway};
 
 fn mosquitto_pub(gateway: &Gateway, args: &[&str]) {
-    let status = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &gateway.mqtt_port.to_string(),
-            "-q",
-            "1",
-        ])
+    let status = gateway
+        .mosquitto_pub()
         .args(args)
         .status()
         .expect("mosquitto_pub runs");

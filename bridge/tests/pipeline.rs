@@ -186,9 +186,16 @@ async fn mosquitto_pub_lands_and_mosquitto_sub_sees_it_live() {
             r#"{"value": 2.5, "ts": 1700000001000, "unit": "%"}"#,
         ),
     ] {
-        let status = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &port, "-V", version, "-q", "1"])
-            .args(["-t", &format!("sensors/{dev}/{metric}"), "-m", body])
+        let status = gateway
+            .mosquitto_pub()
+            .args([
+                "-V",
+                version,
+                "-t",
+                &format!("sensors/{dev}/{metric}"),
+                "-m",
+                body,
+            ])
             .status()
             .expect("mosquitto_pub runs");
         assert!(

@@ -174,6 +174,21 @@ impl Gateway {
             .collect()
     }
 
+    /// `mosquitto_pub` (Debian's mosquitto-clients) at QoS 1 against this gateway; the
+    /// caller adds the topic and message arguments.
+    pub fn mosquitto_pub(&self) -> Command {
+        let mut c = Command::new("mosquitto_pub");
+        c.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.mqtt_port.to_string(),
+            "-q",
+            "1",
+        ]);
+        c
+    }
+
     pub fn mqtt_addr(&self) -> String {
         format!("127.0.0.1:{}", self.mqtt_port)
     }
