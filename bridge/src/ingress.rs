@@ -140,7 +140,13 @@ impl Ingress {
         let upstream = TcpStream::connect(broker).await?;
         upstream.set_nodelay(true)?;
         let (up_rd, mut up_wr) = upstream.into_split();
-        up_wr.write_all(&first.bytes).await?;
+        if connect.keep_alive == 0 {
+            up_wr
+                .write_all(&wire::with_keep_alive(&first, u16::MAX))
+                .await?;
+        } else {
+            up_wr.write_all(&first.bytes).await?;
+        }
         Conn {
             ingress: self,
             level: connect.level,

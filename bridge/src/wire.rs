@@ -88,6 +88,8 @@ pub struct Connect {
     /// 4 for MQTT 3.1.1, 5 for MQTT 5.
     pub level: u8,
     pub client_id: String,
+    /// Seconds; 0 turns keep alive off.
+    pub keep_alive: u16,
 }
 
 pub fn read_connect(frame: &Frame) -> Result<Connect, WireError> {
@@ -99,21 +101,36 @@ pub fn read_connect(frame: &Frame) -> Result<Connect, WireError> {
         .bytes
         .get(frame.header_len + 6)
         .ok_or_else(|| malformed("CONNECT", "truncated variable header"))?;
-    let client_id = match level {
+    let (client_id, keep_alive) = match level {
         4 => {
-            v4::v4::Connect::read(frame.v4_header(), frame.bytes.clone())
-                .map_err(|e| malformed("CONNECT", e))?
-                .client_id
+            let c = v4::v4::Connect::read(frame.v4_header(), frame.bytes.clone())
+                .map_err(|e| malformed("CONNECT", e))?;
+            (c.client_id, c.keep_alive)
         }
         5 => {
-            v5::Connect::read(frame.v5_header(), frame.bytes.clone())
+            let c = v5::Connect::read(frame.v5_header(), frame.bytes.clone())
                 .map_err(|e| malformed("CONNECT", e))?
-                .0
-                .client_id
+                .0;
+            (c.client_id, c.keep_alive)
         }
         other => return Err(WireError::UnsupportedLevel(other)),
     };
-    Ok(Connect { level, client_id })
+    Ok(Connect {
+        level,
+        client_id,
+        keep_alive,
+    })
+}
+
+/// The CONNECT with another keep alive. rumqttd refuses keep alive 0 (valid MQTT: off),
+/// so the ingress, which owns the device's socket, relays such a CONNECT with the largest
+/// keep alive instead. Only for a frame `read_connect` accepted ("MQTT" name, level 4/5).
+pub fn with_keep_alive(frame: &Frame, seconds: u16) -> Bytes {
+    let mut bytes = BytesMut::from(&frame.bytes[..]);
+    // Protocol name (2 + 4 bytes), level, flags, then the keep alive.
+    let at = frame.header_len + 8;
+    bytes[at..at + 2].copy_from_slice(&seconds.to_be_bytes());
+    bytes.freeze()
 }
 
 /// A device's PUBLISH, version-independent.
@@ -240,9 +257,13 @@ mod tests {
             c,
             Connect {
                 level: 4,
-                client_id: "dev-1".into()
+                client_id: "dev-1".into(),
+                keep_alive: 10,
             }
         );
+        let changed = with_keep_alive(&frames(&wire)[0], 65535);
+        let c = read_connect(&frames(&changed)[0]).unwrap();
+        assert_eq!((c.keep_alive, c.client_id.as_str()), (65535, "dev-1"));
 
         let mut wire = BytesMut::new();
         v5::Connect {
@@ -258,9 +279,12 @@ mod tests {
             c,
             Connect {
                 level: 5,
-                client_id: "dev-5".into()
+                client_id: "dev-5".into(),
+                keep_alive: 30,
             }
         );
+        let c = read_connect(&frames(&with_keep_alive(&frames(&wire)[0], 7))[0]).unwrap();
+        assert_eq!(c.keep_alive, 7);
 
         // MQTT 3.1 ("MQIsdp", level 3) is not served.
         let mut bad = BytesMut::new();

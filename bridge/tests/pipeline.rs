@@ -21,8 +21,16 @@ struct Device {
 
 impl Device {
     async fn connect(gateway: &Gateway, client_id: &str) -> Device {
+        Device::connect_keep_alive(gateway, client_id, Duration::from_secs(30)).await
+    }
+
+    async fn connect_keep_alive(
+        gateway: &Gateway,
+        client_id: &str,
+        keep_alive: Duration,
+    ) -> Device {
         let mut options = MqttOptions::new(client_id, "127.0.0.1", gateway.mqtt_port);
-        options.set_keep_alive(Duration::from_secs(30));
+        options.set_keep_alive(keep_alive);
         let (client, mut eventloop) = AsyncClient::new(options, 16);
         let (tx, events) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -375,6 +383,28 @@ async fn mqtt5_bad_payload_gets_reason_code_0x99() {
     .await
     .expect("PUBACK within 30 s");
     assert_eq!(reason, PubAckReason::PayloadFormatInvalid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_zero_is_accepted() {
+    // Valid MQTT (keep alive off) that rumqttd alone refuses without a CONNACK.
+    let gateway = Gateway::start(None);
+    let db = db().await;
+    let dev = format!("{}-ka0", gateway.id);
+    let mut device = Device::connect_keep_alive(&gateway, &dev, Duration::ZERO).await;
+    device
+        .publish(
+            &format!("sensors/{dev}/temp"),
+            QoS::AtLeastOnce,
+            br#"{"value": 3, "ts": 1700000000000}"#.to_vec(),
+        )
+        .await;
+    device.expect_puback().await;
+    let rows = wait_rows(&db, &dev, 1).await;
+    assert_eq!(
+        rows,
+        vec![row(&dev, "temp", 1_700_000_000_000, 3.0, None, None)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
