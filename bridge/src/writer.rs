@@ -112,7 +112,7 @@ impl Writer {
     /// Assigns this writer's partitions (all of them, or `writer.partitions`), each at
     /// the offset the database has for it; waits for Kafka and the database if need be.
     async fn assign(&mut self) -> Result<(), WriterError> {
-        self.load_committed().await?;
+        self.load_committed().await;
         let mut tpl = TopicPartitionList::new();
         for topic in self.topics.clone() {
             let partitions = self.partitions(&topic).await;
@@ -159,7 +159,7 @@ impl Writer {
     pub async fn run(mut self) -> Result<(), WriterError> {
         self.assign().await?;
         loop {
-            let batch = self.next_batch().await?;
+            let batch = self.next_batch().await;
             let started = Instant::now();
             if batch.records == 0 {
                 continue;
@@ -184,10 +184,10 @@ impl Writer {
 
     /// Waits for one record, then takes whatever else is ready (and, with `linger_ms`,
     /// whatever arrives within it) up to `max_batch_rows`.
-    async fn next_batch(&mut self) -> Result<Batch, WriterError> {
+    async fn next_batch(&mut self) -> Batch {
         let mut batch = Batch::default();
         let first = owned(self.consumer.recv().await);
-        self.add(&mut batch, first).await?;
+        self.add(&mut batch, first);
         let deadline = Instant::now() + Duration::from_millis(self.settings.linger_ms);
         // A throttled writer takes about a second's worth at a time, so it stays smooth.
         let max_rows = match self.settings.max_rows_per_second {
@@ -209,23 +209,19 @@ impl Writer {
                     }
                 }
             };
-            self.add(&mut batch, next).await?;
+            self.add(&mut batch, next);
         }
-        Ok(batch)
+        batch
     }
 
-    async fn add(
-        &mut self,
-        batch: &mut Batch,
-        message: Option<Incoming>,
-    ) -> Result<(), WriterError> {
+    fn add(&self, batch: &mut Batch, message: Option<Incoming>) {
         let Some(Incoming {
             partition,
             offset,
             payload,
         }) = message
         else {
-            return Ok(());
+            return;
         };
         if self
             .committed
@@ -233,7 +229,7 @@ impl Writer {
             .is_some_and(|&next| offset < next)
         {
             counter!("sluice_writer_skipped_total").increment(1);
-            return Ok(());
+            return;
         }
         batch.records += 1;
         batch.next_offsets.insert(partition, offset + 1);
@@ -254,7 +250,6 @@ impl Writer {
                 );
             }
         }
-        Ok(())
     }
 
     async fn client(&mut self) -> Result<&mut tokio_postgres::Client, WriterError> {
@@ -271,7 +266,8 @@ impl Writer {
         Ok(self.client.as_mut().expect("just connected"))
     }
 
-    async fn load_committed(&mut self) -> Result<(), WriterError> {
+    /// Reads this group's offsets, waiting out a database outage.
+    async fn load_committed(&mut self) {
         let group = self.settings.group_id.clone();
         let rows = loop {
             let result = match self.client().await {
@@ -297,7 +293,6 @@ impl Writer {
             .iter()
             .map(|r| ((r.get(0), r.get(1)), r.get(2)))
             .collect();
-        Ok(())
     }
 
     async fn write(&mut self, batch: &Batch) -> Result<(), WriterError> {

@@ -70,6 +70,12 @@ impl Device {
     async fn expect_puback(&mut self) {
         self.expect(|p| matches!(p, Packet::PubAck(_))).await;
     }
+
+    /// Publishes at QoS 1 and waits for the PUBACK.
+    async fn publish_acked(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.publish(topic, QoS::AtLeastOnce, payload.into()).await;
+        self.expect_puback().await;
+    }
 }
 
 fn cbor(value: &ciborium::Value) -> Vec<u8> {
@@ -107,13 +113,11 @@ async fn rumqttc_json_and_cbor_at_qos0_and_qos1_land_as_exact_rows() {
 
     use ciborium::Value;
     dev_a
-        .publish(
+        .publish_acked(
             &format!("sensors/{a}/temp"),
-            QoS::AtLeastOnce,
-            br#"{"value": 21.5, "ts": 1700000000000, "unit": "Cel", "seq": 1}"#.to_vec(),
+            br#"{"value": 21.5, "ts": 1700000000000, "unit": "Cel", "seq": 1}"#,
         )
         .await;
-    dev_a.expect_puback().await;
     let packed = cbor(&Value::Map(vec![
         (Value::Text("value".into()), Value::Float(48.25)),
         (
@@ -123,9 +127,8 @@ async fn rumqttc_json_and_cbor_at_qos0_and_qos1_land_as_exact_rows() {
         (Value::Text("seq".into()), Value::Integer(2.into())),
     ]));
     dev_a
-        .publish(&format!("sensors/{a}/hum"), QoS::AtLeastOnce, packed)
+        .publish_acked(&format!("sensors/{a}/hum"), packed)
         .await;
-    dev_a.expect_puback().await;
     dev_b
         .publish(
             &format!("sensors/{b}/temp"),
@@ -239,36 +242,22 @@ async fn malformed_payloads_are_dead_lettered_and_the_connection_keeps_flowing()
     let mut dev = Device::connect(&gateway, &bad).await;
     let mut neighbour = Device::connect(&gateway, &other).await;
 
-    dev.publish(
-        &format!("sensors/{bad}/temp"),
-        QoS::AtLeastOnce,
-        b"not json at all".to_vec(),
-    )
-    .await;
-    dev.expect_puback().await;
-    dev.publish(
-        &format!("sensors/{bad}/temp"),
-        QoS::AtLeastOnce,
-        vec![0xa1, 0x65, 0x76],
-    )
-    .await;
-    dev.expect_puback().await;
+    dev.publish_acked(&format!("sensors/{bad}/temp"), b"not json at all")
+        .await;
+    dev.publish_acked(&format!("sensors/{bad}/temp"), vec![0xa1, 0x65, 0x76])
+        .await;
     // The same connection goes on: its next good reading lands, and so do the neighbour's.
-    dev.publish(
+    dev.publish_acked(
         &format!("sensors/{bad}/temp"),
-        QoS::AtLeastOnce,
-        br#"{"value": 5, "ts": 1700000000000}"#.to_vec(),
+        br#"{"value": 5, "ts": 1700000000000}"#,
     )
     .await;
-    dev.expect_puback().await;
     neighbour
-        .publish(
+        .publish_acked(
             &format!("sensors/{other}/temp"),
-            QoS::AtLeastOnce,
-            br#"{"value": 6, "ts": 1700000000000}"#.to_vec(),
+            br#"{"value": 6, "ts": 1700000000000}"#,
         )
         .await;
-    neighbour.expect_puback().await;
     let rows = wait_rows(&db, &gateway.id, 2).await;
     assert_eq!(
         rows,
@@ -393,13 +382,11 @@ async fn keep_alive_zero_is_accepted() {
     let dev = format!("{}-ka0", gateway.id);
     let mut device = Device::connect_keep_alive(&gateway, &dev, Duration::ZERO).await;
     device
-        .publish(
+        .publish_acked(
             &format!("sensors/{dev}/temp"),
-            QoS::AtLeastOnce,
-            br#"{"value": 3, "ts": 1700000000000}"#.to_vec(),
+            br#"{"value": 3, "ts": 1700000000000}"#,
         )
         .await;
-    device.expect_puback().await;
     let rows = wait_rows(&db, &dev, 1).await;
     assert_eq!(
         rows,
@@ -423,13 +410,8 @@ async fn writer_runs_as_its_own_process() {
     for i in 0..3 {
         let body = format!(r#"{{"value": {i}, "ts": {}}}"#, 1_700_000_000_000i64 + i);
         device
-            .publish(
-                &format!("sensors/{dev}/temp"),
-                QoS::AtLeastOnce,
-                body.into_bytes(),
-            )
+            .publish_acked(&format!("sensors/{dev}/temp"), body.into_bytes())
             .await;
-        device.expect_puback().await;
     }
     let rows = wait_rows(&db, &dev, 3).await;
     assert_eq!(
