@@ -89,6 +89,8 @@ pub enum DecodeError {
     NameTooLong(usize),
     #[error("pack of {0} records exceeds the limit")]
     PackTooLarge(usize),
+    #[error("text contains a NUL character, which the database cannot store")]
+    NulInText,
 }
 
 impl DecodeError {
@@ -107,6 +109,7 @@ impl DecodeError {
             DecodeError::NoMetric => "no_metric",
             DecodeError::NameTooLong(_) => "name_too_long",
             DecodeError::PackTooLarge(_) => "pack_too_large",
+            DecodeError::NulInText => "nul_in_text",
         }
     }
 }
@@ -151,6 +154,12 @@ pub fn decode(payload: &[u8], cx: &Context<'_>) -> Result<Vec<Reading>, DecodeEr
     };
     for r in &readings {
         check_name(&r.metric, cx.limits)?;
+        // PostgreSQL text cannot hold U+0000: such a row would fail its batch forever.
+        for text in [&r.unit, &r.value_text].into_iter().flatten() {
+            if text.contains('\0') {
+                return Err(DecodeError::NulInText);
+            }
+        }
         let (earliest, latest) = (
             cx.received_at - Duration::seconds(cx.limits.max_age_s),
             cx.received_at + Duration::seconds(cx.limits.max_future_s),
@@ -162,9 +171,13 @@ pub fn decode(payload: &[u8], cx: &Context<'_>) -> Result<Vec<Reading>, DecodeEr
     Ok(readings)
 }
 
+/// A device id or metric: within the length limit and storable as text.
 pub fn check_name(name: &str, limits: &Limits) -> Result<(), DecodeError> {
     if name.len() > limits.max_name_bytes {
         return Err(DecodeError::NameTooLong(name.len()));
+    }
+    if name.contains('\0') {
+        return Err(DecodeError::NulInText);
     }
     Ok(())
 }

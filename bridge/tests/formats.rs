@@ -249,3 +249,48 @@ async fn limits_refuse_with_named_reasons_and_the_service_keeps_serving() {
         assert_eq!(gateway.metric(&sample), 1.0, "{sample}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_with_nul_is_refused_before_it_can_stall_the_writer() {
+    // PostgreSQL text cannot hold U+0000; let through, the row would fail its COPY batch
+    // on every retry and stop the writer for everyone.
+    let gateway = Gateway::start(None);
+    let db = db().await;
+    let dev = format!("{}-nul", gateway.id);
+    mosquitto_pub(
+        &gateway,
+        &[
+            "-t",
+            &format!("devices/{dev}/senml"),
+            "-m",
+            r#"[{"n":"a\u0000b","v":1}]"#,
+        ],
+    );
+    mosquitto_pub(
+        &gateway,
+        &[
+            "-t",
+            &format!("sensors/{dev}/temp"),
+            "-m",
+            r#"{"value": 2, "unit": "C\u0000"}"#,
+        ],
+    );
+    mosquitto_pub(
+        &gateway,
+        &[
+            "-t",
+            &format!("sensors/{dev}/temp"),
+            "-m",
+            r#"{"value": 3}"#,
+        ],
+    );
+    let rows = wait_rows(&db, &dev, 1).await;
+    assert_eq!(
+        rows.iter().map(|r| r.value).collect::<Vec<_>>(),
+        vec![Some(3.0)]
+    );
+    assert_eq!(
+        gateway.metric(r#"sluice_rejected_total{reason="nul_in_text"}"#),
+        2.0
+    );
+}
