@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark: the same N readings (default 2,000,000) into the same empty `readings` table
-# two ways: raw `\copy` of a CSV (the physical limit here) and Sluice's writer consuming
+# two ways: raw binary `\copy` (the physical limit here) and Sluice's writer consuming
 # them from Kafka. Prints both rates and their ratio.
 #   scripts/bench-writer.sh [N]
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -22,14 +22,14 @@ echo $! >"$DATA/sluice-ingress.pid"
 wait_port 127.0.0.1 61883 sluice
 stop_pidfile "$DATA/sluice-ingress.pid"
 
-log "loading $N readings into Kafka and $DATA/readings.csv"
-"$ROOT/target/release/examples/load_kafka" "$KAFKA_BROKERS" "$TOPIC" "$N" "$DATA/readings.csv"
+log "loading $N readings into Kafka and $DATA/readings.copy"
+"$ROOT/target/release/examples/load_kafka" "$KAFKA_BROKERS" "$TOPIC" "$N" "$DATA/readings.copy"
 
 q() { psql "$DATABASE_URL" -X -qtAc "$1"; }
 now() { date +%s.%N; }
-log "raw COPY"
+log "raw binary COPY"
 t0=$(now)
-psql "$DATABASE_URL" -X -qc "\\copy readings (time, device_id, metric, value, received_at) FROM '$DATA/readings.csv' CSV"
+psql "$DATABASE_URL" -X -qc "\\copy readings (time, device_id, metric, value, received_at) FROM '$DATA/readings.copy' (FORMAT binary)"
 t1=$(now)
 raw_rows=$(q "SELECT count(*) FROM readings")
 q "TRUNCATE readings; TRUNCATE sluice_offsets"
@@ -54,8 +54,8 @@ n, raw_rows, t0, t1, w_rows, t2, t3, batches, db_s = sys.argv[1:]
 raw = int(raw_rows) / (float(t1) - float(t0))
 wr = int(w_rows) / (float(t3) - float(t2))
 print(f"readings: {n}")
-print(f"raw COPY:      {int(raw_rows)} rows in {float(t1)-float(t0):.1f}s = {raw:,.0f} rows/s")
-print(f"sluice writer: {int(w_rows)} rows in {float(t3)-float(t2):.1f}s = {wr:,.0f} rows/s ({batches} batches, start-up included)")
-print(f"  of which in database transactions: {float(db_s):.1f}s; the rest is Kafka fetch, decoding and start-up")
+print(f"raw binary COPY: {int(raw_rows)} rows in {float(t1)-float(t0):.1f}s = {raw:,.0f} rows/s")
+print(f"sluice writer:   {int(w_rows)} rows in {float(t3)-float(t2):.1f}s = {wr:,.0f} rows/s ({batches} batches, start-up included)")
+print(f"  database transactions took {float(db_s):.1f}s of it (fetching and decoding the next batch overlaps them)")
 print(f"writer / raw COPY = {wr / raw:.2f}")
 PY

@@ -74,8 +74,8 @@ stop_postgres() {
   runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$pgdata" -m fast -w stop >/dev/null 2>&1 || true
 }
 
-# start_tansu DATA_DIR PORT: durable sqlite storage, advertised as 127.0.0.1 (tansu
-# listens on IPv4 only).
+# start_tansu DATA_DIR PORT: durable sqlite storage (TANSU_STORAGE overrides it, e.g.
+# memory://tansu/), advertised as 127.0.0.1 (tansu listens on IPv4 only).
 start_tansu() {
   local dir="$1" port="$2"
   mkdir -p "$dir"
@@ -85,7 +85,7 @@ start_tansu() {
   (cd "$dir" && exec nohup tansu broker \
     --listener-url "tcp://127.0.0.1:$port" \
     --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine "sqlite://tansu.db" \
+    --storage-engine "${TANSU_STORAGE:-sqlite://tansu.db}" \
     >tansu.log 2>&1) &
   echo $! >"$dir/tansu.pid"
   wait_port 127.0.0.1 "$port" tansu

@@ -1,7 +1,8 @@
 //! Loads N synthetic readings into a Kafka topic as Sluice records (one reading per record,
-//! as devices publish them) and writes the same readings as CSV for a raw `\copy`, so that
+//! as devices publish them) and writes the same readings as a binary COPY file (columns
+//! time, device_id, metric, value, received_at) for a raw `\copy`, so that
 //! `scripts/bench-writer.sh` can compare the writer with the physical limit on equal data.
-//!   cargo run --release --example load_kafka -- BROKERS TOPIC N CSV_PATH
+//!   cargo run --release --example load_kafka -- BROKERS TOPIC N COPY_FILE
 
 use std::io::{BufWriter, Write};
 use std::time::{Duration, Instant};
@@ -15,8 +16,8 @@ use sluice::record::{Reading, Record};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, brokers, topic, n, csv] = &args[..] else {
-        anyhow::bail!("usage: load_kafka BROKERS TOPIC N CSV_PATH");
+    let [_, brokers, topic, n, copy_file] = &args[..] else {
+        anyhow::bail!("usage: load_kafka BROKERS TOPIC N COPY_FILE");
     };
     let n: u64 = n.parse().context("N")?;
     let producer: FutureProducer = ClientConfig::new()
@@ -27,8 +28,12 @@ async fn main() -> anyhow::Result<()> {
         .set("compression.type", "lz4")
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
-    let mut out = BufWriter::new(std::fs::File::create(csv).context("CSV file")?);
+    let mut out = BufWriter::new(std::fs::File::create(copy_file).context("COPY file")?);
+    // PostgreSQL's binary COPY header: signature, flags, header extension length.
+    out.write_all(b"PGCOPY\n\xff\r\n\0")?;
+    out.write_all(&[0; 8])?;
     let start = Utc.timestamp_millis_opt(1_790_000_000_000).unwrap();
+    let epoch_2000 = Utc.timestamp_opt(946_684_800, 0).unwrap();
     let began = Instant::now();
     let mut pending = Vec::with_capacity(10_000);
     for i in 0..n {
@@ -48,8 +53,18 @@ async fn main() -> anyhow::Result<()> {
                 ..Reading::default()
             }],
         };
-        let t = time.to_rfc3339();
-        writeln!(out, "{t},{device_id},temp,{value},{t}")?;
+        let micros = (time - epoch_2000).num_microseconds().context("time")?;
+        out.write_all(&5i16.to_be_bytes())?;
+        for field in [
+            &micros.to_be_bytes()[..],
+            device_id.as_bytes(),
+            b"temp",
+            &value.to_be_bytes(),
+            &micros.to_be_bytes(),
+        ] {
+            out.write_all(&(field.len() as i32).to_be_bytes())?;
+            out.write_all(field)?;
+        }
         let payload = record.to_json();
         loop {
             match producer.send_result(FutureRecord::to(topic).key(&device_id).payload(&payload)) {
@@ -70,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         d.await?.map_err(|(e, _)| e).context("delivery")?;
     }
     producer.flush(Duration::from_secs(30))?;
+    out.write_all(&(-1i16).to_be_bytes())?;
     out.flush()?;
     eprintln!(
         "loaded {n} records in {:.1}s",

@@ -6,6 +6,7 @@ pub mod db;
 pub mod decode;
 pub mod http;
 pub mod ingress;
+pub mod lifecycle;
 pub mod mapping;
 pub mod produce;
 pub mod record;

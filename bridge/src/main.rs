@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
+use sluice::lifecycle::{self, Backend};
 use sluice::settings::Settings;
 use sluice::{db, http, ingress, mapping, produce, writer};
 
@@ -32,7 +33,7 @@ struct Cli {
     config: PathBuf,
     #[arg(long, value_enum, default_value = "all")]
     role: Role,
-    /// Apply database migrations and exit.
+    /// Apply database migrations and the [storage] lifecycle, and exit.
     #[arg(long)]
     migrate_only: bool,
 }
@@ -71,8 +72,11 @@ fn init_logging(json: bool) {
 async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     let with_writer = cli.role != Role::Ingress;
     let with_ingress = cli.role != Role::Writer;
+    let mut backend = None;
     if with_writer || cli.migrate_only {
-        db::migrate(&settings.writer.database_url).await?;
+        let url = &settings.writer.database_url;
+        db::migrate(url).await?;
+        backend = Some(lifecycle::configure(url, &settings.storage).await?);
         if cli.migrate_only {
             return Ok(());
         }
@@ -110,6 +114,10 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     let writer_task = async {
         if !with_writer {
             return std::future::pending().await;
+        }
+        if backend == Some(Backend::PostgreSql) {
+            let url = settings.writer.database_url.clone();
+            tokio::spawn(lifecycle::run(url, settings.storage.clone()));
         }
         let w = writer::Writer::new(settings.writer.clone(), &settings.kafka, &topic_refs)?;
         tracing::info!(group = %settings.writer.group_id, "writer consuming");

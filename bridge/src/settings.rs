@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -20,6 +21,8 @@ pub struct Settings {
     pub limits: Limits,
     pub kafka: KafkaSettings,
     pub writer: WriterSettings,
+    #[serde(default)]
+    pub storage: StorageSettings,
     pub http: HttpSettings,
     #[serde(default)]
     pub log: LogSettings,
@@ -105,13 +108,85 @@ pub struct WriterSettings {
     /// Writers that share the load take disjoint sets under one `group_id`.
     #[serde(default)]
     pub partitions: Option<Vec<i32>>,
-    /// Upper bound on rows per COPY batch.
+    /// Upper bounds on one COPY batch: rows, and Kafka record bytes.
     pub max_batch_rows: usize,
+    pub max_batch_bytes: usize,
     /// Extra wait for more records when a batch is not full; 0 writes as soon as Kafka is idle.
     pub linger_ms: u64,
     /// Rows per second the writer may write; 0 is no limit. Protects a shared database.
     #[serde(default)]
     pub max_rows_per_second: u64,
+}
+
+/// The database's lifecycle, applied at every start (see `lifecycle`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// Time span of one TimescaleDB chunk, or of one partition without TimescaleDB.
+    pub chunk_interval: Span,
+    /// Chunks older than this are compressed (TimescaleDB only).
+    pub compress_after: Span,
+    /// Readings older than this are dropped, a chunk or partition at a time.
+    pub retain_for: Span,
+    /// How often `readings_1m` is brought up to date.
+    pub rollup_refresh: Span,
+    /// How far back TimescaleDB's refresh policy looks for changed minutes.
+    pub rollup_lookback: Span,
+    /// Partitions kept ready ahead of the current one (without TimescaleDB).
+    pub partitions_ahead: u32,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        let span = |s: &str| Span::try_from(s.to_owned()).expect("valid default");
+        StorageSettings {
+            chunk_interval: span("1 day"),
+            compress_after: span("7 days"),
+            retain_for: span("365 days"),
+            rollup_refresh: span("1 minute"),
+            rollup_lookback: span("1 day"),
+            partitions_ahead: 3,
+        }
+    }
+}
+
+/// A time span written as a number and a unit ("90 days", "1 hour", "30 s"), or "off".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Span(pub Option<Duration>);
+
+impl TryFrom<String> for Span {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Span, String> {
+        let t = text.trim();
+        if t == "off" {
+            return Ok(Span(None));
+        }
+        let bad =
+            || format!("{text:?} is not a span like \"30 s\", \"1 hour\", \"7 days\" or \"off\"");
+        let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let n: u64 = t[..digits].parse().map_err(|_| bad())?;
+        let unit: u64 = match t[digits..].trim().trim_end_matches('s') {
+            "" | "sec" | "second" => 1,
+            "min" | "minute" => 60,
+            "h" | "hour" => 3600,
+            "d" | "day" => 86_400,
+            "w" | "week" => 604_800,
+            _ => return Err(bad()),
+        };
+        match n.checked_mul(unit) {
+            Some(secs) if secs > 0 => Ok(Span(Some(Duration::from_secs(secs)))),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl Span {
+    /// Seconds, for PostgreSQL's `make_interval(secs => ..)`; NULL when off.
+    pub fn seconds(&self) -> Option<f64> {
+        self.0.map(|d| d.as_secs_f64())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -199,6 +274,27 @@ impl Settings {
         if self.writer.max_batch_rows == 0 {
             return invalid("writer.max_batch_rows", "must be at least 1");
         }
+        if self.writer.max_batch_bytes == 0 {
+            return invalid("writer.max_batch_bytes", "must be at least 1");
+        }
+        let st = &self.storage;
+        for (key, span) in [
+            ("storage.chunk_interval", st.chunk_interval),
+            ("storage.rollup_refresh", st.rollup_refresh),
+            ("storage.rollup_lookback", st.rollup_lookback),
+        ] {
+            if span.0.is_none() {
+                return invalid(key, "cannot be off");
+            }
+        }
+        if let (Some(lookback), Some(retain)) = (st.rollup_lookback.0, st.retain_for.0) {
+            if lookback >= retain {
+                return invalid(
+                    "storage.rollup_lookback",
+                    "must be shorter than storage.retain_for",
+                );
+            }
+        }
         let listeners = self.broker.v4.iter().chain(self.broker.v5.iter());
         if listeners.flat_map(|l| l.values()).next().is_none() {
             return invalid("broker.v4", "the embedded broker needs a v4 listener");
@@ -214,5 +310,40 @@ impl Settings {
             &self.broker.v4
         };
         servers.as_ref()?.values().next().map(|s| s.listen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Span;
+    use std::time::Duration;
+
+    fn span(s: &str) -> Result<Option<u64>, String> {
+        Span::try_from(s.to_owned()).map(|s| s.0.map(|d| d.as_secs()))
+    }
+
+    #[test]
+    fn spans_read_like_postgres_intervals() {
+        assert_eq!(span("30 s"), Ok(Some(30)));
+        assert_eq!(span("1 minute"), Ok(Some(60)));
+        assert_eq!(span("2 hours"), Ok(Some(7200)));
+        assert_eq!(span("7 days"), Ok(Some(604_800)));
+        assert_eq!(span("1w"), Ok(Some(604_800)));
+        assert_eq!(span("off"), Ok(None));
+        for bad in [
+            "",
+            "days",
+            "0 s",
+            "1 month",
+            "-1 day",
+            "1.5 hours",
+            "99999999999999 w",
+        ] {
+            assert!(span(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(
+            Span::try_from("1 day".to_owned()).unwrap().0,
+            Some(Duration::from_secs(86_400))
+        );
     }
 }

@@ -1,10 +1,12 @@
-//! Writer: turns Kafka records into `readings` rows. Batches grow with the backlog (it
-//! writes as soon as Kafka has nothing more ready, up to `max_batch_rows`); each batch is
-//! one transaction: binary COPY into a staging table, `INSERT .. ON CONFLICT DO NOTHING`
-//! into `readings`, and the next Kafka offsets. The database is the source of truth for
-//! progress: the writer assigns itself its partitions at the offsets stored there.
+//! Writer: turns Kafka records into `readings` rows, exactly once. Two tasks: one fetches
+//! and decodes records into a batch, the other writes batches; the fetcher hands its batch
+//! over whenever the store is free, so batches stay small under light load and grow with
+//! the backlog. Each batch is one transaction: the rows, and the next Kafka offsets in
+//! `sluice_offsets`. The database is the source of truth for progress: the writer assigns
+//! itself its partitions at the offsets stored there.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -14,8 +16,11 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
+use tokio_postgres::Transaction;
 
 use crate::db;
 use crate::produce::client_config;
@@ -30,7 +35,11 @@ pub enum WriterError {
     Db(#[from] db::DbError),
     #[error("database: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    #[error("the fetch task ended")]
+    FetchEnded,
 }
+
+type Partition = (String, i32);
 
 /// One row of `readings`, as COPY sends it.
 struct Row {
@@ -43,45 +52,16 @@ struct Row {
 #[derive(Default)]
 struct Batch {
     rows: Vec<Row>,
-    next_offsets: HashMap<(String, i32), i64>,
+    next_offsets: HashMap<Partition, i64>,
     records: usize,
-}
-
-/// A consumed Kafka message, detached from the consumer's buffers.
-struct Incoming {
-    partition: (String, i32),
-    offset: i64,
-    payload: Option<Vec<u8>>,
-}
-
-fn owned(message: Result<BorrowedMessage<'_>, KafkaError>) -> Option<Incoming> {
-    match message {
-        Ok(m) => Some(Incoming {
-            partition: (m.topic().to_owned(), m.partition()),
-            offset: m.offset(),
-            payload: m.payload().map(<[u8]>::to_vec),
-        }),
-        Err(e) => {
-            tracing::warn!(error = %e, "kafka consumer error");
-            None
-        }
-    }
+    bytes: usize,
 }
 
 pub struct Writer {
     settings: WriterSettings,
-    consumer: StreamConsumer,
+    consumer: Arc<StreamConsumer>,
     topics: Vec<String>,
-    /// Next offset to write per partition, as the database has it.
-    committed: HashMap<(String, i32), i64>,
-    client: Option<tokio_postgres::Client>,
-    /// Crash drill hook: abort the process after COPY, before the commit of this batch
-    /// number (`SLUICE_CRASH_BEFORE_COMMIT=N`), as a kill at the worst moment would.
-    crash_before_commit: Option<u64>,
 }
-
-const STAGE_COLUMNS: &str =
-    "time, device_id, metric, value, value_bool, value_text, value_data, sum, unit, seq, received_at";
 
 impl Writer {
     pub fn new(
@@ -99,29 +79,45 @@ impl Writer {
             .create()?;
         Ok(Writer {
             settings,
-            consumer,
+            consumer: Arc::new(consumer),
             topics: topics.iter().map(|t| t.to_string()).collect(),
-            committed: HashMap::new(),
-            client: None,
-            crash_before_commit: std::env::var("SLUICE_CRASH_BEFORE_COMMIT")
-                .ok()
-                .and_then(|n| n.parse().ok()),
         })
     }
 
+    /// Runs until the process ends; database outages are waited out batch by batch.
+    pub async fn run(self) -> Result<(), WriterError> {
+        let mut store = Store::new(self.settings.clone(), self.consumer.clone());
+        let committed = store.load_committed().await;
+        self.assign(&committed).await?;
+        let (requests, waiting) = mpsc::channel(1);
+        let fetch = Fetch {
+            max_rows: match self.settings.max_rows_per_second {
+                // A throttled writer takes about a second's worth at a time, so it stays smooth.
+                0 => self.settings.max_batch_rows,
+                rate => self.settings.max_batch_rows.min(rate as usize),
+            },
+            max_bytes: self.settings.max_batch_bytes,
+            linger: Duration::from_millis(self.settings.linger_ms),
+            consumer: self.consumer,
+            committed,
+        };
+        let fetching = tokio::spawn(fetch.run(waiting));
+        store.run(requests).await;
+        fetching.abort();
+        Err(WriterError::FetchEnded)
+    }
+
     /// Assigns this writer's partitions (all of them, or `writer.partitions`), each at
-    /// the offset the database has for it; waits for Kafka and the database if need be.
-    async fn assign(&mut self) -> Result<(), WriterError> {
-        self.load_committed().await;
+    /// the offset the database has for it; waits for Kafka if need be.
+    async fn assign(&self, committed: &HashMap<Partition, i64>) -> Result<(), WriterError> {
         let mut tpl = TopicPartitionList::new();
-        for topic in self.topics.clone() {
-            let partitions = self.partitions(&topic).await;
-            for p in partitions {
-                let offset = match self.committed.get(&(topic.clone(), p)) {
+        for topic in &self.topics {
+            for p in self.partitions(topic).await {
+                let offset = match committed.get(&(topic.clone(), p)) {
                     Some(&next) => Offset::Offset(next),
                     None => Offset::Beginning,
                 };
-                tpl.add_partition_offset(&topic, p, offset)?;
+                tpl.add_partition_offset(topic, p, offset)?;
             }
         }
         self.consumer.assign(&tpl)?;
@@ -154,75 +150,67 @@ impl Writer {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+}
 
-    /// Runs until the process ends; database outages are waited out batch by batch.
-    pub async fn run(mut self) -> Result<(), WriterError> {
-        self.assign().await?;
+/// The fetching half: consumes, decodes and batches records until the store asks.
+struct Fetch {
+    consumer: Arc<StreamConsumer>,
+    /// Next offset per partition as the database had it at start: anything below is
+    /// already written (Kafka's position may lag the database's after a crash).
+    committed: HashMap<Partition, i64>,
+    max_rows: usize,
+    max_bytes: usize,
+    linger: Duration,
+}
+
+impl Fetch {
+    async fn run(self, mut waiting: mpsc::Receiver<oneshot::Sender<Batch>>) {
+        let mut batch = Batch::default();
+        let mut started = Instant::now();
+        let mut store: Option<oneshot::Sender<Batch>> = None;
         loop {
-            let batch = self.next_batch().await;
-            let started = Instant::now();
-            if batch.records == 0 {
+            let full = batch.rows.len() >= self.max_rows || batch.bytes >= self.max_bytes;
+            if !full {
+                // Everything already fetched joins this batch without waiting.
+                if let Some(message) = self.consumer.recv().now_or_never() {
+                    self.add(&mut batch, message);
+                    continue;
+                }
+            }
+            let due = batch.records > 0 && (full || started.elapsed() >= self.linger);
+            if due && store.is_some() {
+                let taken = std::mem::take(&mut batch);
+                if store.take().is_some_and(|s| s.send(taken).is_err()) {
+                    return;
+                }
                 continue;
             }
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                match self.write(&batch).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        counter!("sluice_writer_errors_total").increment(1);
-                        tracing::warn!(error = %e, retry_in = ?backoff, rows = batch.rows.len(), "batch not written; retrying");
-                        self.client = None;
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+            tokio::select! {
+                request = waiting.recv(), if store.is_none() => match request {
+                    Some(s) => store = Some(s),
+                    None => return,
+                },
+                message = self.consumer.recv(), if !full => {
+                    if batch.records == 0 {
+                        started = Instant::now();
                     }
+                    self.add(&mut batch, message);
                 }
+                _ = tokio::time::sleep_until((started + self.linger).into()), if batch.records > 0 && !due => {}
             }
-            self.commit_hint(&batch);
-            self.throttle(batch.rows.len(), started).await;
         }
     }
 
-    /// Waits for one record, then takes whatever else is ready (and, with `linger_ms`,
-    /// whatever arrives within it) up to `max_batch_rows`.
-    async fn next_batch(&mut self) -> Batch {
-        let mut batch = Batch::default();
-        let first = owned(self.consumer.recv().await);
-        self.add(&mut batch, first);
-        let deadline = Instant::now() + Duration::from_millis(self.settings.linger_ms);
-        // A throttled writer takes about a second's worth at a time, so it stays smooth.
-        let max_rows = match self.settings.max_rows_per_second {
-            0 => self.settings.max_batch_rows,
-            rate => self.settings.max_batch_rows.min(rate as usize),
+    fn add(&self, batch: &mut Batch, message: Result<BorrowedMessage<'_>, KafkaError>) {
+        let m = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka consumer error");
+                return;
+            }
         };
-        while batch.rows.len() < max_rows {
-            let next = match self.consumer.recv().now_or_never() {
-                Some(next) => owned(next),
-                None => {
-                    // A received message must never be dropped: its offset is consumed.
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    match tokio::time::timeout(left, self.consumer.recv()).await {
-                        Ok(next) => owned(next),
-                        Err(_elapsed) => break,
-                    }
-                }
-            };
-            self.add(&mut batch, next);
-        }
-        batch
-    }
-
-    fn add(&self, batch: &mut Batch, message: Option<Incoming>) {
-        let Some(Incoming {
-            partition,
-            offset,
-            payload,
-        }) = message
-        else {
-            return;
-        };
+        let partition = (m.topic().to_owned(), m.partition());
+        let offset = m.offset();
         if self
             .committed
             .get(&partition)
@@ -232,15 +220,22 @@ impl Writer {
             return;
         }
         batch.records += 1;
+        batch.bytes += m.payload_len();
         batch.next_offsets.insert(partition, offset + 1);
-        match payload.as_deref().map(Record::from_json) {
-            Some(Ok(record)) => batch
-                .rows
-                .extend(record.readings.into_iter().map(|reading| Row {
-                    device_id: record.device_id.clone(),
-                    received_at: record.received_at,
+        match m.payload().map(Record::from_json) {
+            Some(Ok(record)) => {
+                let Record {
+                    device_id,
+                    received_at,
+                    readings,
+                    ..
+                } = record;
+                batch.rows.extend(readings.into_iter().map(|reading| Row {
+                    device_id: device_id.clone(),
+                    received_at,
                     reading,
-                })),
+                }))
+            }
             // Only Sluice produces to the readings topics; anything else is skipped, loudly.
             _ => {
                 counter!("sluice_writer_bad_records_total").increment(1);
@@ -251,6 +246,54 @@ impl Writer {
             }
         }
     }
+}
+
+const COLUMNS: &str =
+    "time, device_id, metric, value, value_bool, value_text, value_data, sum, unit, seq, received_at";
+
+/// The writing half: one transaction per batch, retried until the database takes it.
+struct Store {
+    settings: WriterSettings,
+    consumer: Arc<StreamConsumer>,
+    client: Option<tokio_postgres::Client>,
+    /// Crash drill hook: abort the process after COPY, before the commit of this batch
+    /// number (`SLUICE_CRASH_BEFORE_COMMIT=N`), as a kill at the worst moment would.
+    crash_before_commit: Option<u64>,
+}
+
+impl Store {
+    fn new(settings: WriterSettings, consumer: Arc<StreamConsumer>) -> Store {
+        Store {
+            settings,
+            consumer,
+            client: None,
+            crash_before_commit: std::env::var("SLUICE_CRASH_BEFORE_COMMIT")
+                .ok()
+                .and_then(|n| n.parse().ok()),
+        }
+    }
+
+    /// Asks the fetcher for a batch each time it is free; returns when the fetcher is gone.
+    async fn run(&mut self, requests: mpsc::Sender<oneshot::Sender<Batch>>) {
+        loop {
+            let (reply, batch) = oneshot::channel();
+            if requests.send(reply).await.is_err() {
+                return;
+            }
+            let Ok(batch) = batch.await else { return };
+            let started = Instant::now();
+            let mut backoff = Duration::from_millis(100);
+            while let Err(e) = self.write(&batch).await {
+                counter!("sluice_writer_errors_total").increment(1);
+                tracing::warn!(error = %e, retry_in = ?backoff, rows = batch.rows.len(), "batch not written; retrying");
+                self.client = None;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            self.commit_hint(&batch);
+            self.throttle(batch.rows.len(), started).await;
+        }
+    }
 
     async fn client(&mut self) -> Result<&mut tokio_postgres::Client, WriterError> {
         if self.client.is_none() {
@@ -258,7 +301,7 @@ impl Writer {
             client
                 .batch_execute(&format!(
                     "CREATE TEMP TABLE IF NOT EXISTS readings_stage ON COMMIT DELETE ROWS AS \
-                     SELECT {STAGE_COLUMNS} FROM readings WITH NO DATA"
+                     SELECT {COLUMNS} FROM readings WITH NO DATA"
                 ))
                 .await?;
             self.client = Some(client);
@@ -267,9 +310,9 @@ impl Writer {
     }
 
     /// Reads this group's offsets, waiting out a database outage.
-    async fn load_committed(&mut self) {
+    async fn load_committed(&mut self) -> HashMap<Partition, i64> {
         let group = self.settings.group_id.clone();
-        let rows = loop {
+        loop {
             let result = match self.client().await {
                 Ok(client) => client
                     .query(
@@ -281,18 +324,19 @@ impl Writer {
                 Err(e) => Err(e),
             };
             match result {
-                Ok(rows) => break rows,
+                Ok(rows) => {
+                    return rows
+                        .iter()
+                        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+                        .collect()
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read writer offsets; retrying");
                     self.client = None;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-        };
-        self.committed = rows
-            .iter()
-            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-            .collect();
+        }
     }
 
     async fn write(&mut self, batch: &Batch) -> Result<(), WriterError> {
@@ -306,67 +350,44 @@ impl Writer {
             None => false,
         };
         let client = self.client().await?;
-        let tx = client.transaction().await?;
-        let sink = tx
-            .copy_in(&format!(
-                "COPY readings_stage ({STAGE_COLUMNS}) FROM STDIN (FORMAT binary)"
-            ))
-            .await?;
-        let types = [
-            Type::TIMESTAMPTZ,
-            Type::TEXT,
-            Type::TEXT,
-            Type::FLOAT8,
-            Type::BOOL,
-            Type::TEXT,
-            Type::BYTEA,
-            Type::FLOAT8,
-            Type::TEXT,
-            Type::INT8,
-            Type::TIMESTAMPTZ,
-        ];
-        let writer = BinaryCopyInWriter::new(sink, &types);
-        futures::pin_mut!(writer);
-        for row in &batch.rows {
-            let r = &row.reading;
-            writer
-                .as_mut()
-                .write(&[
-                    &r.time,
-                    &row.device_id,
-                    &r.metric,
-                    &r.value,
-                    &r.value_bool,
-                    &r.value_text,
-                    &r.value_data,
-                    &r.sum,
-                    &r.unit,
-                    &r.seq,
-                    &row.received_at,
-                ])
-                .await?;
-        }
-        writer.finish().await?;
-        let inserted = tx
-            .execute(
-                &format!(
-                    "INSERT INTO readings ({STAGE_COLUMNS}) SELECT {STAGE_COLUMNS} FROM readings_stage \
-                     ON CONFLICT DO NOTHING"
-                ),
-                &[],
-            )
-            .await?;
-        let statement = tx
-            .prepare(
-                "INSERT INTO sluice_offsets (group_id, topic, partition, next_offset) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (group_id, topic, partition) \
-                 DO UPDATE SET next_offset = GREATEST(sluice_offsets.next_offset, EXCLUDED.next_offset)",
-            )
-            .await?;
-        for ((topic, partition), next) in &batch.next_offsets {
-            tx.execute(&statement, &[&group, topic, partition, next])
-                .await?;
-        }
+        let mut tx = client.transaction().await?;
+        // Fast path: COPY straight into `readings`. A batch holding a reading that is
+        // already stored (a device's resend) fails on the unique key; then it goes through
+        // a staging table and `ON CONFLICT DO NOTHING`, which costs about twice as much.
+        let direct = tx.savepoint("direct").await?;
+        let inserted = match copy(&direct, "readings", &batch.rows).await {
+            Ok(n) => {
+                direct.commit().await?;
+                n
+            }
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                direct.rollback().await?;
+                counter!("sluice_writer_conflict_batches_total").increment(1);
+                copy(&tx, "readings_stage", &batch.rows).await?;
+                tx.execute(
+                    &format!(
+                        "INSERT INTO readings ({COLUMNS}) SELECT {COLUMNS} FROM readings_stage \
+                         ON CONFLICT DO NOTHING"
+                    ),
+                    &[],
+                )
+                .await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (topics, partitions, offsets): (Vec<&str>, Vec<i32>, Vec<i64>) = batch
+            .next_offsets
+            .iter()
+            .map(|((topic, partition), next)| (topic.as_str(), *partition, *next))
+            .collect();
+        tx.execute(
+            "INSERT INTO sluice_offsets (group_id, topic, partition, next_offset) \
+             SELECT $1, * FROM unnest($2::text[], $3::int[], $4::bigint[]) \
+             ON CONFLICT (group_id, topic, partition) \
+             DO UPDATE SET next_offset = GREATEST(sluice_offsets.next_offset, EXCLUDED.next_offset)",
+            &[&group, &topics, &partitions, &offsets],
+        )
+        .await?;
         if crash {
             tracing::error!(
                 rows = batch.rows.len(),
@@ -375,9 +396,6 @@ impl Writer {
             std::process::abort();
         }
         tx.commit().await?;
-        for (partition, next) in &batch.next_offsets {
-            self.committed.insert(partition.clone(), *next);
-        }
         let duplicates = batch.rows.len() as u64 - inserted;
         counter!("sluice_writer_rows_total").increment(inserted);
         counter!("sluice_writer_duplicates_total").increment(duplicates);
@@ -411,4 +429,52 @@ impl Writer {
             tracing::debug!(error = %e, "offset hint not committed to kafka");
         }
     }
+}
+
+/// Binary COPY of `rows` into `table`; returns the number of rows copied.
+async fn copy(
+    tx: &Transaction<'_>,
+    table: &str,
+    rows: &[Row],
+) -> Result<u64, tokio_postgres::Error> {
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {table} ({COLUMNS}) FROM STDIN (FORMAT binary)"
+        ))
+        .await?;
+    let types = [
+        Type::TIMESTAMPTZ,
+        Type::TEXT,
+        Type::TEXT,
+        Type::FLOAT8,
+        Type::BOOL,
+        Type::TEXT,
+        Type::BYTEA,
+        Type::FLOAT8,
+        Type::TEXT,
+        Type::INT8,
+        Type::TIMESTAMPTZ,
+    ];
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    futures::pin_mut!(writer);
+    for row in rows {
+        let r = &row.reading;
+        writer
+            .as_mut()
+            .write(&[
+                &r.time,
+                &row.device_id,
+                &r.metric,
+                &r.value,
+                &r.value_bool,
+                &r.value_text,
+                &r.value_data,
+                &r.sum,
+                &r.unit,
+                &r.seq,
+                &row.received_at,
+            ])
+            .await?;
+    }
+    writer.finish().await
 }

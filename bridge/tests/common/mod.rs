@@ -90,6 +90,8 @@ impl Gateway {
         );
         set(&mut config, &["kafka", "partitions"], 3);
         set(&mut config, &["writer", "group_id"], format!("writer-{id}"));
+        // Tests publish readings timed in 2023; the shared database keeps them.
+        set(&mut config, &["storage", "retain_for"], "off");
         if let Some(toml::Value::Array(mappings)) = config.get_mut("mappings") {
             for m in mappings.iter_mut().filter_map(toml::Value::as_table_mut) {
                 m.insert("kafka_topic".into(), readings_topic.clone().into());
@@ -112,22 +114,33 @@ impl Gateway {
         }
     }
 
-    pub fn spawn(&mut self, args: &[&str], envs: &[(&str, &str)]) {
-        let n = self.children.len();
-        let log = std::fs::File::create(self.dir.path().join(format!("sluice-{n}.log")))
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("--config")
+    fn command(&self, args: &[&str], envs: &[(&str, &str)]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        c.arg("--config")
             .arg(&self.config)
             .args(args)
             .env("DATABASE_URL", env("DATABASE_URL"))
             .env("KAFKA_BROKERS", env("KAFKA_BROKERS"))
-            .envs(envs.iter().copied())
+            .envs(envs.iter().copied());
+        c
+    }
+
+    pub fn spawn(&mut self, args: &[&str], envs: &[(&str, &str)]) {
+        let n = self.children.len();
+        let log = std::fs::File::create(self.dir.path().join(format!("sluice-{n}.log")))
+            .expect("log file");
+        let child = self
+            .command(args, envs)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("sluice starts");
         self.children.push(child);
+    }
+
+    /// Runs `sluice` with this configuration to completion (e.g. `--migrate-only`).
+    pub fn run(&self, args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+        self.command(args, envs).output().expect("sluice runs")
     }
 
     /// Waits until the device port accepts and the writer has its partitions.
@@ -286,7 +299,7 @@ impl Drop for Tansu {
     }
 }
 
-fn set(table: &mut toml::Table, path: &[&str], value: impl Into<toml::Value>) {
+pub fn set(table: &mut toml::Table, path: &[&str], value: impl Into<toml::Value>) {
     let (last, parents) = path.split_last().expect("non-empty path");
     let mut t = table;
     for p in parents {
@@ -310,11 +323,53 @@ pub fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
 }
 
 pub async fn db() -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&env("DATABASE_URL"), tokio_postgres::NoTls)
+    connect(&env("DATABASE_URL")).await
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .expect("database reachable");
     tokio::spawn(conn);
     client
+}
+
+/// A database of a test's own on the shared PostgreSQL, dropped when the test ends; for
+/// tests that change partitions or need known data and nothing else.
+pub struct OwnDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl OwnDatabase {
+    pub fn create(prefix: &str) -> OwnDatabase {
+        let name = unique(prefix).replace('-', "_");
+        let shared = env("DATABASE_URL");
+        let base = shared.rsplit_once('/').expect("DATABASE_URL has a path").0;
+        let db = OwnDatabase {
+            url: format!("{base}/{name}"),
+            name,
+        };
+        db.admin(&format!("CREATE DATABASE {}", db.name));
+        db
+    }
+
+    fn admin(&self, sql: &str) {
+        let status = Command::new("psql")
+            .args([&env("DATABASE_URL"), "-X", "-q", "-c", sql])
+            .status()
+            .expect("psql runs");
+        assert!(status.success(), "{sql} failed");
+    }
+}
+
+impl Drop for OwnDatabase {
+    fn drop(&mut self) {
+        self.admin(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
 }
 
 /// A row as the tests compare it.
