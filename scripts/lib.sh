@@ -13,6 +13,8 @@ ensure_deps() {
   local pkgs=()
   [ -x "$PG_BIN/initdb" ] || pkgs+=(postgresql-15)
   command -v mosquitto_pub >/dev/null || pkgs+=(mosquitto-clients)
+  # Tests drive the device port with Debian's Paho Python client too (/usr/bin/python3).
+  /usr/bin/python3 -c 'import paho.mqtt' 2>/dev/null || pkgs+=(python3-paho-mqtt)
   command -v runuser >/dev/null || pkgs+=(util-linux)
   if [ ${#pkgs[@]} -gt 0 ]; then
     log "installing ${pkgs[*]}"

@@ -91,6 +91,8 @@ pub enum DecodeError {
     PackTooLarge(usize),
     #[error("text contains a NUL character, which the database cannot store")]
     NulInText,
+    #[error("the payload format indicator says UTF-8 and the payload is not")]
+    NotUtf8,
 }
 
 impl DecodeError {
@@ -110,6 +112,7 @@ impl DecodeError {
             DecodeError::NameTooLong(_) => "name_too_long",
             DecodeError::PackTooLarge(_) => "pack_too_large",
             DecodeError::NulInText => "nul_in_text",
+            DecodeError::NotUtf8 => "payload_not_utf8",
         }
     }
 }

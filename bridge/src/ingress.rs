@@ -2,13 +2,16 @@
 //! (sessions, subscriptions, retained messages and live fan-out stay rumqttd's), sends every
 //! publish through `mapping` and `decode` to `produce`, and holds back rumqttd's
 //! PUBACK/PUBREC: the device gets its own, in packet order, once Kafka has the record.
+//! It also keeps the MQTT rules rumqttd does not: keep alive, a second CONNECT, and on
+//! MQTT 5 topic aliases, receive maximum, packet size and truthful CONNACK properties.
 
+use std::collections::HashMap;
 use std::future::{ready, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use chrono::Utc;
@@ -21,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::decode::{check_name, decode, Context, DecodeError, Format, Limits};
 use crate::mapping::{AckPolicy, Mappings};
-use crate::produce::{DeadLetter, Delivery, ProduceError, Producer};
+use crate::produce::{self, DeadLetter, Delivery, ProduceError, Producer};
 use crate::record::Record;
 use crate::settings::{IngressSettings, UnmappedPolicy};
 use crate::wire::{self, Frame, WireError};
@@ -42,6 +45,29 @@ enum ConnError {
         pkid: u16,
         source: ProduceError,
     },
+    #[error("a second CONNECT on the connection")]
+    SecondConnect,
+    #[error("silent for {0:?}, 1.5 times its keep alive")]
+    KeepAlive(Duration),
+    #[error("more than the receive maximum of {0} unacknowledged QoS 1/2 publishes")]
+    ReceiveMaximum(usize),
+    #[error("topic alias {0} is not valid here")]
+    TopicAlias(u16),
+}
+
+impl ConnError {
+    /// The MQTT 5 DISCONNECT reason a device is told before the connection closes.
+    fn disconnect_reason(&self) -> Option<u8> {
+        Some(match self {
+            ConnError::Wire(WireError::TooLarge { .. }) => wire::REASON_PACKET_TOO_LARGE,
+            ConnError::Wire(_) => wire::REASON_MALFORMED_PACKET,
+            ConnError::SecondConnect => wire::REASON_PROTOCOL_ERROR,
+            ConnError::KeepAlive(_) => wire::REASON_KEEP_ALIVE_TIMEOUT,
+            ConnError::ReceiveMaximum(_) => wire::REASON_RECEIVE_MAXIMUM_EXCEEDED,
+            ConnError::TopicAlias(_) => wire::REASON_TOPIC_ALIAS_INVALID,
+            _ => return None,
+        })
+    }
 }
 
 /// Shared by every connection.
@@ -147,10 +173,23 @@ impl Ingress {
         } else {
             up_wr.write_all(&first.bytes).await?;
         }
+        let receive_maximum = self.settings.max_inflight_per_connection.min(65_535);
         Conn {
+            limits: wire::ServerLimits {
+                receive_maximum: receive_maximum as u16,
+                max_packet_size: self.settings.max_packet_size.min(u32::MAX as usize) as u32,
+                topic_alias_maximum: self.settings.topic_alias_maximum,
+            },
             ingress: self,
             level: connect.level,
             client_id: connect.client_id,
+            problem_info: connect.problem_info,
+            // MQTT 3.1.1, 3.1.2.10 and MQTT 5, 3.1.2.10: one and a half times keep alive.
+            keep_alive: (connect.keep_alive > 0)
+                .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
+            heard: Instant::now(),
+            connack_sent: false,
+            aliases: HashMap::new(),
             dev_rd,
             dev_wr,
             dev_buf,
@@ -171,6 +210,8 @@ struct Ack {
     qos: u8,
     pkid: u16,
     reason: u8,
+    /// Why a publish was refused, for an MQTT 5 reason string.
+    detail: Option<String>,
     bytes: usize,
 }
 
@@ -198,6 +239,16 @@ struct Conn {
     ingress: Arc<Ingress>,
     level: u8,
     client_id: String,
+    /// MQTT 5: what CONNACK promises and the connection enforces.
+    limits: wire::ServerLimits,
+    /// MQTT 5: the client accepts reason strings.
+    problem_info: bool,
+    /// Silence after which the device is gone (its will is then published by rumqttd).
+    keep_alive: Option<Duration>,
+    heard: Instant,
+    connack_sent: bool,
+    /// MQTT 5 topic aliases the client set up on this connection.
+    aliases: HashMap<u16, String>,
     dev_rd: OwnedReadHalf,
     dev_wr: OwnedWriteHalf,
     dev_buf: BytesMut,
@@ -213,15 +264,34 @@ struct Conn {
 
 impl Conn {
     async fn run(mut self) -> Result<(), ConnError> {
+        let result = self.serve().await;
+        if let Err(e) = &result {
+            if let (5, Some(reason)) = (self.level, e.disconnect_reason()) {
+                let mut out = BytesMut::new();
+                wire::encode_disconnect(&mut out, reason);
+                let _ = self.dev_wr.write_all(&out).await;
+            }
+        }
+        // Dropping the broker socket without a DISCONNECT makes rumqttd publish the will.
+        result
+    }
+
+    async fn serve(&mut self) -> Result<(), ConnError> {
         // CONNECT may have arrived with more packets behind it.
         self.relay_from_device().await?;
         loop {
             let has_room = self.has_room();
+            if !has_room {
+                // Not reading is Sluice's choice, not the device's silence.
+                self.heard = Instant::now();
+            }
+            let silent_until = self.keep_alive.map(|k| self.heard + k);
             tokio::select! {
                 n = self.dev_rd.read_buf(&mut self.dev_buf), if has_room => {
                     if n? == 0 {
                         return Ok(());
                     }
+                    self.heard = Instant::now();
                     self.relay_from_device().await?;
                 }
                 n = self.up_rd.read_buf(&mut self.up_buf) => {
@@ -233,6 +303,9 @@ impl Conn {
                 Some(done) = self.pending.next() => self.acknowledge(done).await?,
                 // Only the global budget is full: look again shortly.
                 _ = tokio::time::sleep(Duration::from_millis(5)), if !has_room && self.pending.is_empty() => {}
+                _ = sleep_until(silent_until), if has_room && silent_until.is_some() => {
+                    return Err(ConnError::KeepAlive(self.keep_alive.unwrap_or_default()));
+                }
             }
         }
     }
@@ -242,7 +315,9 @@ impl Conn {
     fn has_room(&self) -> bool {
         let limits = &self.ingress.settings;
         let global = &self.ingress.inflight;
-        self.pending.len() < limits.max_inflight_per_connection
+        // MQTT 5 clients keep to the receive maximum themselves (and are disconnected if
+        // they do not); 3.1.1 clients are slowed down by not being read.
+        (self.level == 5 || self.pending.len() < limits.max_inflight_per_connection)
             && self.pending_bytes < limits.max_inflight_bytes_per_connection
             && global.records.load(Ordering::Relaxed) < limits.max_inflight_total
             && global.bytes.load(Ordering::Relaxed) < limits.max_inflight_bytes_total
@@ -252,10 +327,14 @@ impl Conn {
     async fn relay_from_device(&mut self) -> Result<(), ConnError> {
         let limit = self.ingress.settings.max_packet_size;
         while let Some(frame) = wire::next_frame(&mut self.dev_buf, limit)? {
-            if frame.packet_type() == wire::PUBLISH {
-                self.publish(&frame).await?;
+            match frame.packet_type() {
+                wire::CONNECT => return Err(ConnError::SecondConnect),
+                wire::PUBLISH => match self.publish(&frame).await? {
+                    Some(resolved) => self.out.extend_from_slice(&resolved),
+                    None => self.out.extend_from_slice(&frame.bytes),
+                },
+                _ => self.out.extend_from_slice(&frame.bytes),
             }
-            self.out.extend_from_slice(&frame.bytes);
         }
         if !self.out.is_empty() {
             self.up_wr.write_all(&self.out).await?;
@@ -265,11 +344,18 @@ impl Conn {
     }
 
     /// Relays rumqttd's packets to the device, except its early PUBACK/PUBREC: those
-    /// answer the device's own publishes, which Sluice acknowledges itself.
+    /// answer the device's own publishes, which Sluice acknowledges itself. An MQTT 5
+    /// CONNACK gets the properties of the device port rather than rumqttd's.
     async fn relay_from_broker(&mut self) -> Result<(), ConnError> {
         while let Some(frame) = wire::next_frame(&mut self.up_buf, usize::MAX)? {
-            if !matches!(frame.packet_type(), wire::PUBACK | wire::PUBREC) {
-                self.out.extend_from_slice(&frame.bytes);
+            match frame.packet_type() {
+                wire::PUBACK | wire::PUBREC => {}
+                wire::CONNACK if self.level == 5 && !self.connack_sent => {
+                    self.connack_sent = true;
+                    let connack = wire::connack_v5(&frame, self.limits)?;
+                    self.out.extend_from_slice(&connack);
+                }
+                _ => self.out.extend_from_slice(&frame.bytes),
             }
         }
         if !self.out.is_empty() {
@@ -279,20 +365,36 @@ impl Conn {
         Ok(())
     }
 
-    async fn publish(&mut self, frame: &Frame) -> Result<(), ConnError> {
+    /// Sends one publish on its way to Kafka and queues its ack. Returns the frame to relay
+    /// to rumqttd instead of the device's, when a topic alias had to be resolved.
+    async fn publish(&mut self, frame: &Frame) -> Result<Option<bytes::Bytes>, ConnError> {
         let received_at = Utc::now();
-        let publish = wire::read_publish(frame, self.level)?;
+        let mut publish = wire::read_publish(frame, self.level)?;
         let qos = publish.qos;
+        if self.level == 5 && qos > 0 && self.pending.len() >= self.limits.receive_maximum.into() {
+            return Err(ConnError::ReceiveMaximum(self.pending.len()));
+        }
+        let resolved = match publish.topic_alias {
+            Some(alias) => Some(self.resolve_alias(alias, &mut publish, frame)?),
+            None => None,
+        };
+        let properties = property_headers(&publish);
         counter!("sluice_publishes_total", "qos" => qos.to_string()).increment(1);
         let producer = &self.ingress.producer;
         let wait = qos > 0;
-        let (delivery, reason, policy) = match self.prepare(&publish, received_at) {
+        let (delivery, reason, detail, policy) = match self.prepare(&publish, received_at) {
             Ok(accepted) => {
                 let payload = accepted.record.to_json();
                 let delivery = producer
-                    .send(accepted.topic, &accepted.key, &payload, None, wait)
+                    .send(
+                        accepted.topic,
+                        &accepted.key,
+                        &payload,
+                        produce::headers(&properties),
+                        wait,
+                    )
                     .await;
-                (delivery, wire::REASON_SUCCESS, accepted.ack)
+                (delivery, wire::REASON_SUCCESS, None, accepted.ack)
             }
             Err(rejected) => {
                 counter!("sluice_rejected_total", "reason" => rejected.reason).increment(1);
@@ -302,14 +404,15 @@ impl Conn {
                         mqtt_topic: &publish.topic,
                         client_id: &self.client_id,
                         reason: rejected.reason,
-                        detail: rejected.detail,
+                        detail: rejected.detail.clone(),
                         received_at,
+                        properties: &properties,
                     };
                     producer.dead_letter(&publish.payload, letter, wait).await
                 } else {
                     Box::pin(ready(Ok(())))
                 };
-                (delivery, rejected.code, rejected.ack)
+                (delivery, rejected.code, Some(rejected.detail), rejected.ack)
             }
         };
         let bytes = publish.payload.len();
@@ -318,6 +421,7 @@ impl Conn {
             qos,
             pkid: publish.pkid,
             reason,
+            detail,
             bytes,
         };
         match (qos, policy) {
@@ -335,7 +439,30 @@ impl Conn {
                     .push_back(Box::pin(delivery.map(move |result| (ack, result))));
             }
         }
-        Ok(())
+        Ok(resolved)
+    }
+
+    /// MQTT 5 topic aliases (3.3.2.3.4): a topic with an alias sets it up, an empty topic
+    /// uses it. rumqttd does not implement them, so it gets the full topic, no alias.
+    fn resolve_alias(
+        &mut self,
+        alias: u16,
+        publish: &mut wire::Publish,
+        frame: &Frame,
+    ) -> Result<bytes::Bytes, ConnError> {
+        if alias == 0 || alias > self.limits.topic_alias_maximum {
+            return Err(ConnError::TopicAlias(alias));
+        }
+        if publish.topic.is_empty() {
+            publish.topic = self
+                .aliases
+                .get(&alias)
+                .ok_or(ConnError::TopicAlias(alias))?
+                .clone();
+        } else {
+            self.aliases.insert(alias, publish.topic.clone());
+        }
+        Ok(wire::publish_with_topic(frame, &publish.topic)?)
     }
 
     /// Maps and decodes a publish into the record Kafka gets, or says why not.
@@ -373,6 +500,9 @@ impl Conn {
             received_at,
             limits: &ingress.limits,
         };
+        if publish.utf8 && std::str::from_utf8(&publish.payload).is_err() {
+            return Err(refuse(DecodeError::NotUtf8));
+        }
         let readings = decode(&publish.payload, &cx).map_err(refuse)?;
         Ok(Accepted {
             topic: route.kafka_topic,
@@ -406,7 +536,15 @@ impl Conn {
                     source,
                 });
             }
-            wire::encode_ack(&mut self.out, ack.qos, ack.pkid, self.level, ack.reason);
+            let why = ack.detail.as_deref().filter(|_| self.problem_info);
+            wire::encode_ack(
+                &mut self.out,
+                ack.qos,
+                ack.pkid,
+                self.level,
+                ack.reason,
+                why,
+            );
             match self.pending.next().now_or_never() {
                 Some(Some(next)) => done = next,
                 _ => break,
@@ -415,6 +553,30 @@ impl Conn {
         self.dev_wr.write_all(&self.out).await?;
         self.out.clear();
         Ok(())
+    }
+}
+
+/// MQTT 5 publish properties a Kafka consumer may need, as record headers: content type,
+/// payload format, message expiry, and the user properties under their own names.
+fn property_headers(publish: &wire::Publish) -> Vec<(String, String)> {
+    let mut h = Vec::new();
+    if let Some(ct) = &publish.content_type {
+        h.push(("mqtt.content_type".to_owned(), ct.clone()));
+    }
+    if publish.utf8 {
+        h.push(("mqtt.payload_format".to_owned(), "utf-8".to_owned()));
+    }
+    if let Some(expiry) = publish.message_expiry {
+        h.push(("mqtt.message_expiry_s".to_owned(), expiry.to_string()));
+    }
+    h.extend(publish.user_properties.iter().cloned());
+    h
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -105,8 +105,12 @@ impl TopicTemplate {
     }
 
     /// Matches a concrete topic; a named segment never matches an empty level, since an
-    /// empty device id or metric is never what a device meant.
+    /// empty device id or metric is never what a device meant. As in MQTT (4.7.2), a topic
+    /// starting with `$` is matched only by a filter that starts with that literal level.
     pub fn captures(&self, topic: &str) -> Option<Captures> {
+        if topic.starts_with('$') && !matches!(self.segments.first(), Some(Segment::Literal(_))) {
+            return None;
+        }
         let mut levels = topic.split('/');
         let mut out = Vec::new();
         for seg in &self.segments {
@@ -264,6 +268,22 @@ mod tests {
         assert_eq!(m.route("sensors/d/"), None);
         assert_eq!(m.route("sensors/d"), None);
         assert_eq!(m.route("other/d/t"), None);
+    }
+
+    #[test]
+    fn dollar_topics_need_a_literal_first_level() {
+        let m = mappings(&[
+            ("{device_id}/#", "a", AckPolicy::Kafka),
+            ("+/{device_id}", "b", AckPolicy::Kafka),
+        ]);
+        assert_eq!(m.route("$SYS/broker"), None);
+        assert_eq!(m.route("$share/x"), None);
+        assert_eq!(m.route("dev/x").map(|r| r.kafka_topic), Some("a"));
+        let m = mappings(&[("$devices/{device_id}", "c", AckPolicy::Kafka)]);
+        assert_eq!(
+            m.route("$devices/d1").map(|r| r.device_id),
+            Some("d1".into())
+        );
     }
 
     #[test]

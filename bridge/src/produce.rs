@@ -35,6 +35,8 @@ pub struct DeadLetter<'a> {
     pub reason: &'a str,
     pub detail: String,
     pub received_at: DateTime<Utc>,
+    /// MQTT 5 properties of the publish, as for a readings record (see `headers`).
+    pub properties: &'a [(String, String)],
 }
 
 pub struct Producer {
@@ -121,10 +123,23 @@ impl Producer {
             .insert(header("reason", letter.reason))
             .insert(header("detail", &letter.detail))
             .insert(header("received_at", &received_at));
+        let headers = letter
+            .properties
+            .iter()
+            .fold(headers, |h, (k, v)| h.insert(header(k, v)));
         let topic = self.dead_letter_topic.clone();
         self.send(&topic, letter.client_id, payload, Some(headers), wait)
             .await
     }
+}
+
+/// Record headers from name/value pairs; none when there are none (the common case).
+pub fn headers(pairs: &[(String, String)]) -> Option<OwnedHeaders> {
+    (!pairs.is_empty()).then(|| {
+        pairs
+            .iter()
+            .fold(OwnedHeaders::new(), |h, (k, v)| h.insert(header(k, v)))
+    })
 }
 
 fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {

@@ -49,6 +49,13 @@ pub struct IngressSettings {
     /// What happens to a publish no mapping matches.
     #[serde(default)]
     pub unmapped: UnmappedPolicy,
+    /// MQTT 5 topic aliases a client may set up on one connection (0: none).
+    #[serde(default = "default_topic_alias_maximum")]
+    pub topic_alias_maximum: u16,
+}
+
+fn default_topic_alias_maximum() -> u16 {
+    32
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

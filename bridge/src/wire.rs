@@ -1,15 +1,19 @@
 //! MQTT on the device socket, as far as the ingress needs it: split a byte stream into
-//! frames, read CONNECT and PUBLISH with rumqttc's public codecs (3.1.1 and 5), and encode
-//! the acknowledgements the ingress sends itself. Everything else is relayed untouched.
+//! frames, read CONNECT and PUBLISH with rumqttc's public codecs (3.1.1 and 5), rewrite the
+//! few packets rumqttd gets wrong (keep alive 0, MQTT 5 topic aliases and CONNACK
+//! properties), and encode what the ingress sends itself (acks, DISCONNECT). Everything
+//! else is relayed untouched.
 
 use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes as v4;
 use rumqttc::v5::mqttbytes::v5;
 
 pub const CONNECT: u8 = 1;
+pub const CONNACK: u8 = 2;
 pub const PUBLISH: u8 = 3;
 pub const PUBACK: u8 = 4;
 pub const PUBREC: u8 = 5;
+pub const PUBREL: u8 = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -90,36 +94,57 @@ pub struct Connect {
     pub client_id: String,
     /// Seconds; 0 turns keep alive off.
     pub keep_alive: u16,
+    /// MQTT 5: whether the client accepts reason strings on acknowledgements (default yes).
+    pub problem_info: bool,
 }
 
 pub fn read_connect(frame: &Frame) -> Result<Connect, WireError> {
     if frame.packet_type() != CONNECT {
         return Err(WireError::NotConnect);
     }
-    // Protocol name (2-byte length + "MQTT") then the level byte.
-    let level = *frame
-        .bytes
-        .get(frame.header_len + 6)
-        .ok_or_else(|| malformed("CONNECT", "truncated variable header"))?;
-    let (client_id, keep_alive) = match level {
+    // Protocol name (2-byte length + "MQTT") then the level byte. MQTT 3.1 ("MQIsdp") is
+    // told its level is not served; any other name is not MQTT, and gets no CONNACK.
+    let vh = &frame.bytes[frame.header_len..];
+    let truncated = || malformed("CONNECT", "truncated variable header");
+    let name_len = usize::from(u16::from_be_bytes([
+        *vh.first().ok_or_else(truncated)?,
+        *vh.get(1).ok_or_else(truncated)?,
+    ]));
+    let name = vh.get(2..2 + name_len).ok_or_else(truncated)?;
+    let level = *vh.get(2 + name_len).ok_or_else(truncated)?;
+    match name {
+        b"MQTT" => {}
+        b"MQIsdp" => return Err(WireError::UnsupportedLevel(level)),
+        _ => return Err(malformed("CONNECT", "protocol name is not MQTT")),
+    }
+    match level {
         4 => {
             let c = v4::v4::Connect::read(frame.v4_header(), frame.bytes.clone())
                 .map_err(|e| malformed("CONNECT", e))?;
-            (c.client_id, c.keep_alive)
+            Ok(Connect {
+                level,
+                client_id: c.client_id,
+                keep_alive: c.keep_alive,
+                problem_info: true,
+            })
         }
         5 => {
             let c = v5::Connect::read(frame.v5_header(), frame.bytes.clone())
                 .map_err(|e| malformed("CONNECT", e))?
                 .0;
-            (c.client_id, c.keep_alive)
+            let problem_info = c
+                .properties
+                .and_then(|p| p.request_problem_info)
+                .is_none_or(|v| v != 0);
+            Ok(Connect {
+                level,
+                client_id: c.client_id,
+                keep_alive: c.keep_alive,
+                problem_info,
+            })
         }
-        other => return Err(WireError::UnsupportedLevel(other)),
-    };
-    Ok(Connect {
-        level,
-        client_id,
-        keep_alive,
-    })
+        other => Err(WireError::UnsupportedLevel(other)),
+    }
 }
 
 /// The CONNECT with another keep alive. rumqttd refuses keep alive 0 (valid MQTT: off),
@@ -133,6 +158,56 @@ pub fn with_keep_alive(frame: &Frame, seconds: u16) -> Bytes {
     bytes.freeze()
 }
 
+/// What the device port really offers an MQTT 5 client, told in CONNACK.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    pub receive_maximum: u16,
+    pub max_packet_size: u32,
+    pub topic_alias_maximum: u16,
+}
+
+/// rumqttd's MQTT 5 CONNACK with properties that tell the truth about the device port:
+/// Sluice's receive maximum, packet size and topic aliases; retained messages, wildcard
+/// and shared subscriptions (rumqttd has them); no subscription identifiers (it has not).
+/// rumqttd's own values (e.g. a topic alias maximum it does not implement) are replaced;
+/// an assigned client identifier is kept.
+pub fn connack_v5(frame: &Frame, limits: ServerLimits) -> Result<Bytes, WireError> {
+    let mut ack = v5::ConnAck::read(frame.v5_header(), frame.bytes.clone())
+        .map_err(|e| malformed("CONNACK", e))?;
+    if ack.code == v5::ConnectReturnCode::Success {
+        let mut p = ack.properties.take().unwrap_or(v5::ConnAckProperties {
+            session_expiry_interval: None,
+            receive_max: None,
+            max_qos: None,
+            retain_available: None,
+            max_packet_size: None,
+            assigned_client_identifier: None,
+            topic_alias_max: None,
+            reason_string: None,
+            user_properties: Vec::new(),
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: None,
+            server_keep_alive: None,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        });
+        p.receive_max = Some(limits.receive_maximum);
+        p.max_packet_size = Some(limits.max_packet_size);
+        p.topic_alias_max = Some(limits.topic_alias_maximum);
+        p.retain_available = Some(1);
+        p.wildcard_subscription_available = Some(1);
+        p.shared_subscription_available = Some(1);
+        p.subscription_identifiers_available = Some(0);
+        ack.properties = Some(p);
+    }
+    let mut out = BytesMut::new();
+    ack.write(&mut out).map_err(|e| malformed("CONNACK", e))?;
+    Ok(out.freeze())
+}
+
 /// A device's PUBLISH, version-independent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
@@ -142,6 +217,12 @@ pub struct Publish {
     pub payload: Bytes,
     /// MQTT 5 content type, which names the payload's format.
     pub content_type: Option<String>,
+    /// MQTT 5: the payload format indicator says UTF-8 text.
+    pub utf8: bool,
+    /// MQTT 5 topic alias; with an empty topic, the topic is the alias's.
+    pub topic_alias: Option<u16>,
+    pub message_expiry: Option<u32>,
+    pub user_properties: Vec<(String, String)>,
 }
 
 pub fn read_publish(frame: &Frame, level: u8) -> Result<Publish, WireError> {
@@ -150,12 +231,17 @@ pub fn read_publish(frame: &Frame, level: u8) -> Result<Publish, WireError> {
             .map_err(|e| malformed("PUBLISH", e))?;
         let topic = String::from_utf8(p.topic.to_vec())
             .map_err(|_| malformed("PUBLISH", "topic is not UTF-8"))?;
+        let props = p.properties.unwrap_or_default();
         Ok(Publish {
             topic,
             qos: p.qos as u8,
             pkid: p.pkid,
             payload: p.payload,
-            content_type: p.properties.and_then(|props| props.content_type),
+            content_type: props.content_type,
+            utf8: props.payload_format_indicator == Some(1),
+            topic_alias: props.topic_alias,
+            message_expiry: props.message_expiry_interval,
+            user_properties: props.user_properties,
         })
     } else {
         let p = v4::v4::Publish::read(frame.v4_header(), frame.bytes.clone())
@@ -166,8 +252,26 @@ pub fn read_publish(frame: &Frame, level: u8) -> Result<Publish, WireError> {
             pkid: p.pkid,
             payload: p.payload,
             content_type: None,
+            utf8: false,
+            topic_alias: None,
+            message_expiry: None,
+            user_properties: Vec::new(),
         })
     }
+}
+
+/// An MQTT 5 PUBLISH with its topic alias resolved: the full topic, no alias, for rumqttd,
+/// which does not implement client topic aliases.
+pub fn publish_with_topic(frame: &Frame, topic: &str) -> Result<Bytes, WireError> {
+    let mut p = v5::Publish::read(frame.v5_header(), frame.bytes.clone())
+        .map_err(|e| malformed("PUBLISH", e))?;
+    p.topic = Bytes::copy_from_slice(topic.as_bytes());
+    if let Some(props) = p.properties.as_mut() {
+        props.topic_alias = None;
+    }
+    let mut out = BytesMut::new();
+    p.write(&mut out).map_err(|e| malformed("PUBLISH", e))?;
+    Ok(out.freeze())
 }
 
 fn malformed(packet: &'static str, reason: impl ToString) -> WireError {
@@ -177,21 +281,59 @@ fn malformed(packet: &'static str, reason: impl ToString) -> WireError {
     }
 }
 
-/// MQTT 5 reason codes the ingress puts on acknowledgements.
+/// MQTT 5 reason codes the ingress puts on acknowledgements and DISCONNECT.
 pub const REASON_SUCCESS: u8 = 0x00;
+pub const REASON_MALFORMED_PACKET: u8 = 0x81;
+pub const REASON_PROTOCOL_ERROR: u8 = 0x82;
+pub const REASON_KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
 pub const REASON_TOPIC_NAME_INVALID: u8 = 0x90;
+pub const REASON_RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
+pub const REASON_TOPIC_ALIAS_INVALID: u8 = 0x94;
+pub const REASON_PACKET_TOO_LARGE: u8 = 0x95;
 pub const REASON_PAYLOAD_FORMAT_INVALID: u8 = 0x99;
 
 /// PUBACK for QoS 1 or PUBREC for QoS 2. MQTT 5 carries a reason code when it is not
-/// success; the property length may then be omitted (MQTT 5, 3.4.2.2.1).
-pub fn encode_ack(out: &mut BytesMut, qos: u8, pkid: u16, level: u8, reason: u8) {
+/// success (the property length may then be omitted, MQTT 5, 3.4.2.2.1), and a reason
+/// string when there is one.
+pub fn encode_ack(
+    out: &mut BytesMut,
+    qos: u8,
+    pkid: u16,
+    level: u8,
+    reason: u8,
+    reason_string: Option<&str>,
+) {
     let kind = if qos == 2 { PUBREC } else { PUBACK };
     let [hi, lo] = pkid.to_be_bytes();
-    if level == 5 && reason != REASON_SUCCESS {
-        out.extend_from_slice(&[kind << 4, 3, hi, lo, reason]);
-    } else {
+    if level != 5 || reason == REASON_SUCCESS {
         out.extend_from_slice(&[kind << 4, 2, hi, lo]);
+        return;
     }
+    match reason_string {
+        Some(text) => {
+            let text = truncate(text, 120).as_bytes();
+            // Property: 0x1F, a two-byte length, the UTF-8 string.
+            let props = 3 + text.len();
+            out.extend_from_slice(&[kind << 4, (4 + props) as u8, hi, lo, reason, props as u8]);
+            out.extend_from_slice(&[0x1F, 0, text.len() as u8]);
+            out.extend_from_slice(text);
+        }
+        None => out.extend_from_slice(&[kind << 4, 3, hi, lo, reason]),
+    }
+}
+
+/// MQTT 5 DISCONNECT from the server, with a reason code.
+pub fn encode_disconnect(out: &mut BytesMut, reason: u8) {
+    out.extend_from_slice(&[0xE0, 1, reason]);
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// CONNACK refusing an unsupported protocol level (3.1.1 return code 1), then the
@@ -259,6 +401,7 @@ mod tests {
                 level: 4,
                 client_id: "dev-1".into(),
                 keep_alive: 10,
+                problem_info: true,
             }
         );
         let changed = with_keep_alive(&frames(&wire)[0], 65535);
@@ -281,6 +424,7 @@ mod tests {
                 level: 5,
                 client_id: "dev-5".into(),
                 keep_alive: 30,
+                problem_info: true,
             }
         );
         let c = read_connect(&frames(&with_keep_alive(&frames(&wire)[0], 7))[0]).unwrap();
@@ -297,18 +441,35 @@ mod tests {
     #[test]
     fn acks_decode_with_rumqttc() {
         let mut out = BytesMut::new();
-        encode_ack(&mut out, 1, 513, 4, REASON_SUCCESS);
+        encode_ack(&mut out, 1, 513, 4, REASON_SUCCESS, None);
         let f = &frames(&out)[0];
         assert_eq!((f.packet_type(), ack_pkid(f)), (PUBACK, Some(513)));
 
         let mut out = BytesMut::new();
-        encode_ack(&mut out, 1, 9, 5, REASON_PAYLOAD_FORMAT_INVALID);
+        encode_ack(&mut out, 1, 9, 5, REASON_PAYLOAD_FORMAT_INVALID, None);
         let ack = v5::PubAck::read(frames(&out)[0].v5_header(), out.clone().freeze()).unwrap();
         assert_eq!(ack.pkid, 9);
         assert_eq!(ack.reason, v5::PubAckReason::PayloadFormatInvalid);
 
         let mut out = BytesMut::new();
-        encode_ack(&mut out, 2, 10, 4, REASON_SUCCESS);
+        let why = "invalid JSON: expected value at line 1 column 1 ".repeat(5);
+        encode_ack(
+            &mut out,
+            1,
+            11,
+            5,
+            REASON_PAYLOAD_FORMAT_INVALID,
+            Some(&why),
+        );
+        let ack = v5::PubAck::read(frames(&out)[0].v5_header(), out.clone().freeze()).unwrap();
+        assert_eq!(ack.pkid, 11);
+        assert_eq!(
+            ack.properties.and_then(|p| p.reason_string).as_deref(),
+            Some(&why[..120])
+        );
+
+        let mut out = BytesMut::new();
+        encode_ack(&mut out, 2, 10, 4, REASON_SUCCESS, None);
         assert_eq!(frames(&out)[0].packet_type(), PUBREC);
     }
 }

@@ -6,10 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{db, wait_for, wait_rows, Gateway, Row};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use common::{db, read_topic, wait_rows, Gateway, Row};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
@@ -279,15 +276,9 @@ async fn malformed_payloads_are_dead_lettered_and_the_connection_keeps_flowing()
     let letters = read_topic(&gateway.dlq_topic, 2).await;
     let mut got: Vec<(Vec<u8>, String, String)> = letters
         .iter()
-        .map(|(payload, headers)| {
-            let h = |k: &str| {
-                headers
-                    .iter()
-                    .find(|(n, _)| n == k)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default()
-            };
-            (payload.clone(), h("reason"), h("mqtt_topic"))
+        .map(|r| {
+            let h = |k: &str| r.header(k).unwrap_or_default().to_owned();
+            (r.payload.clone(), h("reason"), h("mqtt_topic"))
         })
         .collect();
     got.sort();
@@ -303,46 +294,6 @@ async fn malformed_payloads_are_dead_lettered_and_the_connection_keeps_flowing()
             (vec![0xa1, 0x65, 0x76], "invalid_cbor".into(), topic),
         ]
     );
-}
-
-/// Reads `n` records from every partition of a topic, from the beginning.
-async fn read_topic(topic: &str, n: usize) -> Vec<(Vec<u8>, Vec<(String, String)>)> {
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", common::env("KAFKA_BROKERS"))
-            .set("group.id", common::unique("reader"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..3 {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning)
-                .expect("partition");
-        }
-        consumer.assign(&tpl).expect("assign");
-        let mut out = Vec::new();
-        wait_for(Duration::from_secs(30), "dead letters", || {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                let v = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
-                                (h.key.to_owned(), v.unwrap_or_default())
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.push((m.payload().unwrap_or_default().to_vec(), headers));
-            }
-            out.len() >= n
-        });
-        out
-    })
-    .await
-    .expect("reader")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run the end-to-end tests through scripts/test.sh")
@@ -418,4 +422,65 @@ pub async fn wait_rows(db: &tokio_postgres::Client, device_prefix: &str, n: usiz
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A Kafka record as tests look at it.
+#[derive(Debug, Clone)]
+pub struct KafkaRecord {
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl KafkaRecord {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads `n` records from every partition of a topic, from the beginning.
+pub async fn read_topic(topic: &str, n: usize) -> Vec<KafkaRecord> {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", env("KAFKA_BROKERS"))
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..3 {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                .expect("partition");
+        }
+        consumer.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        wait_for(Duration::from_secs(30), "kafka records", || {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                let v = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                                (h.key.to_owned(), v.unwrap_or_default())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(KafkaRecord {
+                    key: m.key().unwrap_or_default().to_vec(),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+            }
+            out.len() >= n
+        });
+        out
+    })
+    .await
+    .expect("reader")
 }
