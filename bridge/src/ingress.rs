@@ -26,6 +26,7 @@ use crate::decode::{check_name, decode, Context, DecodeError, Format, Limits};
 use crate::mapping::{AckPolicy, Mappings};
 use crate::produce::{self, DeadLetter, Delivery, ProduceError, Producer};
 use crate::record::Record;
+use crate::sessions::Sessions;
 use crate::settings::{IngressSettings, UnmappedPolicy};
 use crate::wire::{self, Frame, WireError};
 
@@ -81,6 +82,8 @@ pub struct Ingress {
     producer: Arc<Producer>,
     /// Records and bytes on their way to Kafka, all connections together.
     inflight: Arc<Budget>,
+    /// MQTT 5 session expiry (rumqttd has none).
+    sessions: Option<Arc<Sessions>>,
 }
 
 /// What is on its way to Kafka: records and payload bytes.
@@ -107,6 +110,7 @@ impl Ingress {
             mappings,
             producer,
             inflight: Arc::new(Budget::default()),
+            sessions: broker_v5.map(|addr| Arc::new(Sessions::new(addr))),
         }
     }
 
@@ -163,6 +167,29 @@ impl Ingress {
             5 => self.broker_v5.ok_or(ConnError::NoBroker(5))?,
             _ => self.broker_v4,
         };
+        let sessions = self.sessions.clone().filter(|_| connect.level == 5);
+        let claim = match &sessions {
+            Some(s) => Some(s.opened(&connect.client_id, connect.session_expiry).await),
+            None => None,
+        };
+        let result = self
+            .relay(connect, first, broker, dev_rd, dev_wr, dev_buf)
+            .await;
+        if let (Some(sessions), Some(claim)) = (sessions, claim) {
+            sessions.closed(claim);
+        }
+        result
+    }
+
+    async fn relay(
+        self: Arc<Self>,
+        connect: wire::Connect,
+        first: Frame,
+        broker: SocketAddr,
+        dev_rd: OwnedReadHalf,
+        dev_wr: OwnedWriteHalf,
+        dev_buf: BytesMut,
+    ) -> Result<(), ConnError> {
         let upstream = TcpStream::connect(broker).await?;
         upstream.set_nodelay(true)?;
         let (up_rd, mut up_wr) = upstream.into_split();

@@ -10,6 +10,7 @@ pub mod lifecycle;
 pub mod mapping;
 pub mod produce;
 pub mod record;
+pub mod sessions;
 pub mod settings;
 pub mod wire;
 pub mod writer;

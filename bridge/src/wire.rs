@@ -96,6 +96,9 @@ pub struct Connect {
     pub keep_alive: u16,
     /// MQTT 5: whether the client accepts reason strings on acknowledgements (default yes).
     pub problem_info: bool,
+    /// MQTT 5: seconds a persistent session (clean start 0) outlives its connection;
+    /// `None` for a clean start and for MQTT 3.1.1, whose sessions never expire.
+    pub session_expiry: Option<u32>,
 }
 
 pub fn read_connect(frame: &Frame) -> Result<Connect, WireError> {
@@ -126,21 +129,21 @@ pub fn read_connect(frame: &Frame) -> Result<Connect, WireError> {
                 client_id: c.client_id,
                 keep_alive: c.keep_alive,
                 problem_info: true,
+                session_expiry: None,
             })
         }
         5 => {
             let c = v5::Connect::read(frame.v5_header(), frame.bytes.clone())
                 .map_err(|e| malformed("CONNECT", e))?
                 .0;
-            let problem_info = c
-                .properties
-                .and_then(|p| p.request_problem_info)
-                .is_none_or(|v| v != 0);
+            let props = c.properties.unwrap_or_default();
             Ok(Connect {
                 level,
                 client_id: c.client_id,
                 keep_alive: c.keep_alive,
-                problem_info,
+                problem_info: props.request_problem_info.is_none_or(|v| v != 0),
+                session_expiry: (!c.clean_start)
+                    .then(|| props.session_expiry_interval.unwrap_or(0)),
             })
         }
         other => Err(WireError::UnsupportedLevel(other)),
@@ -158,6 +161,21 @@ pub fn with_keep_alive(frame: &Frame, seconds: u16) -> Bytes {
     bytes.freeze()
 }
 
+/// An MQTT 5 CONNECT with clean start for `client_id`, then a DISCONNECT: what ends a
+/// session in rumqttd.
+pub fn clean_start_v5(client_id: &str) -> Result<Bytes, WireError> {
+    let mut out = BytesMut::new();
+    v5::Connect {
+        keep_alive: 10,
+        client_id: client_id.to_owned(),
+        clean_start: true,
+        properties: None,
+    }
+    .write(&None, &None, &mut out)
+    .map_err(|e| malformed("CONNECT", e))?;
+    Ok(out.freeze())
+}
+
 /// What the device port really offers an MQTT 5 client, told in CONNACK.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerLimits {
@@ -168,7 +186,8 @@ pub struct ServerLimits {
 
 /// rumqttd's MQTT 5 CONNACK with properties that tell the truth about the device port:
 /// Sluice's receive maximum, packet size and topic aliases; retained messages, wildcard
-/// and shared subscriptions (rumqttd has them); no subscription identifiers (it has not).
+/// and shared subscriptions and subscription identifiers, which rumqttd has (measured by
+/// `conformance.rs`).
 /// rumqttd's own values (e.g. a topic alias maximum it does not implement) are replaced;
 /// an assigned client identifier is kept.
 pub fn connack_v5(frame: &Frame, limits: ServerLimits) -> Result<Bytes, WireError> {
@@ -200,7 +219,7 @@ pub fn connack_v5(frame: &Frame, limits: ServerLimits) -> Result<Bytes, WireErro
         p.retain_available = Some(1);
         p.wildcard_subscription_available = Some(1);
         p.shared_subscription_available = Some(1);
-        p.subscription_identifiers_available = Some(0);
+        p.subscription_identifiers_available = Some(1);
         ack.properties = Some(p);
     }
     let mut out = BytesMut::new();
@@ -402,6 +421,7 @@ mod tests {
                 client_id: "dev-1".into(),
                 keep_alive: 10,
                 problem_info: true,
+                session_expiry: None,
             }
         );
         let changed = with_keep_alive(&frames(&wire)[0], 65535);
@@ -425,6 +445,7 @@ mod tests {
                 client_id: "dev-5".into(),
                 keep_alive: 30,
                 problem_info: true,
+                session_expiry: None,
             }
         );
         let c = read_connect(&frames(&with_keep_alive(&frames(&wire)[0], 7))[0]).unwrap();

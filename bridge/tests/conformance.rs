@@ -380,7 +380,7 @@ fn mqtt5_connack_tells_what_the_port_enforces_and_it_is_enforced() {
     assert_eq!(p["RetainAvailable"], 1, "{seen}");
     assert_eq!(p["WildcardSubscriptionAvailable"], 1, "{seen}");
     assert_eq!(p["SharedSubscriptionAvailable"], 1, "{seen}");
-    assert_eq!(p["SubscriptionIdentifierAvailable"], 0, "{seen}");
+    assert_eq!(p["SubscriptionIdentifierAvailable"], 1, "{seen}");
 
     let topic = format!("sensors/{}-limits/temp", gateway.id);
     let body = br#"{"value": 1, "ts": 1700000000000}"#;
@@ -490,4 +490,46 @@ async fn payload_format_indicator_utf8_is_checked_with_a_reason_string() {
     assert_eq!(letters[0].payload, cbor);
     assert_eq!(letters[0].header("reason"), Some("payload_not_utf8"));
     assert_eq!(letters[0].header("mqtt.payload_format"), Some("utf-8"));
+}
+
+/// What MQTT 5 subscribers get from the embedded rumqttd through the device port, measured
+/// with Paho; the README's compatibility table says the same, so a change shows up here.
+#[test]
+fn mqtt5_subscriber_features_are_as_the_readme_says() {
+    let gateway = Gateway::start(None);
+    let seen = paho(&[
+        "subscriber",
+        &gateway.mqtt_port.to_string(),
+        &format!("subs-{}", gateway.id),
+    ]);
+    let want = serde_json::json!({
+        "retained_delivered": true,
+        "retained_flag": true,
+        "expired_retained_delivered": false,
+        "user_properties": true,
+        "content_type": true,
+        "message_expiry_forwarded": true,
+        "subscription_identifier": [42],
+        "no_local_respected": false,
+        "retain_handling_2_respected": false,
+        "shared_deliveries": [2, 2],
+    });
+    assert_eq!(seen, want);
+}
+
+/// MQTT 5 session expiry (rumqttd alone keeps every session forever): expiry 0 ends the
+/// session with the connection; a longer one keeps it, and its queued message, until then.
+#[test]
+fn mqtt5_session_expiry_is_honoured() {
+    let gateway = Gateway::start(None);
+    let port = gateway.mqtt_port.to_string();
+    let session = |expiry: &str, wait: &str| {
+        let id = format!("{}-session-{expiry}-{}", gateway.id, wait.replace('.', "_"));
+        paho(&["session", &port, &id, expiry, wait])
+    };
+    let gone = serde_json::json!({"session_present": [0, 0], "messages": []});
+    let kept = serde_json::json!({"session_present": [0, 1], "messages": ["queued"]});
+    assert_eq!(session("0", "0.5"), gone, "expiry 0");
+    assert_eq!(session("3", "0.5"), kept, "within the expiry");
+    assert_eq!(session("1", "2.5"), gone, "after the expiry");
 }
