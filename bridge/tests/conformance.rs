@@ -246,6 +246,20 @@ fn wildcards_at_the_first_level_never_match_dollar_topics() {
             .expect("mosquitto_pub runs");
         assert!(status.success());
     }
+    // An MQTT 5 publisher to a `$` topic no mapping takes is told so (0x90, with why).
+    let mut v5 = connected(&gateway, 5, &format!("{id}-dollar"), 60);
+    v5.send(&publish(5, &format!("$SYS/{id}"), 9, &[], b"{}"));
+    let head = v5.read_exact(2);
+    let ack = v5.read_exact(head[1] as usize);
+    assert_eq!(
+        (head[0], &ack[..3]),
+        (0x40, &[0, 9, 0x90][..]),
+        "PUBACK {ack:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&ack).contains("no mapping"),
+        "{ack:?}"
+    );
     for sub in [all, first_level] {
         let mine: Vec<String> = lines(sub)
             .into_iter()
@@ -348,6 +362,13 @@ fn zero_length_client_ids_as_the_spec_says() {
             .0,
         [0x20, 2, 0, 2]
     );
+    // MQTT 5 without clean start: client identifier not valid (0x85).
+    let mut persistent5 = Raw::connect(&gateway);
+    persistent5.send(&connect(5, "", false, 60, None));
+    let (bytes, _) = persistent5
+        .until_closed(Duration::from_secs(5))
+        .expect("closed");
+    assert_eq!(&bytes[..4], [0x20, 3, 0, 0x85], "{bytes:?}");
     // Clean sessions are accepted; MQTT 5 is told the identifier it was given.
     let seen = paho(&["empty-id", &gateway.mqtt_port.to_string()]);
     assert_eq!(seen["v311_reason"], 0, "{seen}");
@@ -393,11 +414,15 @@ fn mqtt5_connack_tells_what_the_port_enforces_and_it_is_enforced() {
     let (bytes, _) = eager.until_closed(Duration::from_secs(10)).expect("closed");
     assert!(bytes.ends_with(&[DISCONNECT, 1, 0x93]), "{bytes:?}");
 
-    // A packet over the maximum packet size.
+    // A packet over the maximum packet size: MQTT 5 is told, 3.1.1 is closed.
     let mut big = connected(&gateway, 5, &format!("{}-big", gateway.id), 60);
     big.send(&publish(5, &topic, 1, &[], &vec![b' '; 5000]));
     let (bytes, _) = big.until_closed(Duration::from_secs(10)).expect("closed");
     assert_eq!(bytes, [DISCONNECT, 1, 0x95]);
+    let mut big4 = connected(&gateway, 4, &format!("{}-big4", gateway.id), 60);
+    big4.send(&publish(4, &topic, 1, &[], &vec![b' '; 5000]));
+    let (bytes, _) = big4.until_closed(Duration::from_secs(10)).expect("closed");
+    assert_eq!(bytes, b"");
 
     // Topic aliases over the maximum, or used before they are set up.
     for (alias, topic) in [(6u8, topic.as_str()), (2, "")] {
