@@ -193,13 +193,12 @@ impl Ingress {
         let upstream = TcpStream::connect(broker).await?;
         upstream.set_nodelay(true)?;
         let (up_rd, mut up_wr) = upstream.into_split();
-        if connect.keep_alive == 0 {
-            up_wr
-                .write_all(&wire::with_keep_alive(&first, u16::MAX))
-                .await?;
-        } else {
-            up_wr.write_all(&first.bytes).await?;
-        }
+        // The ingress keeps the device's keep alive itself (and tells MQTT 5 clients why it
+        // closes); rumqttd gets the largest one, so it never races the ingress to it, and so
+        // a keep alive of 0, which it refuses, is accepted.
+        up_wr
+            .write_all(&wire::with_keep_alive(&first, u16::MAX))
+            .await?;
         let receive_maximum = self.settings.max_inflight_per_connection.min(65_535);
         Conn {
             limits: wire::ServerLimits {

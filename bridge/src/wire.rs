@@ -150,9 +150,8 @@ pub fn read_connect(frame: &Frame) -> Result<Connect, WireError> {
     }
 }
 
-/// The CONNECT with another keep alive. rumqttd refuses keep alive 0 (valid MQTT: off),
-/// so the ingress, which owns the device's socket, relays such a CONNECT with the largest
-/// keep alive instead. Only for a frame `read_connect` accepted ("MQTT" name, level 4/5).
+/// The CONNECT with another keep alive, for rumqttd: the ingress keeps the device's keep
+/// alive itself. Only for a frame `read_connect` accepted ("MQTT" name, level 4/5).
 pub fn with_keep_alive(frame: &Frame, seconds: u16) -> Bytes {
     let mut bytes = BytesMut::from(&frame.bytes[..]);
     // Protocol name (2 + 4 bytes), level, flags, then the keep alive.

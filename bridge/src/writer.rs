@@ -76,6 +76,9 @@ impl Writer {
             .set("group.id", &settings.group_id)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
+            // Brokers like tansu answer a fetch only when its wait is up, so a long wait is
+            // latency added to every reading under light load.
+            .set("fetch.wait.max.ms", "10")
             .create()?;
         Ok(Writer {
             settings,

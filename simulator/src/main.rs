@@ -13,73 +13,141 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use rumqttc::QoS;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use sensor::{Format, Plan};
 use stats::{Latency, Stats};
+use tokio::sync::watch;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Virtual MQTT sensors for load and latency tests")]
 struct Cli {
-    /// Gateway address, host:port.
-    #[arg(long, env = "MQTT_ADDR", default_value = "127.0.0.1:1883")]
-    addr: String,
-    #[arg(long, default_value_t = 1000)]
-    sensors: usize,
-    /// Milliseconds between two readings of one sensor (per metric).
-    #[arg(long, default_value_t = 1000)]
-    interval_ms: u64,
-    /// How long to publish, in seconds; unacknowledged readings get 30 s more.
-    #[arg(long, default_value_t = 30)]
-    duration: u64,
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
-    qos: u8,
-    #[arg(long, value_enum, default_value = "json")]
-    format: Format,
-    /// Metrics per sensor, each its own topic (`sensors/{device}/m0`, `m1`, ...).
-    #[arg(long, default_value_t = 1)]
-    metrics: usize,
-    /// First topic level: readings go to `{topic_root}/{device}/{metric}`.
+    /// A scenario file (TOML, the load options below by their long names with `_`, e.g.
+    /// `sensors = 10000`); options given on the command line win.
+    #[arg(long)]
+    scenario: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    load: Load,
+    /// First topic level of single readings: `{topic_root}/{device}/{metric}`.
     #[arg(long, default_value = "sensors")]
     topic_root: String,
     /// Device id prefix; devices are `{prefix}-{n}`.
     #[arg(long, default_value = "sim")]
     prefix: String,
-    /// New connections per second while ramping up.
-    #[arg(long, default_value_t = 500)]
-    connect_rate: u64,
     /// After the run, check every acknowledged reading against this database.
     #[arg(long, env = "SIM_VERIFY_DB")]
     verify_db: Option<String>,
     /// How long verify waits for the writer to catch up, in seconds.
     #[arg(long, default_value_t = 60)]
     verify_wait: u64,
-    /// Also write the report as JSON to this file.
+    /// Also write the report as JSON (with a per-second timeline) to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Also write the report as a markdown table to this file.
+    #[arg(long)]
+    markdown: Option<std::path::PathBuf>,
     /// Seconds between progress lines (0: none).
     #[arg(long, default_value_t = 5)]
     progress: u64,
 }
 
+/// The shape of the load: from the command line, a scenario file, or both.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct Load {
+    /// Gateway addresses, host:port, comma-separated; sensors are spread over them.
+    #[arg(long, env = "MQTT_ADDR")]
+    addr: Option<String>,
+    /// Sensors, each on its own connection [default: 1000].
+    #[arg(long)]
+    sensors: Option<usize>,
+    /// Total readings per second of the fleet; sets the interval (overrides interval_ms).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Milliseconds between two publishes of one sensor (per metric) [default: 1000].
+    #[arg(long)]
+    interval_ms: Option<u64>,
+    /// How long to publish, in seconds; unacknowledged readings get 30 s more [default: 30].
+    #[arg(long)]
+    duration: Option<u64>,
+    /// QoS of each sensor, cycled over the fleet: "1", or a mix like "0,1,1,2" [default: 1].
+    #[arg(long)]
+    qos: Option<String>,
+    /// Payload format of each sensor, cycled: json, cbor, senml, e.g. "json,cbor,senml".
+    #[arg(long)]
+    format: Option<String>,
+    /// Metrics per sensor, each its own publish per interval [default: 1].
+    #[arg(long)]
+    metrics: Option<usize>,
+    /// SenML records per publish (format senml) [default: 1].
+    #[arg(long)]
+    pack: Option<usize>,
+    /// Sensor clocks are off by up to this many milliseconds, either way [default: 0].
+    #[arg(long)]
+    clock_skew_ms: Option<i64>,
+    /// Fraction of publishes sent twice, as by a device that missed an ack [default: 0].
+    #[arg(long)]
+    duplicates: Option<f64>,
+    /// Seconds between reconnect storms (0: none) [default: 0].
+    #[arg(long)]
+    reconnect_every_s: Option<u64>,
+    /// Fraction of sensors that drop and re-open their connection in a storm [default: 0.5].
+    #[arg(long)]
+    reconnect_fraction: Option<f64>,
+    /// New connections per second while ramping up [default: 500].
+    #[arg(long)]
+    connect_rate: Option<u64>,
+}
+
+impl Load {
+    /// This load with the gaps filled from `other`.
+    fn or(self, other: Load) -> Load {
+        Load {
+            addr: self.addr.or(other.addr),
+            sensors: self.sensors.or(other.sensors),
+            rate: self.rate.or(other.rate),
+            interval_ms: self.interval_ms.or(other.interval_ms),
+            duration: self.duration.or(other.duration),
+            qos: self.qos.or(other.qos),
+            format: self.format.or(other.format),
+            metrics: self.metrics.or(other.metrics),
+            pack: self.pack.or(other.pack),
+            clock_skew_ms: self.clock_skew_ms.or(other.clock_skew_ms),
+            duplicates: self.duplicates.or(other.duplicates),
+            reconnect_every_s: self.reconnect_every_s.or(other.reconnect_every_s),
+            reconnect_fraction: self.reconnect_fraction.or(other.reconnect_fraction),
+            connect_rate: self.connect_rate.or(other.connect_rate),
+        }
+    }
+}
+
+fn list<T>(text: &str, what: &str, parse: impl Fn(&str) -> Option<T>) -> anyhow::Result<Vec<T>> {
+    text.split(',')
+        .map(|item| parse(item.trim()).with_context(|| format!("{what}: {item:?} is not valid")))
+        .collect()
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
-    sensors: usize,
-    qos: u8,
-    format: Format,
+    load: Load,
     seconds: f64,
     sent: i64,
     resent: i64,
+    duplicates_sent: i64,
+    reconnects: i64,
     acked: i64,
+    acked_readings: i64,
     skipped: i64,
     unacked: i64,
     errors: u64,
     error_kinds: std::collections::BTreeMap<String, u64>,
     acked_per_second: f64,
+    readings_per_second: f64,
     ack_latency_ms: Latency,
     #[serde(skip_serializing_if = "Option::is_none")]
     verify: Option<verify::Verdict>,
+    timeline: Vec<stats::Second>,
 }
 
 #[tokio::main]
@@ -91,39 +159,91 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let (host, port) = cli
-        .addr
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?)))
-        .with_context(|| format!("--addr {:?} is not host:port", cli.addr))?;
-    let qos = match cli.qos {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
+    let scenario: Load = match &cli.scenario {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("scenario {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("scenario {}", path.display()))?
+        }
+        None => Load::default(),
     };
+    let load = cli.load.clone().or(scenario);
+    let gateways = list(
+        load.addr.as_deref().unwrap_or("127.0.0.1:1883"),
+        "--addr",
+        |a| {
+            let (h, p) = a.rsplit_once(':')?;
+            Some((h.to_owned(), p.parse().ok()?))
+        },
+    )?;
+    let qos = list(load.qos.as_deref().unwrap_or("1"), "--qos", |q| match q {
+        "0" => Some(QoS::AtMostOnce),
+        "1" => Some(QoS::AtLeastOnce),
+        "2" => Some(QoS::ExactlyOnce),
+        _ => None,
+    })?;
+    let formats = list(load.format.as_deref().unwrap_or("json"), "--format", |f| {
+        serde_json::from_value(serde_json::Value::String(f.to_owned())).ok()
+    })?;
+    let sensors = load.sensors.unwrap_or(1000);
+    let metrics = load.metrics.unwrap_or(1).max(1);
+    let pack = load.pack.unwrap_or(1).max(1);
+    let duration = load.duration.unwrap_or(30);
+    // Readings per publish, averaged over the format mix (only SenML packs carry several).
+    let per_publish = formats
+        .iter()
+        .map(|f| if *f == Format::Senml { pack } else { 1 })
+        .sum::<usize>() as f64
+        / formats.len() as f64;
+    let interval = match load.rate {
+        Some(rate) if rate > 0.0 => {
+            Duration::from_secs_f64(sensors as f64 * metrics as f64 * per_publish / rate)
+        }
+        _ => Duration::from_millis(load.interval_ms.unwrap_or(1000).max(1)),
+    };
+    let duplicates = load.duplicates.unwrap_or(0.0);
     let started = Instant::now();
     let plan = Arc::new(Plan {
-        host,
-        port,
+        gateways,
         prefix: cli.prefix.clone(),
         topic_root: cli.topic_root.clone(),
         qos,
-        format: cli.format,
-        interval: Duration::from_millis(cli.interval_ms.max(1)),
-        metrics: (0..cli.metrics.max(1)).map(|m| format!("m{m}")).collect(),
-        stop_at: started + Duration::from_secs(cli.duration),
+        formats,
+        interval,
+        metrics: (0..metrics).map(|m| format!("m{m}")).collect(),
+        pack,
+        clock_skew_ms: load.clock_skew_ms.unwrap_or(0),
+        duplicate_every: if duplicates > 0.0 {
+            (1.0 / duplicates).round().max(1.0) as u64
+        } else {
+            0
+        },
+        reconnect_fraction: load.reconnect_fraction.unwrap_or(0.5),
+        stop_at: started + Duration::from_secs(duration),
     });
     let stats = Arc::new(Stats::new());
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let mut tasks = Vec::with_capacity(cli.sensors);
-    let ramp = Duration::from_secs_f64(1.0 / cli.connect_rate.max(1) as f64);
+    let (storm_tx, storms) = watch::channel(0u64);
+    if let Some(every) = load.reconnect_every_s.filter(|&s| s > 0) {
+        tokio::spawn(async move {
+            for storm in 1.. {
+                tokio::time::sleep(Duration::from_secs(every)).await;
+                if storm_tx.send(storm).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let mut tasks = Vec::with_capacity(sensors);
+    let ramp = Duration::from_secs_f64(1.0 / load.connect_rate.unwrap_or(500).max(1) as f64);
     let progress = tokio::spawn(show_progress(stats.clone(), cli.progress, started));
-    for i in 0..cli.sensors {
+    for i in 0..sensors {
         tasks.push(tokio::spawn(sensor::run(
             i,
             plan.clone(),
             stats.clone(),
             acked.clone(),
+            storms.clone(),
         )));
         tokio::time::sleep(ramp).await;
     }
@@ -146,24 +266,31 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let report = Report {
-        sensors: cli.sensors,
-        qos: cli.qos,
-        format: cli.format,
+        load,
         seconds,
         sent: stats.sent.get(),
         resent: stats.resent.get(),
+        duplicates_sent: stats.duplicates_sent.get(),
+        reconnects: stats.reconnects.get(),
         acked: stats.acked.get(),
+        acked_readings: stats.acked_readings.get(),
         skipped: stats.skipped.get(),
         unacked: stats.unacked.get(),
         errors: stats.error_count(),
         error_kinds: stats.errors(),
-        acked_per_second: stats.acked.get() as f64 / cli.duration.max(1) as f64,
+        acked_per_second: stats.acked.get() as f64 / duration.max(1) as f64,
+        readings_per_second: stats.acked_readings.get() as f64 / duration.max(1) as f64,
         ack_latency_ms: stats.latency_ms(),
         verify: verdict,
+        timeline: stats.timeline(),
     };
-    print_report(&report);
+    print!("{}", text_report(&report));
     if let Some(path) = &cli.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &cli.markdown {
+        std::fs::write(path, markdown_report(&report))
             .with_context(|| format!("writing {}", path.display()))?;
     }
     match &report.verify {
@@ -195,28 +322,93 @@ async fn show_progress(stats: Arc<Stats>, every: u64, started: Instant) {
     }
 }
 
-fn print_report(r: &Report) {
+fn text_report(r: &Report) -> String {
+    use std::fmt::Write;
     let l = &r.ack_latency_ms;
-    println!(
-        "sensors={} qos={} format={:?} seconds={:.1}",
-        r.sensors, r.qos, r.format, r.seconds
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "load: {}",
+        serde_json::to_string(&r.load).unwrap_or_default()
     );
-    println!(
-        "sent={} resent={} acked={} skipped={} unacked={} errors={}",
-        r.sent, r.resent, r.acked, r.skipped, r.unacked, r.errors
+    let _ = writeln!(
+        out,
+        "seconds={:.1} sent={} resent={} duplicates_sent={} reconnects={} acked={} acked_readings={} skipped={} unacked={} errors={}",
+        r.seconds, r.sent, r.resent, r.duplicates_sent, r.reconnects, r.acked, r.acked_readings, r.skipped, r.unacked, r.errors
     );
-    println!("rate={:.0} acked/s", r.acked_per_second);
-    println!(
+    let _ = writeln!(
+        out,
+        "rate={:.0} acked publishes/s, {:.0} readings/s",
+        r.acked_per_second, r.readings_per_second
+    );
+    let _ = writeln!(
+        out,
         "publish-to-ack ms: p50={:.2} p90={:.2} p99={:.2} p99.9={:.2} max={:.2} (n={})",
         l.p50, l.p90, l.p99, l.p999, l.max, l.samples
     );
     for (kind, n) in &r.error_kinds {
-        println!("error x{n}: {kind}");
+        let _ = writeln!(out, "error x{n}: {kind}");
     }
     if let Some(v) = &r.verify {
-        println!(
+        let _ = writeln!(
+            out,
+            "publish-to-row ms: p50={:.1} p99={:.1} max={:.1}",
+            v.publish_to_row_ms.p50, v.publish_to_row_ms.p99, v.publish_to_row_ms.max
+        );
+        let _ = writeln!(
+            out,
             "verify: acked={} rows={} lost={} duplicates={}",
             v.acked, v.rows, v.lost, v.duplicates
         );
     }
+    out
+}
+
+fn markdown_report(r: &Report) -> String {
+    let l = &r.ack_latency_ms;
+    let mut rows = vec![
+        (
+            "load".to_owned(),
+            format!("`{}`", serde_json::to_string(&r.load).unwrap_or_default()),
+        ),
+        (
+            "acked publishes/s".into(),
+            format!("{:.0}", r.acked_per_second),
+        ),
+        ("readings/s".into(), format!("{:.0}", r.readings_per_second)),
+        (
+            "publish-to-ack p50 / p90 / p99 / p99.9 / max (ms)".into(),
+            format!(
+                "{:.2} / {:.2} / {:.2} / {:.2} / {:.2}",
+                l.p50, l.p90, l.p99, l.p999, l.max
+            ),
+        ),
+        (
+            "sent / resent / duplicates sent / skipped / unacked".into(),
+            format!(
+                "{} / {} / {} / {} / {}",
+                r.sent, r.resent, r.duplicates_sent, r.skipped, r.unacked
+            ),
+        ),
+        ("reconnects".into(), r.reconnects.to_string()),
+        ("errors".into(), format!("{} {:?}", r.errors, r.error_kinds)),
+    ];
+    if let Some(v) = &r.verify {
+        rows.push((
+            "publish-to-row p50 / p99 (ms)".into(),
+            format!(
+                "{:.1} / {:.1}",
+                v.publish_to_row_ms.p50, v.publish_to_row_ms.p99
+            ),
+        ));
+        rows.push((
+            "lost / duplicates".into(),
+            format!("{} / {}", v.lost, v.duplicates),
+        ));
+    }
+    let mut out = String::from("| measure | value |\n|---|---|\n");
+    for (k, v) in rows {
+        out.push_str(&format!("| {k} | {v} |\n"));
+    }
+    out
 }

@@ -1,6 +1,8 @@
-//! One virtual sensor: its own rumqttc connection, a reading per interval on
-//! `sensors/{device}/{metric}`, and the publish-to-ack latency of every reading the gateway
-//! acknowledged (PUBACK for QoS 1, PUBREC for QoS 2; QoS 0 has no ack).
+//! One virtual sensor: its own rumqttc connection, a publish per metric and interval
+//! (a single JSON or CBOR reading on `{topic_root}/{device}/{metric}`, or a SenML pack on
+//! `devices/{device}/senml`), and the publish-to-ack latency of every publish the gateway
+//! acknowledged (PUBACK for QoS 1, PUBREC for QoS 2; QoS 0 has no ack). It can also send
+//! deliberate duplicates, run a skewed clock and drop its connection in a reconnect storm.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -8,29 +10,39 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
-use serde::Serialize;
-use tokio::sync::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Mutex};
 
 use crate::stats::Stats;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Json,
     Cbor,
+    /// A SenML JSON pack of `pack` records per publish.
+    Senml,
 }
 
-/// What every sensor is told to do.
+/// What every sensor is told to do; sensor `i` takes the `i`th entry (cyclically) of each
+/// list, so a mix is spread evenly over the fleet.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub host: String,
-    pub port: u16,
+    pub gateways: Vec<(String, u16)>,
     pub prefix: String,
     pub topic_root: String,
-    pub qos: QoS,
-    pub format: Format,
+    pub qos: Vec<QoS>,
+    pub formats: Vec<Format>,
     pub interval: Duration,
     pub metrics: Vec<String>,
+    /// SenML records per publish.
+    pub pack: usize,
+    /// Sensor clocks are off by up to this much, either way.
+    pub clock_skew_ms: i64,
+    /// Every nth publish is sent twice (0: never), as a device that missed an ack would.
+    pub duplicate_every: u64,
+    /// Fraction of sensors that drop their connection at each storm.
+    pub reconnect_fraction: f64,
     pub stop_at: Instant,
 }
 
@@ -43,34 +55,86 @@ pub struct Acked {
 }
 
 #[derive(Serialize)]
-struct Payload<'a> {
+struct Single<'a> {
     value: f64,
     ts: i64,
     seq: i64,
     unit: &'a str,
 }
 
-pub fn encode(format: Format, value: f64, ts: i64, seq: i64) -> Vec<u8> {
-    let payload = Payload {
+/// The payload of one publish and the readings it carries.
+fn encode(
+    format: Format,
+    device: &str,
+    metric: &str,
+    pack: usize,
+    ts: i64,
+    seq: i64,
+) -> (Vec<u8>, Vec<Acked>) {
+    let value = 20.0 + (seq % 100) as f64 / 10.0;
+    let reading = |metric: String| Acked {
+        device: device.to_owned(),
+        metric,
+        ts_ms: ts,
+    };
+    let single = Single {
         value,
         ts,
         seq,
         unit: "Cel",
     };
     match format {
-        Format::Json => serde_json::to_vec(&payload).unwrap_or_default(),
+        Format::Json => (
+            serde_json::to_vec(&single).unwrap_or_default(),
+            vec![reading(metric.to_owned())],
+        ),
         Format::Cbor => {
             let mut out = Vec::with_capacity(48);
             // Writing a small struct into a Vec cannot fail.
-            let _ = ciborium::into_writer(&payload, &mut out);
-            out
+            let _ = ciborium::into_writer(&single, &mut out);
+            (out, vec![reading(metric.to_owned())])
+        }
+        Format::Senml => {
+            let records: Vec<serde_json::Value> = (0..pack)
+                .map(|k| {
+                    let mut r =
+                        serde_json::json!({"n": k.to_string(), "u": "Cel", "v": value + k as f64});
+                    if k == 0 {
+                        r["bn"] = format!("{metric}.").into();
+                        r["bt"] = (ts as f64 / 1000.0).into();
+                    }
+                    r
+                })
+                .collect();
+            let readings = (0..pack)
+                .map(|k| reading(format!("{metric}.{k}")))
+                .collect();
+            (serde_json::to_vec(&records).unwrap_or_default(), readings)
         }
     }
 }
 
-pub async fn run(index: usize, plan: Arc<Plan>, stats: Arc<Stats>, acked: Arc<Mutex<Vec<Acked>>>) {
+/// A deterministic spread in [-1, 1] from a sensor's index and a salt.
+fn spread(index: usize, salt: u64) -> f64 {
+    let mut x = (index as u64 ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 31;
+    (x % 2_000_001) as f64 / 1_000_000.0 - 1.0
+}
+
+pub async fn run(
+    index: usize,
+    plan: Arc<Plan>,
+    stats: Arc<Stats>,
+    acked: Arc<Mutex<Vec<Acked>>>,
+    mut storms: watch::Receiver<u64>,
+) {
     let device = format!("{}-{index}", plan.prefix);
-    let mut options = MqttOptions::new(device.clone(), plan.host.clone(), plan.port);
+    let (host, port) = plan.gateways[index % plan.gateways.len()].clone();
+    let qos = plan.qos[index % plan.qos.len()];
+    let format = plan.formats[index % plan.formats.len()];
+    let skew_ms = (spread(index, 1) * plan.clock_skew_ms as f64) as i64;
+    let mut options = MqttOptions::new(device.clone(), host, port);
     options
         .set_keep_alive(Duration::from_secs(30))
         // A persistent session: after a reconnect, unacknowledged publishes are resent.
@@ -80,7 +144,7 @@ pub async fn run(index: usize, plan: Arc<Plan>, stats: Arc<Stats>, acked: Arc<Mu
     let (client, mut events) = AsyncClient::new(options, 64);
     let mut tick = tokio::time::interval(plan.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Readings published but not yet seen on the wire, in publish order.
+    // Publishes handed to rumqttc but not yet seen on the wire, in publish order.
     let mut queued: VecDeque<Out> = VecDeque::new();
     // On the wire, by packet id, awaiting their ack.
     let mut on_wire: HashMap<u16, (Out, Instant)> = HashMap::new();
@@ -88,7 +152,20 @@ pub async fn run(index: usize, plan: Arc<Plan>, stats: Arc<Stats>, acked: Arc<Mu
     let mut seq = 0i64;
     let mut last_ts = 0i64;
     let mut connected = false;
+    // Set when this sensor drops its own connection in a storm: the error that follows is
+    // expected, not counted.
+    let mut leaving = false;
     let mut draining = false;
+    let publish = |out: Out, queued: &mut VecDeque<Out>| match client.try_publish(
+        &out.topic,
+        qos,
+        false,
+        out.payload.clone(),
+    ) {
+        Ok(()) => queued.push_back(out),
+        // The gateway is holding acks (backpressure): this publish is skipped.
+        Err(_) => stats.skipped.inc(),
+    };
     loop {
         let now = Instant::now();
         if now >= plan.stop_at && !draining {
@@ -104,19 +181,26 @@ pub async fn run(index: usize, plan: Arc<Plan>, stats: Arc<Stats>, acked: Arc<Mu
             _ = tick.tick(), if !draining && connected => {
                 for metric in &plan.metrics {
                     seq += 1;
-                    let ts = chrono::Utc::now().timestamp_millis().max(last_ts + 1);
+                    let ts = (chrono::Utc::now().timestamp_millis() + skew_ms).max(last_ts + 1);
                     last_ts = ts;
-                    let value = 20.0 + (seq % 100) as f64 / 10.0;
-                    let out = Out {
-                        reading: Acked { device: device.clone(), metric: metric.clone(), ts_ms: ts },
-                        topic: format!("{}/{device}/{metric}", plan.topic_root),
-                        payload: encode(plan.format, value, ts, seq),
+                    let (payload, readings) = encode(format, &device, metric, plan.pack, ts, seq);
+                    let topic = match format {
+                        Format::Senml => format!("devices/{device}/senml"),
+                        _ => format!("{}/{device}/{metric}", plan.topic_root),
                     };
-                    match client.try_publish(&out.topic, plan.qos, false, out.payload.clone()) {
-                        Ok(()) => queued.push_back(out),
-                        // The gateway is holding acks (backpressure): this reading is skipped.
-                        Err(_) => stats.skipped.inc(),
+                    let out = Out { readings, topic, payload };
+                    if plan.duplicate_every > 0 && (seq as u64).is_multiple_of(plan.duplicate_every) {
+                        stats.duplicates_sent.inc();
+                        publish(out.clone(), &mut queued);
                     }
+                    publish(out, &mut queued);
+                }
+            }
+            Ok(()) = storms.changed(), if !draining => {
+                let storm = *storms.borrow_and_update();
+                if connected && (spread(index, storm) + 1.0) / 2.0 < plan.reconnect_fraction {
+                    stats.reconnects.inc();
+                    leaving = client.try_disconnect().is_ok();
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(200)), if draining => {}
@@ -134,10 +218,7 @@ pub async fn run(index: usize, plan: Arc<Plan>, stats: Arc<Stats>, acked: Arc<Mu
                         let again: Vec<Out> = lost.into_iter().map(|(o, _)| o).chain(queued.drain(..)).collect();
                         for out in again {
                             stats.resent.inc();
-                            match client.try_publish(&out.topic, plan.qos, false, out.payload.clone()) {
-                                Ok(()) => queued.push_back(out),
-                                Err(_) => stats.skipped.inc(),
-                            }
+                            publish(out, &mut queued);
                         }
                     }
                 }
@@ -146,13 +227,20 @@ pub async fn run(index: usize, plan: Arc<Plan>, stats: Arc<Stats>, acked: Arc<Mu
                     if pkid == 0 {
                         queued.pop_front();
                     } else if let Entry::Vacant(slot) = on_wire.entry(pkid) {
-                        // A resend keeps its first send time; a new packet id is the next reading.
-                        if let Some(reading) = queued.pop_front() {
-                            slot.insert((reading, Instant::now()));
+                        // A resend keeps its first send time; a new packet id is the next publish.
+                        if let Some(out) = queued.pop_front() {
+                            slot.insert((out, Instant::now()));
                         }
                     } else {
                         stats.resent.inc();
                     }
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                    // Our own storm: rumqttc reconnects on the next poll.
+                    if connected {
+                        stats.connected.dec();
+                    }
+                    connected = false;
                 }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
                     ack_received(&mut on_wire, ack.pkid, &stats, &mut mine);
@@ -162,9 +250,11 @@ pub async fn run(index: usize, plan: Arc<Plan>, stats: Arc<Stats>, acked: Arc<Mu
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    stats.error(&e.to_string());
                     if connected {
                         stats.connected.dec();
+                    }
+                    if !std::mem::take(&mut leaving) {
+                        stats.error(&e.to_string());
                     }
                     connected = false;
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -181,9 +271,10 @@ pub async fn run(index: usize, plan: Arc<Plan>, stats: Arc<Stats>, acked: Arc<Mu
     acked.lock().await.extend(mine);
 }
 
-/// A reading on its way: what verify will look for, and what to send again if needed.
+/// A publish on its way: what verify will look for, and what to send again if needed.
+#[derive(Clone)]
 struct Out {
-    reading: Acked,
+    readings: Vec<Acked>,
     topic: String,
     payload: Vec<u8>,
 }
@@ -196,7 +287,8 @@ fn ack_received(
 ) {
     if let Some((out, sent)) = on_wire.remove(&pkid) {
         stats.acked.inc();
+        stats.acked_readings.add(out.readings.len() as u64);
         stats.record_latency(sent.elapsed());
-        mine.push(out.reading);
+        mine.extend(out.readings);
     }
 }

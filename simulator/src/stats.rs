@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -30,12 +30,32 @@ pub struct Stats {
     pub sent: Counter,
     pub resent: Counter,
     pub acked: Counter,
+    /// Readings in the acknowledged publishes (a SenML pack carries several).
+    pub acked_readings: Counter,
     pub skipped: Counter,
     pub unacked: Counter,
     pub connected: Counter,
+    pub duplicates_sent: Counter,
+    pub reconnects: Counter,
     errors: Mutex<BTreeMap<String, u64>>,
-    /// Publish-to-ack latency in microseconds.
+    /// Publish-to-ack latency in microseconds, the whole run and each second of it.
     latency: Mutex<Histogram<u64>>,
+    seconds: Mutex<Vec<Histogram<u64>>>,
+    started: Instant,
+}
+
+/// One second of the run: acknowledgements and their latency.
+#[derive(Debug, Clone, Serialize)]
+pub struct Second {
+    pub t: usize,
+    pub acked: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// 1 µs to 10 min at 3 significant digits; bounds are constants, so this holds.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
 }
 
 impl Stats {
@@ -44,21 +64,45 @@ impl Stats {
             sent: Counter::default(),
             resent: Counter::default(),
             acked: Counter::default(),
+            acked_readings: Counter::default(),
             skipped: Counter::default(),
             unacked: Counter::default(),
             connected: Counter::default(),
+            duplicates_sent: Counter::default(),
+            reconnects: Counter::default(),
             errors: Mutex::new(BTreeMap::new()),
-            // 1 µs to 10 min at 3 significant digits; bounds are constants, so this holds.
-            latency: Mutex::new(
-                Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
-            ),
+            latency: Mutex::new(histogram()),
+            seconds: Mutex::new(Vec::new()),
+            started: Instant::now(),
         }
+    }
+
+    /// Acknowledgements per second of the run, with that second's latency.
+    pub fn timeline(&self) -> Vec<Second> {
+        let seconds = self.seconds.lock().map(|s| s.clone()).unwrap_or_default();
+        seconds
+            .iter()
+            .enumerate()
+            .map(|(t, h)| Second {
+                t,
+                acked: h.len(),
+                p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+                p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+            })
+            .collect()
     }
 
     pub fn record_latency(&self, d: Duration) {
         let us = (d.as_micros() as u64).clamp(1, 600_000_000);
         if let Ok(mut h) = self.latency.lock() {
             let _ = h.record(us);
+        }
+        let second = self.started.elapsed().as_secs() as usize;
+        if let Ok(mut s) = self.seconds.lock() {
+            while s.len() <= second {
+                s.push(histogram());
+            }
+            let _ = s[second].record(us);
         }
     }
 

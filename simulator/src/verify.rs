@@ -17,6 +17,16 @@ pub struct Verdict {
     pub lost: usize,
     /// Rows beyond the first for one (device, metric, seq).
     pub duplicates: usize,
+    /// From Sluice receiving a publish to its row being written (`ingested_at -
+    /// received_at`), over this run's rows.
+    pub publish_to_row_ms: RowLatency,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RowLatency {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
 }
 
 pub async fn verify(
@@ -44,11 +54,14 @@ pub async fn verify(
             .await
             .context("verify: querying readings")?;
         let mut have = HashSet::with_capacity(rows.len());
-        let mut per_seq: HashMap<(String, String, Option<i64>), usize> = HashMap::new();
+        // A reading stored twice under two times would share its seq; SenML has none.
+        let mut per_seq: HashMap<(String, String, i64), usize> = HashMap::new();
         for row in &rows {
             let (device, metric): (String, String) = (row.get(0), row.get(1));
             have.insert((device.clone(), metric.clone(), row.get::<_, i64>(2)));
-            *per_seq.entry((device, metric, row.get(3))).or_default() += 1;
+            if let Some(seq) = row.get::<_, Option<i64>>(3) {
+                *per_seq.entry((device, metric, seq)).or_default() += 1;
+            }
         }
         let lost = want
             .iter()
@@ -56,11 +69,27 @@ pub async fn verify(
             .count();
         let duplicates = per_seq.values().map(|n| n - 1).sum();
         if lost == 0 || Instant::now() >= deadline {
+            let latency = client
+                .query_one(
+                    "SELECT coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY d), 0), \
+                            coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY d), 0), \
+                            coalesce(max(d), 0) \
+                     FROM (SELECT extract(epoch FROM ingested_at - received_at)::float8 * 1000 AS d \
+                           FROM readings WHERE starts_with(device_id, $1)) t",
+                    &[&format!("{prefix}-")],
+                )
+                .await
+                .context("verify: publish-to-row latency")?;
             return Ok(Verdict {
                 acked: want.len(),
                 rows: rows.len(),
                 lost,
                 duplicates,
+                publish_to_row_ms: RowLatency {
+                    p50: latency.get(0),
+                    p99: latency.get(1),
+                    max: latency.get(2),
+                },
             });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
