@@ -47,7 +47,14 @@ pub async fn configure(url: &str, storage: &StorageSettings) -> Result<Backend, 
         "timescaledb" => Backend::TimescaleDb,
         _ => Backend::PostgreSql,
     };
-    tracing::info!(?backend, ?storage, "storage lifecycle applied");
+    tracing::info!(
+        ?backend,
+        chunk_interval = %storage.chunk_interval,
+        compress_after = %storage.compress_after,
+        retain_for = %storage.retain_for,
+        rollup_refresh = %storage.rollup_refresh,
+        "storage lifecycle applied"
+    );
     if backend == Backend::PostgreSql && storage.compress_after.0.is_some() {
         tracing::info!(
             "storage.compress_after needs TimescaleDB; without it nothing is compressed"

@@ -189,6 +189,15 @@ impl TryFrom<String> for Span {
     }
 }
 
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(d) => write!(f, "{} s", d.as_secs()),
+            None => f.write_str("off"),
+        }
+    }
+}
+
 impl Span {
     /// Seconds, for PostgreSQL's `make_interval(secs => ..)`; NULL when off.
     pub fn seconds(&self) -> Option<f64> {

@@ -163,7 +163,7 @@ BEGIN
              WHERE hypertable_schema = current_schema() AND hypertable_name = 'readings') THEN
       ALTER TABLE readings SET (timescaledb.compress,
         timescaledb.compress_segmentby = 'device_id',
-        timescaledb.compress_orderby = 'time DESC');
+        timescaledb.compress_orderby = 'metric, time DESC');
     END IF;
   END IF;
   PERFORM remove_compression_policy('readings', if_exists => true);

@@ -3,6 +3,7 @@
 //! progress, and reports throughput and publish-to-ack latency; `--verify-db` then checks
 //! that every acknowledged reading is in the database exactly once.
 
+mod chart;
 mod sensor;
 mod stats;
 mod verify;
@@ -47,6 +48,9 @@ struct Cli {
     /// Also write the report as a markdown table to this file.
     #[arg(long)]
     markdown: Option<std::path::PathBuf>,
+    /// Also draw acks per second and latency over the run as a PNG.
+    #[arg(long)]
+    chart: Option<std::path::PathBuf>,
     /// Seconds between progress lines (0: none).
     #[arg(long, default_value_t = 5)]
     progress: u64,
@@ -288,6 +292,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = &cli.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &cli.chart {
+        chart::write(path, &report.timeline)?;
     }
     if let Some(path) = &cli.markdown {
         std::fs::write(path, markdown_report(&report))
