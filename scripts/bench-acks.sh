@@ -16,7 +16,7 @@ while [ $# -gt 0 ]; do
 done
 
 DATA="$ROOT/.data/bench"
-PG_PORT=54359 KAFKA_PORT=39092 MQTT_PORT=41883
+PG_PORT=15435 KAFKA_PORT=19093 MQTT_PORT=24883
 ensure_deps
 build
 fresh_stack "$DATA" "$PG_PORT" "$KAFKA_PORT"
@@ -30,8 +30,8 @@ filter = "receipt/{device_id}/{metric}"
 kafka_topic = "sensor.readings"
 ack = "receipt"
 TOML
-SLUICE__INGRESS__LISTEN="127.0.0.1:$MQTT_PORT" SLUICE__HTTP__LISTEN="127.0.0.1:49464" \
-SLUICE__BROKER__V4__1__LISTEN="127.0.0.1:51883" SLUICE__BROKER__V5__1__LISTEN="127.0.0.1:51884" \
+SLUICE__INGRESS__LISTEN="127.0.0.1:$MQTT_PORT" SLUICE__HTTP__LISTEN="127.0.0.1:24464" \
+SLUICE__BROKER__V4__1__LISTEN="127.0.0.1:24885" SLUICE__BROKER__V5__1__LISTEN="127.0.0.1:24886" \
   "$ROOT/target/release/sluice" --config "$DATA/broker.toml" >"$DATA/sluice.log" 2>&1 &
 echo $! >"$DATA/sluice.pid"
 wait_port 127.0.0.1 "$MQTT_PORT" sluice

@@ -9,7 +9,7 @@ DATA="$ROOT/.data/bench-writer"
 ensure_deps
 build
 (cd "$ROOT" && cargo build --release --quiet --example load_kafka)
-fresh_stack "$DATA" 54369 49092
+fresh_stack "$DATA" 15436 19094
 "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" --migrate-only
 TOPIC="bench.readings"
 cp "$ROOT/broker.toml" "$DATA/broker.toml"

@@ -22,20 +22,20 @@ while [ $# -gt 0 ]; do
 done
 
 DATA="$ROOT/.data/bench"
-MQTT_PORT=41883 MOSQ_PORT=41884
+MQTT_PORT=25883 MOSQ_PORT=25884
 ensure_deps
 command -v mosquitto >/dev/null || {
   log "installing mosquitto (the reference broker)"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto >/dev/null
 }
 build
-fresh_stack "$DATA" 54379 49093
+fresh_stack "$DATA" 15437 19095
 trap 'stop_pidfile "$DATA/mosquitto.pid"; stop_stack "$DATA"' EXIT
 mkdir -p "$DATA/runs"
 
 "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" --migrate-only
-SLUICE__INGRESS__LISTEN="127.0.0.1:$MQTT_PORT" SLUICE__HTTP__LISTEN=127.0.0.1:41464 \
-SLUICE__BROKER__V4__1__LISTEN=127.0.0.1:41885 SLUICE__BROKER__V5__1__LISTEN=127.0.0.1:41886 \
+SLUICE__INGRESS__LISTEN="127.0.0.1:$MQTT_PORT" SLUICE__HTTP__LISTEN=127.0.0.1:25464 \
+SLUICE__BROKER__V4__1__LISTEN=127.0.0.1:25885 SLUICE__BROKER__V5__1__LISTEN=127.0.0.1:25886 \
   "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" >"$DATA/sluice.log" 2>&1 &
 echo $! >"$DATA/sluice.pid"
 cat >"$DATA/mosquitto.conf" <<EOF

@@ -18,11 +18,11 @@ INGRESSES=$(( (SENSORS + PER_PROCESS - 1) / PER_PROCESS ))
 
 ensure_deps
 build
-fresh_stack "$DATA" 54389 49094
+fresh_stack "$DATA" 15438 19096
 "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" --migrate-only
 addrs=()
 for i in $(seq 1 "$INGRESSES"); do
-  base=$((42000 + 10 * i))
+  base=$((23000 + 10 * i))
   SLUICE__INGRESS__LISTEN="127.0.0.1:$base" SLUICE__HTTP__LISTEN="127.0.0.1:$((base + 1))" \
   SLUICE__BROKER__V4__1__LISTEN="127.0.0.1:$((base + 2))" SLUICE__BROKER__V5__1__LISTEN="127.0.0.1:$((base + 3))" \
     "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" --role ingress >"$DATA/sluice-ingress$i.log" 2>&1 &
@@ -30,7 +30,7 @@ for i in $(seq 1 "$INGRESSES"); do
   wait_port 127.0.0.1 "$base" "sluice ingress $i"
   addrs+=("127.0.0.1:$base")
 done
-SLUICE__HTTP__LISTEN=127.0.0.1:42001 "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" \
+SLUICE__HTTP__LISTEN=127.0.0.1:23001 "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" \
   --role writer >"$DATA/sluice-writer.log" 2>&1 &
 echo $! >"$DATA/sluice-writer.pid"
 
@@ -50,7 +50,7 @@ while kill -0 "$SIM" 2>/dev/null; do
   done
   conns=0
   for i in $(seq 1 "$INGRESSES"); do
-    c=$(curl -s "http://127.0.0.1:$((42000 + 10 * i + 1))/metrics" | awk '/^sluice_connections / {print $2}')
+    c=$(curl -s "http://127.0.0.1:$((23000 + 10 * i + 1))/metrics" | awk '/^sluice_connections / {print $2}')
     c=${c:-0}; conns=$((conns + ${c%.*}))
   done
   echo "$line device connections=$conns"

@@ -6,7 +6,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DATA="$ROOT/.data/test"
-PG_PORT="${TEST_PG_PORT:-54339}"
+PG_PORT="${TEST_PG_PORT:-15433}"
 KAFKA_PORT="${TEST_KAFKA_PORT:-19092}"
 
 ensure_deps

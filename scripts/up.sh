@@ -4,7 +4,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DATA="$ROOT/.data"
-PG_PORT="${PG_PORT:-54329}"
+PG_PORT="${PG_PORT:-15432}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 MQTT_ADDR="${MQTT_ADDR:-127.0.0.1:1883}"
 HTTP_ADDR="${HTTP_ADDR:-127.0.0.1:9464}"

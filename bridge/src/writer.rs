@@ -72,14 +72,17 @@ impl Writer {
         // The group id only names the progress in `sluice_offsets` (and Kafka's offset
         // hint); partitions are assigned, not negotiated, so a restarted writer resumes at
         // once instead of waiting out a dead member's session.
-        let consumer: StreamConsumer = client_config(kafka)
+        let mut config = client_config(kafka);
+        config
             .set("group.id", &settings.group_id)
             .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            // Brokers like tansu answer a fetch only when its wait is up, so a long wait is
-            // latency added to every reading under light load.
-            .set("fetch.wait.max.ms", "10")
-            .create()?;
+            .set("auto.offset.reset", "earliest");
+        // Brokers like tansu answer a fetch only when its wait is up, so a long wait is
+        // latency added to every reading under light load (kafka.properties may override).
+        if !kafka.properties.contains_key("fetch.wait.max.ms") {
+            config.set("fetch.wait.max.ms", "10");
+        }
+        let consumer: StreamConsumer = config.create()?;
         Ok(Writer {
             settings,
             consumer: Arc::new(consumer),
