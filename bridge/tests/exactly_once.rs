@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::Stdio;
-
 use common::{db, free_port, rows, wait_rows, Gateway};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,20 +26,8 @@ async fn writer_killed_between_copy_and_commit_loses_and_duplicates_nothing() {
     let lines: String = (0..20)
         .map(|i| format!("{{\"value\": {i}, \"ts\": {}}}\n", 1_700_000_000_000i64 + i))
         .collect();
-    let mut publisher = gateway
-        .mosquitto_pub()
-        .args(["-l", "-t", &format!("sensors/{dev}/temp")])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_pub runs");
-    publisher
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(lines.as_bytes())
-        .expect("lines written");
     assert!(
-        publisher.wait().expect("exits").success(),
+        gateway.publish_lines(&format!("sensors/{dev}/temp"), &lines),
         "all 20 acknowledged"
     );
 

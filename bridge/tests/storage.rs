@@ -5,12 +5,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use common::{connect, db, set, Gateway, OwnDatabase};
+
+/// One `readings_1m` row: minute (ms from the test's start), count, min, max, avg, last.
+type Bucket = (i64, i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
 
 /// `(range_start, range_end)` of each partition, in seconds, oldest first.
 async fn partitions(db: &tokio_postgres::Client) -> Vec<(i64, i64)> {
@@ -153,18 +154,7 @@ async fn readings_1m_follows_published_readings_late_ones_included() {
             .iter()
             .map(|(ms, v)| format!("{{\"value\": {v}, \"ts\": {}}}\n", t0 + ms))
             .collect();
-        let mut p = gateway
-            .mosquitto_pub()
-            .args(["-l", "-t", &format!("sensors/{dev}/temp")])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("mosquitto_pub runs");
-        p.stdin
-            .take()
-            .expect("stdin")
-            .write_all(lines.as_bytes())
-            .expect("write");
-        assert!(p.wait().expect("mosquitto_pub ends").success());
+        assert!(gateway.publish_lines(&format!("sensors/{dev}/temp"), &lines));
     };
     let rollup = || async {
         db.query(
@@ -198,14 +188,19 @@ async fn readings_1m_follows_published_readings_late_ones_included() {
         (0, 3, Some(1.0), Some(6.0), Some(3.0), Some(6.0)),
         (60_000, 2, Some(10.0), Some(20.0), Some(15.0), Some(20.0)),
     ];
-    let mut got = Vec::new();
-    for _ in 0..300 {
-        got = rollup().await;
-        if got == want {
-            break;
+    // readings_1m as it is once it equals `want`, or after 30 s.
+    let settled = |want: Vec<Bucket>| async move {
+        let mut got = Vec::new();
+        for _ in 0..300 {
+            got = rollup().await;
+            if got == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (got, want)
+    };
+    let (got, want) = settled(want).await;
     assert_eq!(got, want);
 
     // A late reading in the first minute (the device was offline): that minute is redone.
@@ -214,13 +209,7 @@ async fn readings_1m_follows_published_readings_late_ones_included() {
         (0, 4, Some(1.0), Some(100.0), Some(27.25), Some(100.0)),
         (60_000, 2, Some(10.0), Some(20.0), Some(15.0), Some(20.0)),
     ];
-    for _ in 0..300 {
-        got = rollup().await;
-        if got == want {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (got, want) = settled(want).await;
     assert_eq!(got, want);
     assert!(gateway.metric("sluice_rollup_rows_total") >= 3.0);
 }

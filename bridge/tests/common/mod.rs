@@ -206,6 +206,25 @@ impl Gateway {
         c
     }
 
+    /// Publishes each line as one QoS 1 message (`mosquitto_pub -l`); true when
+    /// mosquitto_pub got every PUBACK and exited cleanly.
+    pub fn publish_lines(&self, topic: &str, lines: &str) -> bool {
+        use std::io::Write;
+        let mut publisher = self
+            .mosquitto_pub()
+            .args(["-l", "-t", topic])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_pub runs");
+        publisher
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(lines.as_bytes())
+            .expect("lines written");
+        publisher.wait().expect("mosquitto_pub exits").success()
+    }
+
     pub fn mqtt_addr(&self) -> String {
         format!("127.0.0.1:{}", self.mqtt_port)
     }
