@@ -181,6 +181,7 @@ impl Ingress {
         result
     }
 
+    /// Opens the device's relay to rumqttd and serves the connection until either side ends.
     async fn relay(
         self: Arc<Self>,
         connect: wire::Connect,
