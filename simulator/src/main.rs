@@ -87,6 +87,9 @@ struct Load {
     /// SenML records per publish (format senml) [default: 1].
     #[arg(long)]
     pack: Option<usize>,
+    /// JSON and SenML payloads padded with whitespace to this many bytes [default: none].
+    #[arg(long)]
+    payload_bytes: Option<usize>,
     /// Sensor clocks are off by up to this many milliseconds, either way [default: 0].
     #[arg(long)]
     clock_skew_ms: Option<i64>,
@@ -117,6 +120,7 @@ impl Load {
             format: self.format.or(other.format),
             metrics: self.metrics.or(other.metrics),
             pack: self.pack.or(other.pack),
+            payload_bytes: self.payload_bytes.or(other.payload_bytes),
             clock_skew_ms: self.clock_skew_ms.or(other.clock_skew_ms),
             duplicates: self.duplicates.or(other.duplicates),
             reconnect_every_s: self.reconnect_every_s.or(other.reconnect_every_s),
@@ -216,6 +220,7 @@ async fn main() -> anyhow::Result<()> {
         interval,
         metrics: (0..metrics).map(|m| format!("m{m}")).collect(),
         pack,
+        payload_bytes: load.payload_bytes.unwrap_or(0),
         clock_skew_ms: load.clock_skew_ms.unwrap_or(0),
         duplicate_every: if duplicates > 0.0 {
             (1.0 / duplicates).round().max(1.0) as u64

@@ -37,6 +37,8 @@ pub struct Plan {
     pub metrics: Vec<String>,
     /// SenML records per publish.
     pub pack: usize,
+    /// JSON payloads (single and SenML) are padded with whitespace to at least this size.
+    pub payload_bytes: usize,
     /// Sensor clocks are off by up to this much, either way.
     pub clock_skew_ms: i64,
     /// Every nth publish is sent twice (0: never), as a device that missed an ack would.
@@ -62,15 +64,25 @@ struct Single<'a> {
     unit: &'a str,
 }
 
+/// JSON with insignificant whitespace before its closing bracket, up to `size` bytes.
+fn pad(mut json: Vec<u8>, size: usize) -> Vec<u8> {
+    if let Some(close) = json.pop() {
+        json.resize(size.max(json.len() + 1) - 1, b' ');
+        json.push(close);
+    }
+    json
+}
+
 /// The payload of one publish and the readings it carries.
 fn encode(
     format: Format,
     device: &str,
     metric: &str,
-    pack: usize,
+    plan: &Plan,
     ts: i64,
     seq: i64,
 ) -> (Vec<u8>, Vec<Acked>) {
+    let pack = plan.pack;
     let value = 20.0 + (seq % 100) as f64 / 10.0;
     let reading = |metric: String| Acked {
         device: device.to_owned(),
@@ -85,7 +97,10 @@ fn encode(
     };
     match format {
         Format::Json => (
-            serde_json::to_vec(&single).unwrap_or_default(),
+            pad(
+                serde_json::to_vec(&single).unwrap_or_default(),
+                plan.payload_bytes,
+            ),
             vec![reading(metric.to_owned())],
         ),
         Format::Cbor => {
@@ -109,7 +124,13 @@ fn encode(
             let readings = (0..pack)
                 .map(|k| reading(format!("{metric}.{k}")))
                 .collect();
-            (serde_json::to_vec(&records).unwrap_or_default(), readings)
+            (
+                pad(
+                    serde_json::to_vec(&records).unwrap_or_default(),
+                    plan.payload_bytes,
+                ),
+                readings,
+            )
         }
     }
 }
@@ -183,7 +204,7 @@ pub async fn run(
                     seq += 1;
                     let ts = (chrono::Utc::now().timestamp_millis() + skew_ms).max(last_ts + 1);
                     last_ts = ts;
-                    let (payload, readings) = encode(format, &device, metric, plan.pack, ts, seq);
+                    let (payload, readings) = encode(format, &device, metric, &plan, ts, seq);
                     let topic = match format {
                         Format::Senml => format!("devices/{device}/senml"),
                         _ => format!("{}/{device}/{metric}", plan.topic_root),
@@ -290,5 +311,18 @@ fn ack_received(
         stats.acked_readings.add(out.readings.len() as u64);
         stats.record_latency(sent.elapsed());
         mine.extend(out.readings);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn padding_keeps_json_valid_and_reaches_the_size() {
+        let json = br#"{"value":1.5,"ts":7}"#.to_vec();
+        let padded = super::pad(json.clone(), 200);
+        assert_eq!(padded.len(), 200);
+        let back: serde_json::Value = serde_json::from_slice(&padded).expect("valid JSON");
+        assert_eq!(back["value"], 1.5);
+        assert_eq!(super::pad(json.clone(), 5), json, "never shorter");
     }
 }
