@@ -84,6 +84,8 @@ pub struct Ingress {
     inflight: Arc<Budget>,
     /// MQTT 5 session expiry (rumqttd has none).
     sessions: Option<Arc<Sessions>>,
+    /// What the port promises MQTT 5 clients in CONNACK, and enforces.
+    port: wire::ServerLimits,
 }
 
 /// What is on its way to Kafka: records and payload bytes.
@@ -103,7 +105,6 @@ impl Ingress {
         producer: Arc<Producer>,
     ) -> Ingress {
         Ingress {
-            settings,
             limits,
             broker_v4,
             broker_v5,
@@ -111,6 +112,12 @@ impl Ingress {
             producer,
             inflight: Arc::new(Budget::default()),
             sessions: broker_v5.map(|addr| Arc::new(Sessions::new(addr))),
+            port: wire::ServerLimits {
+                receive_maximum: settings.max_inflight_per_connection.min(65_535) as u16,
+                max_packet_size: settings.max_packet_size.min(u32::MAX as usize) as u32,
+                topic_alias_maximum: settings.topic_alias_maximum,
+            },
+            settings,
         }
     }
 
@@ -200,20 +207,16 @@ impl Ingress {
         up_wr
             .write_all(&wire::with_keep_alive(&first, u16::MAX))
             .await?;
-        let receive_maximum = self.settings.max_inflight_per_connection.min(65_535);
+        let keep_alive = (connect.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
         Conn {
-            limits: wire::ServerLimits {
-                receive_maximum: receive_maximum as u16,
-                max_packet_size: self.settings.max_packet_size.min(u32::MAX as usize) as u32,
-                topic_alias_maximum: self.settings.topic_alias_maximum,
-            },
             ingress: self,
             level: connect.level,
             client_id: connect.client_id,
             problem_info: connect.problem_info,
             // MQTT 3.1.1, 3.1.2.10 and MQTT 5, 3.1.2.10: one and a half times keep alive.
-            keep_alive: (connect.keep_alive > 0)
-                .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
+            silence: Box::pin(tokio::time::sleep(keep_alive.unwrap_or(Duration::MAX / 4))),
+            keep_alive,
             heard: Instant::now(),
             connack_sent: false,
             aliases: HashMap::new(),
@@ -266,13 +269,14 @@ struct Conn {
     ingress: Arc<Ingress>,
     level: u8,
     client_id: String,
-    /// MQTT 5: what CONNACK promises and the connection enforces.
-    limits: wire::ServerLimits,
     /// MQTT 5: the client accepts reason strings.
     problem_info: bool,
     /// Silence after which the device is gone (its will is then published by rumqttd).
     keep_alive: Option<Duration>,
+    /// When the device was last heard from, and a timer that, when it fires, checks
+    /// that against the keep alive: re-armed per keep alive, not per packet.
     heard: Instant,
+    silence: Pin<Box<tokio::time::Sleep>>,
     connack_sent: bool,
     /// MQTT 5 topic aliases the client set up on this connection.
     aliases: HashMap<u16, String>,
@@ -312,7 +316,6 @@ impl Conn {
                 // Not reading is Sluice's choice, not the device's silence.
                 self.heard = Instant::now();
             }
-            let silent_until = self.keep_alive.map(|k| self.heard + k);
             tokio::select! {
                 n = self.dev_rd.read_buf(&mut self.dev_buf), if has_room => {
                     if n? == 0 {
@@ -330,8 +333,13 @@ impl Conn {
                 Some(done) = self.pending.next() => self.acknowledge(done).await?,
                 // Only the global budget is full: look again shortly.
                 _ = tokio::time::sleep(Duration::from_millis(5)), if !has_room && self.pending.is_empty() => {}
-                _ = sleep_until(silent_until), if has_room && silent_until.is_some() => {
-                    return Err(ConnError::KeepAlive(self.keep_alive.unwrap_or_default()));
+                _ = self.silence.as_mut(), if self.keep_alive.is_some() => {
+                    let keep_alive = self.keep_alive.unwrap_or_default();
+                    let due = self.heard + keep_alive;
+                    if has_room && Instant::now() >= due {
+                        return Err(ConnError::KeepAlive(keep_alive));
+                    }
+                    self.silence.as_mut().reset(due.into());
                 }
             }
         }
@@ -379,7 +387,7 @@ impl Conn {
                 wire::PUBACK | wire::PUBREC => {}
                 wire::CONNACK if self.level == 5 && !self.connack_sent => {
                     self.connack_sent = true;
-                    let connack = wire::connack_v5(&frame, self.limits)?;
+                    let connack = wire::connack_v5(&frame, self.ingress.port)?;
                     self.out.extend_from_slice(&connack);
                 }
                 _ => self.out.extend_from_slice(&frame.bytes),
@@ -398,7 +406,10 @@ impl Conn {
         let received_at = Utc::now();
         let mut publish = wire::read_publish(frame, self.level)?;
         let qos = publish.qos;
-        if self.level == 5 && qos > 0 && self.pending.len() >= self.limits.receive_maximum.into() {
+        if self.level == 5
+            && qos > 0
+            && self.pending.len() >= self.ingress.port.receive_maximum.into()
+        {
             return Err(ConnError::ReceiveMaximum(self.pending.len()));
         }
         let resolved = match publish.topic_alias {
@@ -477,7 +488,7 @@ impl Conn {
         publish: &mut wire::Publish,
         frame: &Frame,
     ) -> Result<bytes::Bytes, ConnError> {
-        if alias == 0 || alias > self.limits.topic_alias_maximum {
+        if alias == 0 || alias > self.ingress.port.topic_alias_maximum {
             return Err(ConnError::TopicAlias(alias));
         }
         if publish.topic.is_empty() {
@@ -598,13 +609,6 @@ fn property_headers(publish: &wire::Publish) -> Vec<(String, String)> {
     }
     h.extend(publish.user_properties.iter().cloned());
     h
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Counts a record against the global budget until its delivery resolves or is abandoned
