@@ -37,6 +37,13 @@ impl Raw {
         buf
     }
 
+    /// What the server sends before it closes the connection, which it must within 10 s.
+    fn closed(&mut self) -> Vec<u8> {
+        self.until_closed(Duration::from_secs(10))
+            .expect("closed within 10 s")
+            .0
+    }
+
     /// Everything the server sends until it closes the connection (None if it has not
     /// within `limit`), and when it closed.
     fn until_closed(&mut self, limit: Duration) -> Option<(Vec<u8>, Duration)> {
@@ -280,32 +287,17 @@ async fn protocol_violations_close_only_that_connection() {
     // A second CONNECT: closed (MQTT 5: told it is a protocol error).
     let mut twice = connected(&gateway, 4, &format!("{}-twice", gateway.id), 60);
     twice.send(&connect(4, "again", true, 60, None));
-    assert_eq!(
-        twice
-            .until_closed(Duration::from_secs(5))
-            .expect("closed")
-            .0,
-        b""
-    );
+    assert_eq!(twice.closed(), b"");
     let mut twice5 = connected(&gateway, 5, &format!("{}-twice5", gateway.id), 60);
     twice5.send(&connect(5, "again", true, 60, None));
-    assert_eq!(
-        twice5
-            .until_closed(Duration::from_secs(5))
-            .expect("closed")
-            .0,
-        [DISCONNECT, 1, 0x82]
-    );
+    assert_eq!(twice5.closed(), [DISCONNECT, 1, 0x82]);
 
     // Not MQTT at all: closed without a CONNACK.
     let mut name = Raw::connect(&gateway);
     let mut bad = connect(4, "x", true, 60, None);
     bad[4..8].copy_from_slice(b"MQTX");
     name.send(&bad);
-    assert_eq!(
-        name.until_closed(Duration::from_secs(5)).expect("closed").0,
-        b""
-    );
+    assert_eq!(name.closed(), b"");
 
     // MQTT 3.1: refused with return code 1 (unacceptable protocol version), then closed.
     let mut old = Raw::connect(&gateway);
@@ -313,30 +305,15 @@ async fn protocol_violations_close_only_that_connection() {
     body.extend_from_slice(&[3, 0x02, 0, 60]);
     body.extend(string(b"old"));
     old.send(&packet(0x10, &body));
-    assert_eq!(
-        old.until_closed(Duration::from_secs(5)).expect("closed").0,
-        [0x20, 2, 0, 1]
-    );
+    assert_eq!(old.closed(), [0x20, 2, 0, 1]);
 
     // A malformed remaining length: closed (MQTT 5: malformed packet).
     let mut garbled = connected(&gateway, 4, &format!("{}-garbled", gateway.id), 60);
     garbled.send(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]);
-    assert_eq!(
-        garbled
-            .until_closed(Duration::from_secs(5))
-            .expect("closed")
-            .0,
-        b""
-    );
+    assert_eq!(garbled.closed(), b"");
     let mut garbled5 = connected(&gateway, 5, &format!("{}-garbled5", gateway.id), 60);
     garbled5.send(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]);
-    assert_eq!(
-        garbled5
-            .until_closed(Duration::from_secs(5))
-            .expect("closed")
-            .0,
-        [DISCONNECT, 1, 0x81]
-    );
+    assert_eq!(garbled5.closed(), [DISCONNECT, 1, 0x81]);
 
     bystander.send(&publish(
         4,
@@ -355,19 +332,11 @@ fn zero_length_client_ids_as_the_spec_says() {
     // 3.1.1 with a persistent session: identifier rejected (return code 2), closed.
     let mut persistent = Raw::connect(&gateway);
     persistent.send(&connect(4, "", false, 60, None));
-    assert_eq!(
-        persistent
-            .until_closed(Duration::from_secs(5))
-            .expect("closed")
-            .0,
-        [0x20, 2, 0, 2]
-    );
+    assert_eq!(persistent.closed(), [0x20, 2, 0, 2]);
     // MQTT 5 without clean start: client identifier not valid (0x85).
     let mut persistent5 = Raw::connect(&gateway);
     persistent5.send(&connect(5, "", false, 60, None));
-    let (bytes, _) = persistent5
-        .until_closed(Duration::from_secs(5))
-        .expect("closed");
+    let bytes = persistent5.closed();
     assert_eq!(&bytes[..4], [0x20, 3, 0, 0x85], "{bytes:?}");
     // Clean sessions are accepted; MQTT 5 is told the identifier it was given.
     let seen = paho(&["empty-id", &gateway.mqtt_port.to_string()]);
@@ -411,26 +380,24 @@ fn mqtt5_connack_tells_what_the_port_enforces_and_it_is_enforced() {
         .flat_map(|i| publish(5, &topic, i, &[], body))
         .collect();
     eager.send(&burst);
-    let (bytes, _) = eager.until_closed(Duration::from_secs(10)).expect("closed");
+    let bytes = eager.closed();
     assert!(bytes.ends_with(&[DISCONNECT, 1, 0x93]), "{bytes:?}");
 
     // A packet over the maximum packet size: MQTT 5 is told, 3.1.1 is closed.
     let mut big = connected(&gateway, 5, &format!("{}-big", gateway.id), 60);
     big.send(&publish(5, &topic, 1, &[], &vec![b' '; 5000]));
-    let (bytes, _) = big.until_closed(Duration::from_secs(10)).expect("closed");
+    let bytes = big.closed();
     assert_eq!(bytes, [DISCONNECT, 1, 0x95]);
     let mut big4 = connected(&gateway, 4, &format!("{}-big4", gateway.id), 60);
     big4.send(&publish(4, &topic, 1, &[], &vec![b' '; 5000]));
-    let (bytes, _) = big4.until_closed(Duration::from_secs(10)).expect("closed");
+    let bytes = big4.closed();
     assert_eq!(bytes, b"");
 
     // Topic aliases over the maximum, or used before they are set up.
     for (alias, topic) in [(6u8, topic.as_str()), (2, "")] {
         let mut aliased = connected(&gateway, 5, &format!("{}-alias{alias}", gateway.id), 60);
         aliased.send(&publish(5, topic, 1, &[0x23, 0, alias], body));
-        let (bytes, _) = aliased
-            .until_closed(Duration::from_secs(10))
-            .expect("closed");
+        let bytes = aliased.closed();
         assert_eq!(bytes, [DISCONNECT, 1, 0x94], "alias {alias}");
     }
 }
