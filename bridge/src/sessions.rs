@@ -118,7 +118,9 @@ impl Sessions {
         // The CONNACK: rumqttd has dropped the old session once it answers.
         let mut head = [0u8; 2];
         broker.read_exact(&mut head).await?;
-        broker.write_all(&[0xE0, 0]).await?;
+        let mut disconnect = bytes::BytesMut::new();
+        wire::encode_disconnect(&mut disconnect, wire::REASON_SUCCESS);
+        broker.write_all(&disconnect).await?;
         Ok(())
     }
 }

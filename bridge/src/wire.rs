@@ -13,7 +13,6 @@ pub const CONNACK: u8 = 2;
 pub const PUBLISH: u8 = 3;
 pub const PUBACK: u8 = 4;
 pub const PUBREC: u8 = 5;
-pub const PUBREL: u8 = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -160,8 +159,8 @@ pub fn with_keep_alive(frame: &Frame, seconds: u16) -> Bytes {
     bytes.freeze()
 }
 
-/// An MQTT 5 CONNECT with clean start for `client_id`, then a DISCONNECT: what ends a
-/// session in rumqttd.
+/// An MQTT 5 CONNECT with clean start for `client_id`: what, followed by a DISCONNECT,
+/// ends the client's session in rumqttd.
 pub fn clean_start_v5(client_id: &str) -> Result<Bytes, WireError> {
     let mut out = BytesMut::new();
     v5::Connect {
