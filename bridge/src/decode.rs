@@ -40,10 +40,13 @@ impl Format {
 
 /// Protection against payloads that would hurt everyone else.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_payload_bytes: usize,
     pub max_records_per_pack: usize,
+    /// Largest Kafka record one publish may become: what a payload expands to (SenML base
+    /// fields copied into every record, text escaped as JSON), not what it was.
+    pub max_record_bytes: usize,
     /// Longest device id or metric name, in bytes.
     pub max_name_bytes: usize,
     /// How far a reading's time may lie before / after the receive time.
@@ -56,6 +59,8 @@ impl Default for Limits {
         Limits {
             max_payload_bytes: 65536,
             max_records_per_pack: 1000,
+            // Under librdkafka's default message.max.bytes (1,000,000).
+            max_record_bytes: 900_000,
             max_name_bytes: 256,
             max_age_s: 315_576_000,
             max_future_s: 3600,
@@ -89,6 +94,8 @@ pub enum DecodeError {
     NameTooLong(usize),
     #[error("pack of {0} records exceeds the limit")]
     PackTooLarge(usize),
+    #[error("the readings would make a Kafka record of more than {0} bytes")]
+    RecordTooLarge(usize),
     #[error("text contains a NUL character, which the database cannot store")]
     NulInText,
     #[error("the payload format indicator says UTF-8 and the payload is not")]
@@ -111,6 +118,7 @@ impl DecodeError {
             DecodeError::NoMetric => "no_metric",
             DecodeError::NameTooLong(_) => "name_too_long",
             DecodeError::PackTooLarge(_) => "pack_too_large",
+            DecodeError::RecordTooLarge(_) => "record_too_large",
             DecodeError::NulInText => "nul_in_text",
             DecodeError::NotUtf8 => "payload_not_utf8",
         }
@@ -155,6 +163,9 @@ pub fn decode(payload: &[u8], cx: &Context<'_>) -> Result<Vec<Reading>, DecodeEr
         Format::SenmlJson => senml(senml_json(payload, cx.limits)?, cx)?,
         _ => senml(senml_cbor(payload, cx.limits)?, cx)?,
     };
+    if let [one] = &readings[..] {
+        check_expansion(one.json_len(), cx.limits)?;
+    }
     for r in &readings {
         check_name(&r.metric, cx.limits)?;
         // PostgreSQL text cannot hold U+0000: such a row would fail its batch forever.
@@ -172,6 +183,13 @@ pub fn decode(payload: &[u8], cx: &Context<'_>) -> Result<Vec<Reading>, DecodeEr
         }
     }
     Ok(readings)
+}
+
+fn check_expansion(bytes: usize, limits: &Limits) -> Result<(), DecodeError> {
+    if bytes > limits.max_record_bytes {
+        return Err(DecodeError::RecordTooLarge(limits.max_record_bytes));
+    }
+    Ok(())
 }
 
 /// A device id or metric: within the length limit and storable as text.
@@ -379,7 +397,10 @@ fn senml(records: Vec<SenmlRecord>, cx: &Context<'_>) -> Result<Vec<Reading>, De
         return Err(DecodeError::Senml("empty pack".into()));
     }
     let (mut bn, mut bt, mut bu, mut bv, mut bs) = (String::new(), 0.0, None, 0.0, 0.0);
-    let mut out = Vec::with_capacity(records.len());
+    let mut out: Vec<Reading> = Vec::with_capacity(records.len());
+    // What the readings will take as JSON, checked as they are made: base fields are
+    // copied into every record, so a small pack can expand a thousandfold.
+    let mut expanded = 0;
     for r in records {
         if r.bver.is_some_and(|v| v > 10) {
             return Err(DecodeError::Senml("unsupported SenML version".into()));
@@ -389,7 +410,9 @@ fn senml(records: Vec<SenmlRecord>, cx: &Context<'_>) -> Result<Vec<Reading>, De
         bu = r.bu.or(bu);
         bv = r.bv.unwrap_or(bv);
         bs = r.bs.unwrap_or(bs);
-        let metric = format!("{bn}{}", r.n.unwrap_or_default());
+        let name = r.n.unwrap_or_default();
+        check_expansion(expanded + bn.len() + name.len(), cx.limits)?;
+        let metric = format!("{bn}{name}");
         if metric.is_empty() {
             return Err(DecodeError::Senml("a record has no name".into()));
         }
@@ -422,6 +445,8 @@ fn senml(records: Vec<SenmlRecord>, cx: &Context<'_>) -> Result<Vec<Reading>, De
             unit: r.u.or_else(|| bu.clone()),
             seq: None,
         });
+        expanded += out.last().map_or(0, Reading::json_len);
+        check_expansion(expanded, cx.limits)?;
     }
     Ok(out)
 }

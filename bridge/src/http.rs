@@ -1,9 +1,14 @@
 //! HTTP side: `/metrics` for Prometheus and `/health` for load balancers and scripts.
-//! It only reads state that the other stages publish through the `metrics` facade.
+//! It only reads state that the other stages publish: the `metrics` facade and `Health`.
 
+use std::sync::Arc;
+
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::health::Health;
 
 /// Installs the process-wide metrics recorder; call once, before any stage starts.
 pub fn install_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
@@ -18,12 +23,23 @@ pub fn install_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: PrometheusHandle,
+    health: Arc<Health>,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route(
             "/metrics",
             get(move || std::future::ready(metrics.render())),
         )
-        .route("/health", get(|| std::future::ready("ok\n")));
+        .route("/health", get(move || std::future::ready(report(&health))));
     axum::serve(listener, app).await
+}
+
+/// 200 "ok", or 503 with one line per problem.
+fn report(health: &Health) -> (StatusCode, String) {
+    let problems = health.problems();
+    if problems.is_empty() {
+        (StatusCode::OK, "ok\n".to_owned())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n")
+    }
 }

@@ -2,8 +2,11 @@
 //! to the embedded rumqttd and, through `mapping` and `decode`, to Kafka (`produce`),
 //! acknowledging only what Kafka has; the `writer` puts each reading in the database once.
 
+pub mod ack;
+pub mod budget;
 pub mod db;
 pub mod decode;
+pub mod health;
 pub mod http;
 pub mod ingress;
 pub mod lifecycle;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
+use sluice::health::Health;
 use sluice::lifecycle::{self, Backend};
 use sluice::settings::Settings;
 use sluice::{db, http, ingress, mapping, produce, writer};
@@ -82,38 +83,68 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         }
     }
     let metrics = http::install_metrics().context("metrics recorder")?;
+    let health = Arc::new(Health::default());
     let http_listener = tokio::net::TcpListener::bind(settings.http.listen)
         .await
         .with_context(|| format!("http.listen {}", settings.http.listen))?;
     let mappings = mapping::Mappings::new(&settings.mappings).context("mappings")?;
     let topic_refs = mappings.kafka_topics();
+    let stop = stop_on_signals();
+    let stopping = || {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
 
     let ingress_task = async {
         if !with_ingress {
-            return std::future::pending().await;
+            stopping().await;
+            return Ok(());
         }
         create_topics(&settings, &topic_refs).await?;
-        let producer = Arc::new(produce::Producer::new(&settings.kafka).context("kafka producer")?);
+        let i = &settings.ingress;
+        let producer = produce::Producer::new(
+            &settings.kafka,
+            i.max_inflight_total,
+            i.max_inflight_bytes_total,
+            health.clone(),
+        )
+        .context("kafka producer")?;
+        tokio::spawn(watch_kafka(producer.clone(), health.clone()));
         let broker_v4 = settings.broker_addr(4).context("broker.v4 listener")?;
         let broker_v5 = settings.broker_addr(5);
         start_broker(settings.broker.clone(), broker_v4).await?;
-        let listener = tokio::net::TcpListener::bind(settings.ingress.listen)
+        let listener = tokio::net::TcpListener::bind(i.listen)
             .await
-            .with_context(|| format!("ingress.listen {}", settings.ingress.listen))?;
-        tracing::info!(listen = %settings.ingress.listen, "accepting MQTT 3.1.1 and 5 devices");
+            .with_context(|| format!("ingress.listen {}", i.listen))?;
+        tracing::info!(listen = %i.listen, "accepting MQTT 3.1.1 and 5 devices");
         let ingress = Arc::new(ingress::Ingress::new(
-            settings.ingress.clone(),
+            i.clone(),
             settings.limits.clone(),
             broker_v4,
             broker_v5,
             mappings.clone(),
-            producer,
+            producer.clone(),
         ));
-        ingress.serve(listener).await.context("ingress")
+        ingress.serve(listener, stopping()).await;
+        // Records acknowledged on receipt and QoS 0 records are in librdkafka's queue.
+        let left = producer.in_flight();
+        tracing::info!(records = left, "flushing the kafka producer");
+        let timeout = Duration::from_millis(i.drain_timeout_ms);
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await?;
+        match flushed {
+            Ok(()) => tracing::info!("kafka producer flushed"),
+            Err(e) => {
+                tracing::error!(error = %e, "kafka producer not flushed; records may be lost")
+            }
+        }
+        Ok::<_, anyhow::Error>(())
     };
     let writer_task = async {
         if !with_writer {
-            return std::future::pending().await;
+            stopping().await;
+            return Ok(());
         }
         if backend == Some(Backend::PostgreSql) {
             let url = settings.writer.database_url.clone();
@@ -121,16 +152,59 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         }
         let w = writer::Writer::new(settings.writer.clone(), &settings.kafka, &topic_refs)?;
         tracing::info!(group = %settings.writer.group_id, "writer consuming");
-        w.run().await.context("writer")
+        w.run(health.clone(), stop.clone()).await.context("writer")
     };
     tracing::info!(listen = %settings.http.listen, "serving /metrics and /health");
     tokio::select! {
-        r = ingress_task => r,
-        r = writer_task => r,
-        r = http::serve(http_listener, metrics) => r.context("http"),
-        _ = shutdown() => {
-            tracing::info!("shutting down");
+        r = async { tokio::try_join!(ingress_task, writer_task) } => {
+            r?;
+            tracing::info!("stopped");
             Ok(())
+        }
+        r = http::serve(http_listener, metrics, health.clone()) => r.context("http"),
+    }
+}
+
+/// SIGTERM or Ctrl-C: stop gracefully (drain connections, flush Kafka, let the writer
+/// commit); a second one exits at once.
+fn stop_on_signals() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        signal().await;
+        tracing::info!(
+            "stopping: draining connections, flushing kafka (a second signal exits at once)"
+        );
+        tx.send_replace(true);
+        signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    rx
+}
+
+async fn signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// While Kafka is marked down, asks it for metadata every few seconds, so `/health`
+/// recovers even when no record is flowing.
+async fn watch_kafka(producer: Arc<produce::Producer>, health: Arc<Health>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        if health.kafka_down() {
+            let p = producer.clone();
+            if let Ok(true) = tokio::task::spawn_blocking(move || p.reachable()).await {
+                health.kafka_working();
+            }
         }
     }
 }
@@ -172,13 +246,4 @@ async fn start_broker(config: rumqttd::Config, v4: SocketAddr) -> anyhow::Result
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("embedded broker did not listen on {v4} (broker.v4)")
-}
-
-async fn shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -31,6 +31,33 @@ pub struct Reading {
     pub seq: Option<i64>,
 }
 
+impl Reading {
+    /// An upper bound on this reading's size in a record's JSON, without encoding it.
+    pub fn json_len(&self) -> usize {
+        // Keys, punctuation, the time and up to three numbers.
+        const FIXED: usize = 200;
+        let texts = [&self.unit, &self.value_text].into_iter().flatten();
+        FIXED
+            + escaped_len(&self.metric)
+            + texts.map(|t| escaped_len(t)).sum::<usize>()
+            + self
+                .value_data
+                .as_ref()
+                .map_or(0, |d| d.len().div_ceil(3) * 4)
+    }
+}
+
+/// Length of `text` as a JSON string body: control characters become `\u00XX`.
+pub fn escaped_len(text: &str) -> usize {
+    text.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
+}
+
 /// Data values travel as base64 text in the record's JSON.
 mod base64_bytes {
     use base64::engine::general_purpose::STANDARD;
@@ -76,6 +103,24 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_len_bounds_the_encoded_size() {
+        let nasty: String = (0u8..64).map(char::from).collect();
+        let r = Reading {
+            metric: format!("m\"{nasty}"),
+            unit: Some(nasty.clone()),
+            value_text: Some("ok\\".into()),
+            value_data: Some(vec![1; 10]),
+            value: Some(-1.234_567_890_123_4e-300),
+            sum: Some(f64::MAX),
+            seq: Some(i64::MIN),
+            ..Reading::default()
+        };
+        let encoded = serde_json::to_vec(&r).unwrap().len();
+        assert!(encoded <= r.json_len(), "{encoded} > {}", r.json_len());
+        assert!(r.json_len() < encoded + 250);
+    }
 
     #[test]
     fn json_round_trip_keeps_every_field() {

@@ -1,69 +1,125 @@
-//! MQTT 5 session expiry, which rumqttd 0.20 does not implement (it keeps every persistent
-//! session forever). When the last connection of a persistent session ends, Sluice waits
-//! out the session expiry interval (none for 0) and, unless the client is back, ends the
-//! session in rumqttd by connecting as that client with clean start.
+//! Sessions as Sluice keeps them beside rumqttd: every connection's client id (MQTT 3.1.1
+//! and 5 share rumqttd's router, so one map), the QoS 2 publishes a session has received
+//! and not yet released, and MQTT 5 session expiry, which rumqttd 0.20 lacks: when the last
+//! connection of a persistent MQTT 5 session ends, Sluice waits out the expiry interval and,
+//! unless the client is back, ends the session in rumqttd by connecting as it, clean start.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::task::AbortHandle;
 
+use crate::ack::Qos2Received;
 use crate::wire;
 
-/// Sessions whose expiry Sluice keeps, by client id.
+/// Ending a session in rumqttd gives up after this; connections of that client id wait
+/// for it meanwhile.
+const END_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct Sessions {
-    broker_v5: SocketAddr,
+    broker_v5: Option<SocketAddr>,
     live: Mutex<HashMap<String, Session>>,
+    /// Never reused, so a stale expiry never mistakes a new session for its own.
+    generations: AtomicU64,
 }
 
-#[derive(Default)]
 struct Session {
     /// Open connections of this client id (a takeover briefly makes two).
     connections: usize,
-    /// Bumped by every connection, so a pending expiry sees the client came back.
+    /// Set by every connection, so a pending expiry sees the client came back.
     generation: u64,
     /// Held while the session is being ended, so a new connection waits for that.
     ending: Arc<tokio::sync::Mutex<()>>,
+    /// The pending expiry, cancelled when the client comes back.
+    expiry: Option<AbortHandle>,
+    qos2: Qos2Received,
+}
+
+/// How long a session outlives its last connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// Clean session / clean start: it ends with the connection.
+    Connection,
+    /// MQTT 5: this many seconds (u32::MAX: never).
+    Seconds(u32),
+    /// MQTT 3.1.1 persistent session: until a clean session replaces it.
+    Forever,
+}
+
+impl Lifetime {
+    pub fn of(connect: &wire::Connect) -> Lifetime {
+        match (connect.clean, connect.session_expiry) {
+            (true, _) => Lifetime::Connection,
+            (false, Some(u32::MAX)) | (false, None) => Lifetime::Forever,
+            (false, Some(s)) => Lifetime::Seconds(s),
+        }
+    }
 }
 
 /// An open connection's claim on its session; hand it back with `Sessions::closed`.
 pub struct Claim {
     client_id: String,
-    expiry: Option<u32>,
+    lifetime: Lifetime,
+    /// The session's QoS 2 publishes awaiting release.
+    pub qos2: Qos2Received,
 }
 
 impl Sessions {
-    pub fn new(broker_v5: SocketAddr) -> Sessions {
+    pub fn new(broker_v5: Option<SocketAddr>) -> Sessions {
         Sessions {
             broker_v5,
             live: Mutex::new(HashMap::new()),
+            generations: AtomicU64::new(1),
         }
     }
 
-    /// Called before a connection's CONNECT goes to rumqttd: waits for the end of an
-    /// expiring session of the same client id, so the new one never meets a half-ended one.
-    pub async fn opened(&self, client_id: &str, expiry: Option<u32>) -> Claim {
-        let ending = {
-            let mut live = self.live.lock().expect("sessions lock");
-            let s = live.entry(client_id.to_owned()).or_default();
+    fn live(&self) -> MutexGuard<'_, HashMap<String, Session>> {
+        // Nothing panics while holding it; a poisoned map is still consistent.
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called before a connection's CONNECT goes to rumqttd: cancels a pending expiry and
+    /// waits for the end of one under way, so the new connection never meets a half-ended
+    /// session. A clean connection starts with no QoS 2 state.
+    pub async fn opened(&self, client_id: &str, lifetime: Lifetime) -> Claim {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        let (ending, qos2) = {
+            let mut live = self.live();
+            let s = live.entry(client_id.to_owned()).or_insert_with(|| Session {
+                connections: 0,
+                generation,
+                ending: Arc::default(),
+                expiry: None,
+                qos2: Qos2Received::default(),
+            });
             s.connections += 1;
-            s.generation += 1;
-            s.ending.clone()
+            s.generation = generation;
+            if let Some(expiry) = s.expiry.take() {
+                expiry.abort();
+            }
+            if lifetime == Lifetime::Connection {
+                s.qos2 = Qos2Received::default();
+            }
+            (s.ending.clone(), s.qos2.clone())
         };
         drop(ending.lock().await);
         Claim {
             client_id: client_id.to_owned(),
-            expiry,
+            lifetime,
+            qos2,
         }
     }
 
-    /// Called when a connection ends: a persistent MQTT 5 session (clean start 0) with a
-    /// finite expiry is ended that many seconds later, unless its client is back by then.
+    /// Called when a connection ends. A clean session is forgotten; an MQTT 5 persistent
+    /// session with a finite expiry is ended that many seconds later, unless its client is
+    /// back by then; a 3.1.1 persistent session is kept.
     pub fn closed(self: &Arc<Self>, claim: Claim) {
-        let mut live = self.live.lock().expect("sessions lock");
+        let mut live = self.live();
         let Some(s) = live.get_mut(&claim.client_id) else {
             return;
         };
@@ -71,56 +127,115 @@ impl Sessions {
         if s.connections > 0 {
             return;
         }
-        let Some(expiry) = claim.expiry.filter(|&e| e != u32::MAX) else {
-            live.remove(&claim.client_id);
-            return;
-        };
-        let generation = s.generation;
-        let sessions = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(expiry.into())).await;
-            sessions.expire(&claim.client_id, generation).await;
-        });
+        match (claim.lifetime, self.broker_v5) {
+            (Lifetime::Connection, _) => {
+                live.remove(&claim.client_id);
+            }
+            (Lifetime::Seconds(expiry), Some(_)) => {
+                let generation = s.generation;
+                let sessions = self.clone();
+                let client_id = claim.client_id;
+                let task = tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(expiry.into())).await;
+                    sessions.expire(&client_id, generation).await;
+                });
+                s.expiry = Some(task.abort_handle());
+            }
+            _ => {}
+        }
     }
 
     async fn expire(&self, client_id: &str, generation: u64) {
-        let ending = {
-            let live = self.live.lock().expect("sessions lock");
-            match live.get(client_id) {
-                Some(s) if s.generation == generation && s.connections == 0 => s.ending.clone(),
-                _ => return,
-            }
-        };
-        let _ending = ending.lock().await;
-        // Checked again under the session's own lock: a connection may have come since.
-        // One that comes now waits for this lock, so it finds the session ended.
         let unchanged = |live: &HashMap<String, Session>| {
             live.get(client_id)
                 .is_some_and(|s| s.generation == generation && s.connections == 0)
         };
-        if !unchanged(&self.live.lock().expect("sessions lock")) {
+        let ending = {
+            let live = self.live();
+            if !unchanged(&live) {
+                return;
+            }
+            live[client_id].ending.clone()
+        };
+        let _ending = ending.lock().await;
+        // Checked again under the session's own lock: a connection (of either protocol
+        // level) may have come since. One that comes now waits for this lock.
+        if !unchanged(&self.live()) {
             return;
         }
-        match self.end_in_broker(client_id).await {
-            Ok(()) => tracing::debug!(client_id, "session expired"),
-            Err(e) => tracing::warn!(client_id, error = %e, "could not end an expired session"),
+        match tokio::time::timeout(END_TIMEOUT, self.end_in_broker(client_id)).await {
+            Ok(Ok(())) => tracing::debug!(client_id, "session expired"),
+            Ok(Err(e)) => tracing::warn!(client_id, error = %e, "could not end an expired session"),
+            Err(_) => tracing::warn!(client_id, "ending an expired session timed out"),
         }
-        let mut live = self.live.lock().expect("sessions lock");
+        let mut live = self.live();
         if unchanged(&live) {
             live.remove(client_id);
         }
     }
 
     async fn end_in_broker(&self, client_id: &str) -> std::io::Result<()> {
+        let Some(addr) = self.broker_v5 else {
+            return Ok(());
+        };
         let connect = wire::clean_start_v5(client_id).map_err(std::io::Error::other)?;
-        let mut broker = TcpStream::connect(self.broker_v5).await?;
+        let mut broker = TcpStream::connect(addr).await?;
         broker.write_all(&connect).await?;
         // The CONNACK: rumqttd has dropped the old session once it answers.
         let mut head = [0u8; 2];
         broker.read_exact(&mut head).await?;
         let mut disconnect = bytes::BytesMut::new();
-        wire::encode_disconnect(&mut disconnect, wire::REASON_SUCCESS);
+        wire::encode_disconnect(&mut disconnect, wire::Reason::Success);
         broker.write_all(&disconnect).await?;
         Ok(())
+    }
+
+    /// Client ids Sluice holds state for (connected or persistent).
+    pub fn len(&self) -> usize {
+        self.live().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_returning_client_cancels_its_expiry_and_generations_never_repeat() {
+        let sessions = Arc::new(Sessions::new(Some("127.0.0.1:1".parse().unwrap())));
+        let first = sessions.opened("c", Lifetime::Seconds(3600)).await;
+        sessions.closed(first);
+        let pending = sessions.live()["c"].expiry.clone().expect("expiry pending");
+        let again = sessions.opened("c", Lifetime::Seconds(3600)).await;
+        tokio::task::yield_now().await;
+        assert!(pending.is_finished(), "the old expiry was cancelled");
+        let generation = sessions.live()["c"].generation;
+        sessions.closed(again);
+        // A clean connection forgets the session entirely; a new one gets a new generation.
+        let clean = sessions.opened("c", Lifetime::Connection).await;
+        assert!(sessions.live()["c"].generation > generation);
+        sessions.closed(clean);
+        assert!(sessions.is_empty());
+    }
+
+    #[tokio::test]
+    async fn qos2_state_survives_a_persistent_reconnect_and_not_a_clean_one() {
+        let sessions = Arc::new(Sessions::new(None));
+        let a = sessions.opened("d", Lifetime::Forever).await;
+        a.qos2
+            .lock()
+            .unwrap()
+            .insert(5, tokio::sync::watch::channel(None).1);
+        sessions.closed(a);
+        let b = sessions.opened("d", Lifetime::Forever).await;
+        assert!(b.qos2.lock().unwrap().contains_key(&5));
+        sessions.closed(b);
+        let c = sessions.opened("d", Lifetime::Connection).await;
+        assert!(c.qos2.lock().unwrap().is_empty());
+        sessions.closed(c);
     }
 }

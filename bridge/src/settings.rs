@@ -52,19 +52,60 @@ pub struct IngressSettings {
     /// MQTT 5 topic aliases a client may set up on one connection (0: none).
     #[serde(default = "default_topic_alias_maximum")]
     pub topic_alias_maximum: u16,
+    /// Open device connections, in all and from one source address (0: no cap per
+    /// address). Past them a new connection is closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
+    /// Bytes a connection may have waiting to be written, each way; past them Sluice
+    /// stops reading the other side.
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes_per_connection: usize,
+    /// A device that leaves what Sluice sends it unread this long is disconnected.
+    #[serde(default = "default_write_timeout_ms")]
+    pub write_timeout_ms: u64,
+    /// On SIGTERM, how long connections may wait for Kafka's answers before closing.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    /// The keep alive the relay to rumqttd is opened with; Sluice pings at half of it.
+    #[serde(default = "default_broker_keep_alive_s")]
+    pub broker_keep_alive_s: u16,
 }
 
 fn default_topic_alias_maximum() -> u16 {
     32
 }
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_connections_per_address() -> usize {
+    1_000
+}
+fn default_max_buffered_bytes() -> usize {
+    1 << 20
+}
+fn default_write_timeout_ms() -> u64 {
+    30_000
+}
+fn default_drain_timeout_ms() -> u64 {
+    10_000
+}
+fn default_broker_keep_alive_s() -> u16 {
+    u16::MAX
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UnmappedPolicy {
-    /// Into the dead-letter topic with its bytes, then acknowledged.
+    /// Routed to subscribers like any broker traffic, acknowledged with success; nothing
+    /// goes to Kafka.
     #[default]
+    Route,
+    /// Routed, and kept in the dead-letter topic with its bytes; acknowledged with success
+    /// once it is there.
     DeadLetter,
-    /// Counted and acknowledged (MQTT 5: reason 0x90), not kept.
+    /// Not routed, not kept; acknowledged (MQTT 5: reason 0x90).
     Reject,
 }
 
@@ -286,6 +327,15 @@ impl Settings {
         ];
         if limits.contains(&0) {
             return invalid("ingress.max_inflight_*", "must be at least 1");
+        }
+        if i.max_connections == 0 {
+            return invalid("ingress.max_connections", "must be at least 1");
+        }
+        if i.max_buffered_bytes_per_connection < i.max_packet_size {
+            return invalid(
+                "ingress.max_buffered_bytes_per_connection",
+                "must be at least ingress.max_packet_size",
+            );
         }
         if self.writer.max_batch_rows == 0 {
             return invalid("writer.max_batch_rows", "must be at least 1");

@@ -13,6 +13,60 @@ pub const CONNACK: u8 = 2;
 pub const PUBLISH: u8 = 3;
 pub const PUBACK: u8 = 4;
 pub const PUBREC: u8 = 5;
+pub const PUBREL: u8 = 6;
+pub const PUBCOMP: u8 = 7;
+pub const PINGREQ: u8 = 12;
+pub const PINGRESP: u8 = 13;
+
+/// PINGREQ and PINGRESP, whole.
+pub const PINGREQ_PACKET: [u8; 2] = [PINGREQ << 4, 0];
+pub const PINGRESP_PACKET: [u8; 2] = [PINGRESP << 4, 0];
+
+/// The protocol level a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// MQTT 3.1.1 (level 4).
+    V311,
+    /// MQTT 5.
+    V5,
+}
+
+/// Quality of service of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Qos {
+    AtMostOnce = 0,
+    AtLeastOnce = 1,
+    ExactlyOnce = 2,
+}
+
+impl Qos {
+    pub fn label(self) -> &'static str {
+        match self {
+            Qos::AtMostOnce => "0",
+            Qos::AtLeastOnce => "1",
+            Qos::ExactlyOnce => "2",
+        }
+    }
+}
+
+/// MQTT 5 reason codes the ingress sends on acknowledgements and DISCONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reason {
+    Success = 0x00,
+    MalformedPacket = 0x81,
+    ProtocolError = 0x82,
+    ImplementationSpecificError = 0x83,
+    ServerShuttingDown = 0x8B,
+    KeepAliveTimeout = 0x8D,
+    TopicNameInvalid = 0x90,
+    PacketIdentifierNotFound = 0x92,
+    ReceiveMaximumExceeded = 0x93,
+    TopicAliasInvalid = 0x94,
+    PacketTooLarge = 0x95,
+    QuotaExceeded = 0x97,
+    PayloadFormatInvalid = 0x99,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -24,6 +78,8 @@ pub enum WireError {
     NotConnect,
     #[error("unsupported protocol level {0} (3.1.1 = 4 and 5 are served)")]
     UnsupportedLevel(u8),
+    #[error("topic {0:?} contains a wildcard, which a PUBLISH may not")]
+    WildcardTopic(String),
     #[error("malformed {packet}: {reason}")]
     Malformed {
         packet: &'static str,
@@ -42,6 +98,14 @@ pub struct Frame {
 impl Frame {
     pub fn packet_type(&self) -> u8 {
         self.bytes[0] >> 4
+    }
+
+    /// The packet identifier of a PUBACK, PUBREC, PUBREL or PUBCOMP.
+    pub fn packet_id(&self) -> Result<u16, WireError> {
+        match self.bytes.get(self.header_len..self.header_len + 2) {
+            Some(&[hi, lo]) => Ok(u16::from_be_bytes([hi, lo])),
+            _ => Err(malformed("acknowledgement", "no packet identifier")),
+        }
     }
 
     fn v4_header(&self) -> v4::FixedHeader {
@@ -74,8 +138,9 @@ pub fn next_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<Frame>, Wir
     if size > limit {
         return Err(WireError::TooLarge { size, limit });
     }
+    // No room is reserved for the rest of a packet before it arrives: a client that
+    // announces a large packet and sends it slowly holds only what it has sent.
     if buf.len() < size {
-        buf.reserve(size - buf.len());
         return Ok(None);
     }
     Ok(Some(Frame {
@@ -88,9 +153,10 @@ pub fn next_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<Frame>, Wir
 /// What the ingress needs from a CONNECT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connect {
-    /// 4 for MQTT 3.1.1, 5 for MQTT 5.
-    pub level: u8,
+    pub level: Level,
     pub client_id: String,
+    /// Clean session (3.1.1) or clean start (5): no state from an earlier connection.
+    pub clean: bool,
     /// Seconds; 0 turns keep alive off.
     pub keep_alive: u16,
     /// MQTT 5: whether the client accepts reason strings on acknowledgements (default yes).
@@ -124,8 +190,9 @@ pub fn read_connect(frame: &Frame) -> Result<Connect, WireError> {
             let c = v4::v4::Connect::read(frame.v4_header(), frame.bytes.clone())
                 .map_err(|e| malformed("CONNECT", e))?;
             Ok(Connect {
-                level,
+                level: Level::V311,
                 client_id: c.client_id,
+                clean: c.clean_session,
                 keep_alive: c.keep_alive,
                 problem_info: true,
                 session_expiry: None,
@@ -137,8 +204,9 @@ pub fn read_connect(frame: &Frame) -> Result<Connect, WireError> {
                 .0;
             let props = c.properties.unwrap_or_default();
             Ok(Connect {
-                level,
+                level: Level::V5,
                 client_id: c.client_id,
+                clean: c.clean_start,
                 keep_alive: c.keep_alive,
                 problem_info: props.request_problem_info.is_none_or(|v| v != 0),
                 session_expiry: (!c.clean_start)
@@ -229,7 +297,9 @@ pub fn connack_v5(frame: &Frame, limits: ServerLimits) -> Result<Bytes, WireErro
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
     pub topic: String,
-    pub qos: u8,
+    pub qos: Qos,
+    /// Set on a retransmission.
+    pub dup: bool,
     pub pkid: u16,
     pub payload: Bytes,
     /// MQTT 5 content type, which names the payload's format.
@@ -242,8 +312,26 @@ pub struct Publish {
     pub user_properties: Vec<(String, String)>,
 }
 
-pub fn read_publish(frame: &Frame, level: u8) -> Result<Publish, WireError> {
-    if level == 5 {
+pub fn read_publish(frame: &Frame, level: Level) -> Result<Publish, WireError> {
+    let publish = read_publish_any(frame, level)?;
+    // MQTT 3.3.2.1: a topic name never holds a wildcard (it would become a device id).
+    if publish.topic.contains(['+', '#']) {
+        return Err(WireError::WildcardTopic(publish.topic));
+    }
+    Ok(publish)
+}
+
+fn qos(q: impl Into<u8>) -> Qos {
+    match q.into() {
+        0 => Qos::AtMostOnce,
+        1 => Qos::AtLeastOnce,
+        _ => Qos::ExactlyOnce,
+    }
+}
+
+fn read_publish_any(frame: &Frame, level: Level) -> Result<Publish, WireError> {
+    let dup = frame.bytes[0] & 0x08 != 0;
+    if level == Level::V5 {
         let p = v5::Publish::read(frame.v5_header(), frame.bytes.clone())
             .map_err(|e| malformed("PUBLISH", e))?;
         let topic = String::from_utf8(p.topic.to_vec())
@@ -251,7 +339,8 @@ pub fn read_publish(frame: &Frame, level: u8) -> Result<Publish, WireError> {
         let props = p.properties.unwrap_or_default();
         Ok(Publish {
             topic,
-            qos: p.qos as u8,
+            qos: qos(p.qos as u8),
+            dup,
             pkid: p.pkid,
             payload: p.payload,
             content_type: props.content_type,
@@ -265,7 +354,8 @@ pub fn read_publish(frame: &Frame, level: u8) -> Result<Publish, WireError> {
             .map_err(|e| malformed("PUBLISH", e))?;
         Ok(Publish {
             topic: p.topic,
-            qos: p.qos as u8,
+            qos: qos(p.qos as u8),
+            dup,
             pkid: p.pkid,
             payload: p.payload,
             content_type: None,
@@ -298,31 +388,48 @@ fn malformed(packet: &'static str, reason: impl ToString) -> WireError {
     }
 }
 
-/// MQTT 5 reason codes the ingress puts on acknowledgements and DISCONNECT.
-pub const REASON_SUCCESS: u8 = 0x00;
-pub const REASON_MALFORMED_PACKET: u8 = 0x81;
-pub const REASON_PROTOCOL_ERROR: u8 = 0x82;
-pub const REASON_KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
-pub const REASON_TOPIC_NAME_INVALID: u8 = 0x90;
-pub const REASON_RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
-pub const REASON_TOPIC_ALIAS_INVALID: u8 = 0x94;
-pub const REASON_PACKET_TOO_LARGE: u8 = 0x95;
-pub const REASON_PAYLOAD_FORMAT_INVALID: u8 = 0x99;
-
-/// PUBACK for QoS 1 or PUBREC for QoS 2. MQTT 5 carries a reason code when it is not
-/// success (the property length may then be omitted, MQTT 5, 3.4.2.2.1), and a reason
-/// string when there is one.
+/// PUBACK for QoS 1 or PUBREC for QoS 2, for one of the device's publishes.
 pub fn encode_ack(
     out: &mut BytesMut,
-    qos: u8,
+    qos: Qos,
     pkid: u16,
-    level: u8,
-    reason: u8,
+    level: Level,
+    reason: Reason,
     reason_string: Option<&str>,
 ) {
-    let kind = if qos == 2 { PUBREC } else { PUBACK };
+    let kind = if qos == Qos::ExactlyOnce {
+        PUBREC
+    } else {
+        PUBACK
+    };
+    encode_response(out, kind, pkid, level, reason, reason_string);
+}
+
+/// PUBCOMP, the answer to a device's PUBREL.
+pub fn encode_pubcomp(out: &mut BytesMut, pkid: u16, level: Level, reason: Reason) {
+    encode_response(out, PUBCOMP, pkid, level, reason, None);
+}
+
+/// PUBREL for a QoS 2 publish the ingress relayed to rumqttd, which releases it at once.
+pub fn encode_pubrel(out: &mut BytesMut, pkid: u16) {
     let [hi, lo] = pkid.to_be_bytes();
-    if level != 5 || reason == REASON_SUCCESS {
+    out.extend_from_slice(&[PUBREL << 4 | 0x02, 2, hi, lo]);
+}
+
+/// PUBACK, PUBREC or PUBCOMP. MQTT 5 carries a reason code when it is not success (the
+/// property length may then be omitted, MQTT 5, 3.4.2.2.1), and a reason string when
+/// there is one.
+fn encode_response(
+    out: &mut BytesMut,
+    kind: u8,
+    pkid: u16,
+    level: Level,
+    reason: Reason,
+    reason_string: Option<&str>,
+) {
+    let [hi, lo] = pkid.to_be_bytes();
+    let code = reason as u8;
+    if level == Level::V311 || reason == Reason::Success {
         out.extend_from_slice(&[kind << 4, 2, hi, lo]);
         return;
     }
@@ -331,17 +438,17 @@ pub fn encode_ack(
             let text = truncate(text, 120).as_bytes();
             // Property: 0x1F, a two-byte length, the UTF-8 string.
             let props = 3 + text.len();
-            out.extend_from_slice(&[kind << 4, (4 + props) as u8, hi, lo, reason, props as u8]);
+            out.extend_from_slice(&[kind << 4, (4 + props) as u8, hi, lo, code, props as u8]);
             out.extend_from_slice(&[0x1F, 0, text.len() as u8]);
             out.extend_from_slice(text);
         }
-        None => out.extend_from_slice(&[kind << 4, 3, hi, lo, reason]),
+        None => out.extend_from_slice(&[kind << 4, 3, hi, lo, code]),
     }
 }
 
 /// MQTT 5 DISCONNECT from the server, with a reason code.
-pub fn encode_disconnect(out: &mut BytesMut, reason: u8) {
-    out.extend_from_slice(&[0xE0, 1, reason]);
+pub fn encode_disconnect(out: &mut BytesMut, reason: Reason) {
+    out.extend_from_slice(&[0xE0, 1, reason as u8]);
 }
 
 /// At most `max` bytes of `text`, cut at a character boundary.
@@ -387,9 +494,12 @@ mod tests {
         assert!(next_frame(&mut buf, 1 << 20).unwrap().is_none());
         buf.extend_from_slice(&full[3..]);
         let f = next_frame(&mut buf, 1 << 20).unwrap().expect("whole frame");
-        let got = read_publish(&f, 4).unwrap();
+        let got = read_publish(&f, Level::V311).unwrap();
         assert_eq!(got.topic, "sensors/d/t");
-        assert_eq!((got.qos, got.pkid, got.payload.len()), (1, 42, 300));
+        assert_eq!(
+            (got.qos, got.pkid, got.payload.len()),
+            (Qos::AtLeastOnce, 42, 300)
+        );
         assert!(buf.is_empty());
     }
 
@@ -415,8 +525,9 @@ mod tests {
         assert_eq!(
             c,
             Connect {
-                level: 4,
+                level: Level::V311,
                 client_id: "dev-1".into(),
+                clean: true,
                 keep_alive: 10,
                 problem_info: true,
                 session_expiry: None,
@@ -439,8 +550,9 @@ mod tests {
         assert_eq!(
             c,
             Connect {
-                level: 5,
+                level: Level::V5,
                 client_id: "dev-5".into(),
+                clean: true,
                 keep_alive: 30,
                 problem_info: true,
                 session_expiry: None,
@@ -460,12 +572,26 @@ mod tests {
     #[test]
     fn acks_decode_with_rumqttc() {
         let mut out = BytesMut::new();
-        encode_ack(&mut out, 1, 513, 4, REASON_SUCCESS, None);
+        encode_ack(
+            &mut out,
+            Qos::AtLeastOnce,
+            513,
+            Level::V311,
+            Reason::Success,
+            None,
+        );
         let f = &frames(&out)[0];
         assert_eq!((f.packet_type(), ack_pkid(f)), (PUBACK, Some(513)));
 
         let mut out = BytesMut::new();
-        encode_ack(&mut out, 1, 9, 5, REASON_PAYLOAD_FORMAT_INVALID, None);
+        encode_ack(
+            &mut out,
+            Qos::AtLeastOnce,
+            9,
+            Level::V5,
+            Reason::PayloadFormatInvalid,
+            None,
+        );
         let ack = v5::PubAck::read(frames(&out)[0].v5_header(), out.clone().freeze()).unwrap();
         assert_eq!(ack.pkid, 9);
         assert_eq!(ack.reason, v5::PubAckReason::PayloadFormatInvalid);
@@ -474,10 +600,10 @@ mod tests {
         let why = "invalid JSON: expected value at line 1 column 1 ".repeat(5);
         encode_ack(
             &mut out,
-            1,
+            Qos::AtLeastOnce,
             11,
-            5,
-            REASON_PAYLOAD_FORMAT_INVALID,
+            Level::V5,
+            Reason::PayloadFormatInvalid,
             Some(&why),
         );
         let ack = v5::PubAck::read(frames(&out)[0].v5_header(), out.clone().freeze()).unwrap();
@@ -488,7 +614,38 @@ mod tests {
         );
 
         let mut out = BytesMut::new();
-        encode_ack(&mut out, 2, 10, 4, REASON_SUCCESS, None);
+        encode_ack(
+            &mut out,
+            Qos::ExactlyOnce,
+            10,
+            Level::V311,
+            Reason::Success,
+            None,
+        );
         assert_eq!(frames(&out)[0].packet_type(), PUBREC);
+
+        let mut out = BytesMut::new();
+        encode_pubcomp(&mut out, 77, Level::V5, Reason::PacketIdentifierNotFound);
+        let comp = v5::PubComp::read(frames(&out)[0].v5_header(), out.clone().freeze()).unwrap();
+        assert_eq!(comp.pkid, 77);
+        assert_eq!(comp.reason, v5::PubCompReason::PacketIdentifierNotFound);
+        let mut out = BytesMut::new();
+        encode_pubrel(&mut out, 300);
+        let f = &frames(&out)[0];
+        assert_eq!((f.packet_type(), f.packet_id().unwrap()), (PUBREL, 300));
+    }
+
+    #[test]
+    fn publish_topics_with_wildcards_are_refused() {
+        for topic in ["sensors/+/t", "sensors/#"] {
+            let mut wire = BytesMut::new();
+            v4::v4::Publish::new(topic, v4::QoS::AtMostOnce, vec![1u8])
+                .write(&mut wire)
+                .unwrap();
+            assert!(matches!(
+                read_publish(&frames(&wire)[0], Level::V311),
+                Err(WireError::WildcardTopic(_))
+            ));
+        }
     }
 }

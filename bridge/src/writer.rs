@@ -16,13 +16,14 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
 use crate::db;
+use crate::health::Health;
 use crate::produce::client_config;
 use crate::record::{Reading, Record};
 use crate::settings::{KafkaSettings, WriterSettings};
@@ -90,9 +91,14 @@ impl Writer {
         })
     }
 
-    /// Runs until the process ends; database outages are waited out batch by batch.
-    pub async fn run(self) -> Result<(), WriterError> {
-        let mut store = Store::new(self.settings.clone(), self.consumer.clone());
+    /// Runs until `stop` turns true, then returns once the batch being written, if any, is
+    /// committed; database outages are waited out batch by batch.
+    pub async fn run(
+        self,
+        health: Arc<Health>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<(), WriterError> {
+        let mut store = Store::new(self.settings.clone(), self.consumer.clone(), health);
         let committed = store.load_committed().await;
         self.assign(&committed).await?;
         let (requests, waiting) = mpsc::channel(1);
@@ -108,8 +114,12 @@ impl Writer {
             committed,
         };
         let fetching = tokio::spawn(fetch.run(waiting));
-        store.run(requests).await;
+        let stopped = store.run(requests, stop).await;
         fetching.abort();
+        if stopped {
+            tracing::info!("writer stopped");
+            return Ok(());
+        }
         Err(WriterError::FetchEnded)
     }
 
@@ -265,36 +275,65 @@ struct Store {
     /// Crash drill hook: abort the process after COPY, before the commit of this batch
     /// number (`SLUICE_CRASH_BEFORE_COMMIT=N`), as a kill at the worst moment would.
     crash_before_commit: Option<u64>,
+    health: Arc<Health>,
 }
 
 impl Store {
-    fn new(settings: WriterSettings, consumer: Arc<StreamConsumer>) -> Store {
+    fn new(settings: WriterSettings, consumer: Arc<StreamConsumer>, health: Arc<Health>) -> Store {
         Store {
             settings,
             consumer,
             client: None,
+            health,
             crash_before_commit: std::env::var("SLUICE_CRASH_BEFORE_COMMIT")
                 .ok()
                 .and_then(|n| n.parse().ok()),
         }
     }
 
-    /// Asks the fetcher for a batch each time it is free; returns when the fetcher is gone.
-    async fn run(&mut self, requests: mpsc::Sender<oneshot::Sender<Batch>>) {
+    /// Asks the fetcher for a batch each time it is free. Returns true when `stop` ended
+    /// it (between batches, or while a batch could not be written: it is not committed and
+    /// will be fetched again), false when the fetcher is gone.
+    async fn run(
+        &mut self,
+        requests: mpsc::Sender<oneshot::Sender<Batch>>,
+        mut stop: watch::Receiver<bool>,
+    ) -> bool {
         loop {
+            if *stop.borrow_and_update() {
+                return true;
+            }
             let (reply, batch) = oneshot::channel();
             if requests.send(reply).await.is_err() {
-                return;
+                return false;
             }
-            let Ok(batch) = batch.await else { return };
+            let batch = tokio::select! {
+                batch = batch => match batch {
+                    Ok(batch) => batch,
+                    Err(_) => return false,
+                },
+                _ = stop.changed() => return true,
+            };
             let started = Instant::now();
             let mut backoff = Duration::from_millis(100);
-            while let Err(e) = self.write(&batch).await {
-                counter!("sluice_writer_errors_total").increment(1);
-                tracing::warn!(error = %e, retry_in = ?backoff, rows = batch.rows.len(), "batch not written; retrying");
-                self.client = None;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+            loop {
+                match self.write(&batch).await {
+                    Ok(()) => {
+                        self.health.database_working();
+                        break;
+                    }
+                    Err(e) => {
+                        self.health.database_failing();
+                        counter!("sluice_writer_errors_total").increment(1);
+                        tracing::warn!(error = %e, retry_in = ?backoff, rows = batch.rows.len(), "batch not written; retrying");
+                        self.client = None;
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stop.changed() => return true,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
             }
             self.commit_hint(&batch);
             self.throttle(batch.rows.len(), started).await;

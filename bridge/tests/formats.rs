@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{db, wait_rows, Gateway};
+use common::{db, set, wait_rows, Gateway};
 
 fn mosquitto_pub(gateway: &Gateway, args: &[&str]) {
     let status = gateway
@@ -205,7 +205,9 @@ async fn senml_json_with_base_name_and_relative_times() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_refuse_with_named_reasons_and_the_service_keeps_serving() {
-    let gateway = Gateway::start(None);
+    let gateway = Gateway::start(Some(Box::new(|c: &mut toml::Table| {
+        set(c, &["ingress", "unmapped"], "dead-letter");
+    })));
     let db = db().await;
     let dev = format!("{}-lim", gateway.id);
     let big = format!(r#"{{"value": 1, "pad": "{}"}}"#, "x".repeat(70_000));

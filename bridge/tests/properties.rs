@@ -113,8 +113,8 @@ proptest! {
         let mut taken = 0;
         while let Ok(Some(frame)) = next_frame(&mut buf, 1024) {
             taken += frame.bytes.len();
-            let _ = sluice::wire::read_publish(&frame, 4);
-            let _ = sluice::wire::read_publish(&frame, 5);
+            let _ = sluice::wire::read_publish(&frame, sluice::wire::Level::V311);
+            let _ = sluice::wire::read_publish(&frame, sluice::wire::Level::V5);
             let _ = sluice::wire::read_connect(&frame);
         }
         prop_assert_eq!(taken + buf.len(), bytes.len());

@@ -3,6 +3,8 @@
 //! Kafka topics and consumer group, and stops them when the test ends.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod raw;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,541 @@
+//! One device connection after its CONNECT: relays packets between the device and its
+//! loopback connection to rumqttd, sends publishes through admission to Kafka, and keeps
+//! what rumqttd does not: acknowledgements after Kafka, QoS 2 release per packet id, keep
+//! alive, pings, and bounded buffers both ways, so a device that stops reading or writing
+//! holds its own connection up and nobody else's.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use chrono::Utc;
+use metrics::counter;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
+
+use super::admit::{admit, property_headers, Admission, Destination, Rules};
+use super::{ConnError, Ingress};
+use crate::ack::{AckQueue, Acknowledgement, Delivered, Qos2Received, Waiter};
+use crate::budget::{Budget, Reservation};
+use crate::mapping::AckPolicy;
+use crate::produce::{Outgoing, Ticket};
+use crate::wire::{self, Frame, Level, Qos, Reason};
+
+/// Bytes read from a socket at a time.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// A publish admitted and waiting for room in the in-flight budgets; nothing behind it on
+/// the connection is read until it has room, which keeps packet order.
+struct Waiting {
+    publish: Admitted,
+    room: Pin<Box<dyn Future<Output = Reservation> + Send>>,
+}
+
+/// A publish with everything needed to send it on.
+struct Admitted {
+    admission: Admission,
+    qos: Qos,
+    pkid: u16,
+    /// The frame rumqttd gets (an alias resolved where needed).
+    frame: Bytes,
+}
+
+pub(super) struct Conn {
+    pub ingress: Arc<Ingress>,
+    pub level: Level,
+    pub client_id: Arc<str>,
+    pub problem_info: bool,
+    /// One and a half times the device's keep alive; `None` when it is 0.
+    pub keep_alive: Option<Duration>,
+    pub dev_rd: OwnedReadHalf,
+    pub dev_wr: OwnedWriteHalf,
+    pub dev_in: BytesMut,
+    pub up_rd: OwnedReadHalf,
+    pub up_wr: OwnedWriteHalf,
+    pub qos2: Qos2Received,
+    pub shutdown: watch::Receiver<bool>,
+    pub budget: Arc<Budget>,
+    pub state: State,
+}
+
+/// What changes while a connection runs.
+pub(super) struct State {
+    heard: Instant,
+    /// Since when bytes have been waiting for the device to read them.
+    stalled_since: Option<Instant>,
+    last_upstream: Instant,
+    /// The timer's current deadline (keep alive, write stall, upstream ping).
+    armed: Instant,
+    /// rumqttd has answered the CONNECT: until then nothing of the device's is processed.
+    connack_seen: bool,
+    /// Set when the process is stopping: nothing more is read, owed acknowledgements are
+    /// waited for until then.
+    draining: Option<Instant>,
+    up_in: BytesMut,
+    to_device: BytesMut,
+    to_broker: BytesMut,
+    acks: AckQueue,
+    waiting: Option<Waiting>,
+    /// MQTT 5 topic aliases the client set up on this connection.
+    aliases: HashMap<u16, String>,
+}
+
+impl Default for State {
+    fn default() -> State {
+        let now = Instant::now();
+        State {
+            heard: now,
+            stalled_since: None,
+            last_upstream: now,
+            armed: now,
+            connack_seen: false,
+            draining: None,
+            up_in: BytesMut::with_capacity(READ_CHUNK),
+            to_device: BytesMut::new(),
+            to_broker: BytesMut::new(),
+            acks: AckQueue::default(),
+            waiting: None,
+            aliases: HashMap::new(),
+        }
+    }
+}
+
+impl Conn {
+    pub async fn run(mut self) -> Result<(), ConnError> {
+        let result = self.serve().await;
+        // Acknowledgements already due go out even when the connection ends in an error,
+        // then MQTT 5 clients are told why; a device that does not read gets no more time.
+        if let (Level::V5, Err(e)) = (self.level, &result) {
+            if let Some(reason) = e.disconnect_reason() {
+                wire::encode_disconnect(&mut self.state.to_device, reason);
+            }
+        }
+        if !matches!(result, Err(ConnError::WriteTimeout(_))) && !self.state.to_device.is_empty() {
+            let flush = self.dev_wr.write_all(&self.state.to_device);
+            let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+        }
+        // Dropping the broker socket without a DISCONNECT makes rumqttd publish the will.
+        result
+    }
+
+    fn settings(&self) -> &crate::settings::IngressSettings {
+        &self.ingress.settings
+    }
+
+    async fn serve(&mut self) -> Result<(), ConnError> {
+        let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
+        let buffer_cap = self.settings().max_buffered_bytes_per_connection;
+        if *self.shutdown.borrow_and_update() {
+            let limit = Duration::from_millis(self.settings().drain_timeout_ms);
+            self.state.draining = Some(Instant::now() + limit);
+        }
+        loop {
+            if self.state.connack_seen && self.state.draining.is_none() {
+                self.process_device().await?;
+            }
+            if self.state.draining.is_some() && self.state.acks.is_empty() {
+                self.state.waiting = None;
+                if self.level == Level::V5 {
+                    wire::encode_disconnect(&mut self.state.to_device, Reason::ServerShuttingDown);
+                }
+                return Ok(());
+            }
+            let s = &mut self.state;
+            let reading_device = s.connack_seen
+                && s.draining.is_none()
+                && s.waiting.is_none()
+                && s.to_broker.len() < buffer_cap
+                && s.to_device.len() < buffer_cap;
+            if !reading_device {
+                // Not reading is Sluice's choice, not the device's silence.
+                s.heard = Instant::now();
+            }
+            match (&s.stalled_since, s.to_device.is_empty()) {
+                (None, false) => s.stalled_since = Some(Instant::now()),
+                (Some(_), true) => s.stalled_since = None,
+                _ => {}
+            }
+            let due = self.next_deadline();
+            let s = &mut self.state;
+            if due < s.armed || timer.is_elapsed() {
+                s.armed = due;
+                timer.as_mut().reset(due.into());
+            }
+            if self.dev_in.capacity() - self.dev_in.len() < READ_CHUNK / 2 {
+                self.dev_in.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                n = self.dev_rd.read_buf(&mut self.dev_in), if reading_device => {
+                    if n? == 0 {
+                        return Ok(());
+                    }
+                }
+                n = self.up_rd.read_buf(&mut self.state.up_in), if self.state.to_device.len() < buffer_cap => {
+                    if n? == 0 {
+                        return Ok(());
+                    }
+                    self.relay_from_broker()?;
+                }
+                n = self.dev_wr.write_buf(&mut self.state.to_device), if !self.state.to_device.is_empty() => {
+                    n?;
+                }
+                n = self.up_wr.write_buf(&mut self.state.to_broker), if !self.state.to_broker.is_empty() => {
+                    n?;
+                }
+                (seq, outcome) = self.state.acks.next_outcome() => {
+                    self.state.acks.record(seq, outcome);
+                    self.release_acks()?;
+                }
+                reservation = async { self.state.waiting.as_mut().expect("guarded").room.as_mut().await }, if self.state.waiting.is_some() => {
+                    if let Some(w) = self.state.waiting.take() {
+                        self.dispatch(w.publish, reservation).await;
+                    }
+                }
+                _ = timer.as_mut() => self.on_timer()?,
+                _ = self.shutdown.changed(), if self.state.draining.is_none() => {
+                    let limit = Duration::from_millis(self.ingress.settings.drain_timeout_ms);
+                    self.state.draining = Some(Instant::now() + limit);
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let s = &self.state;
+        let ping = s.last_upstream + self.ingress.broker_ping_interval();
+        let keep_alive = self.keep_alive.map(|k| s.heard + k);
+        let stall = s
+            .stalled_since
+            .map(|t| t + Duration::from_millis(self.settings().write_timeout_ms));
+        [Some(ping), keep_alive, stall, s.draining]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(ping)
+    }
+
+    fn on_timer(&mut self) -> Result<(), ConnError> {
+        let now = Instant::now();
+        let s = &mut self.state;
+        if s.draining.is_some_and(|deadline| now >= deadline) {
+            return Err(ConnError::ShuttingDown);
+        }
+        if let Some(since) = s.stalled_since {
+            let limit = Duration::from_millis(self.ingress.settings.write_timeout_ms);
+            if now >= since + limit {
+                counter!("sluice_disconnects_total", "reason" => "not_reading").increment(1);
+                return Err(ConnError::WriteTimeout(limit));
+            }
+        }
+        if let Some(k) = self.keep_alive {
+            if now >= s.heard + k {
+                counter!("sluice_disconnects_total", "reason" => "keep_alive").increment(1);
+                return Err(ConnError::KeepAlive(k));
+            }
+        }
+        // rumqttd keeps its own keep alive on the relay; a device with keep alive 0 may be
+        // silent for days, so Sluice pings for it.
+        if now >= s.last_upstream + self.ingress.broker_ping_interval() {
+            s.to_broker.extend_from_slice(&wire::PINGREQ_PACKET);
+            s.last_upstream = now;
+        }
+        Ok(())
+    }
+
+    /// Handles every whole frame the device has sent, in order, until one must wait.
+    async fn process_device(&mut self) -> Result<(), ConnError> {
+        let limit = self.settings().max_packet_size;
+        let cap = self.settings().max_buffered_bytes_per_connection;
+        while self.state.waiting.is_none() && self.state.to_broker.len() < cap {
+            let Some(frame) = wire::next_frame(&mut self.dev_in, limit)? else {
+                break;
+            };
+            self.state.heard = Instant::now();
+            match frame.packet_type() {
+                wire::CONNECT => return Err(ConnError::SecondConnect),
+                wire::PUBLISH => self.publish(frame).await?,
+                wire::PUBREL => self.release_qos2(frame.packet_id()?),
+                // Answered here: rumqttd's keep alive is Sluice's business (see on_timer).
+                wire::PINGREQ => self
+                    .state
+                    .to_device
+                    .extend_from_slice(&wire::PINGRESP_PACKET),
+                _ => self.send_to_broker(&frame.bytes),
+            }
+        }
+        Ok(())
+    }
+
+    fn send_to_broker(&mut self, bytes: &[u8]) {
+        self.state.to_broker.extend_from_slice(bytes);
+        self.state.last_upstream = Instant::now();
+    }
+
+    /// Relays rumqttd's packets to the device, except those that answer Sluice's own
+    /// packets to rumqttd (acknowledgements of relayed publishes, PINGRESP). An MQTT 5
+    /// CONNACK gets the properties of the device port rather than rumqttd's.
+    fn relay_from_broker(&mut self) -> Result<(), ConnError> {
+        while let Some(frame) = wire::next_frame(&mut self.state.up_in, usize::MAX)? {
+            match frame.packet_type() {
+                wire::PUBACK | wire::PUBREC | wire::PUBCOMP | wire::PINGRESP => {}
+                wire::CONNACK if !self.state.connack_seen => {
+                    self.state.connack_seen = true;
+                    match self.level {
+                        Level::V5 => {
+                            let connack = wire::connack_v5(&frame, self.ingress.port)?;
+                            self.state.to_device.extend_from_slice(&connack);
+                        }
+                        Level::V311 => self.state.to_device.extend_from_slice(&frame.bytes),
+                    }
+                }
+                _ => self.state.to_device.extend_from_slice(&frame.bytes),
+            }
+        }
+        Ok(())
+    }
+
+    /// One device publish: a retransmission of one still owed an acknowledgement is
+    /// absorbed; anything else is admitted and, once the budgets have room, sent on.
+    async fn publish(&mut self, frame: Frame) -> Result<(), ConnError> {
+        let received_at = Utc::now();
+        let mut publish = wire::read_publish(&frame, self.level)?;
+        let (qos, pkid) = (publish.qos, publish.pkid);
+        counter!("sluice_publishes_total", "qos" => qos.label()).increment(1);
+        let frame = match publish.topic_alias {
+            Some(alias) => self.resolve_alias(alias, &mut publish, &frame)?,
+            None => frame.bytes,
+        };
+        if qos > Qos::AtMostOnce && self.absorb_retransmission(qos, pkid) {
+            counter!("sluice_retransmissions_total").increment(1);
+            return Ok(());
+        }
+        if self.level == Level::V5
+            && qos > Qos::AtMostOnce
+            && self.state.acks.len() >= self.ingress.port.receive_maximum.into()
+        {
+            return Err(ConnError::ReceiveMaximum(self.state.acks.len()));
+        }
+        // A reading without a timestamp takes the receipt time; a retransmission must get
+        // the first receipt's, or it would be a second row.
+        let received_at = match qos {
+            Qos::AtMostOnce => received_at,
+            _ => self.ingress.receipts.stamp(
+                &self.client_id,
+                pkid,
+                publish.dup,
+                &publish.payload,
+                received_at,
+            ),
+        };
+        let properties = property_headers(&publish);
+        let rules = Rules {
+            mappings: &self.ingress.mappings,
+            limits: &self.ingress.limits,
+            unmapped: self.ingress.settings.unmapped,
+        };
+        let admission = admit(&rules, publish, &self.client_id, properties, received_at);
+        let publish = Admitted {
+            admission,
+            qos,
+            pkid,
+            frame,
+        };
+        let bytes = publish.admission.bytes();
+        match Reservation::try_reserve(&self.budget, &self.ingress.global, bytes) {
+            Some(reservation) => self.dispatch(publish, reservation).await,
+            None => {
+                let room =
+                    Reservation::reserve(self.budget.clone(), self.ingress.global.clone(), bytes);
+                self.state.waiting = Some(Waiting {
+                    publish,
+                    room: Box::pin(room),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// MQTT 4.3.2 / 4.3.3: the same packet id before its acknowledgement (QoS 1) or its
+    /// PUBREL (QoS 2) is the same message. It is not sent to Kafka or subscribers again;
+    /// the device gets one acknowledgement for it.
+    fn absorb_retransmission(&mut self, qos: Qos, pkid: u16) -> bool {
+        if self.state.acks.owes(pkid) {
+            return true;
+        }
+        if qos != Qos::ExactlyOnce {
+            return false;
+        }
+        let mut received = self.qos2.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(outcome) = received.get(&pkid).cloned() else {
+            return false;
+        };
+        let ack = Acknowledgement {
+            qos,
+            pkid,
+            reason: Reason::Success,
+            detail: None,
+        };
+        let known = outcome.borrow().clone();
+        match known {
+            // Delivered before (on this connection or an earlier one): PUBREC again.
+            Some(Ok(delivered)) => self.state.acks.done(ack, Ok(delivered)),
+            // Not delivered: this one is sent as new.
+            Some(Err(_)) => {
+                received.remove(&pkid);
+                return false;
+            }
+            // An earlier connection's record is still on its way.
+            None => self.state.acks.follow(ack, outcome),
+        }
+        true
+    }
+
+    /// Sends an admitted publish to Kafka and, unless it was refused, to rumqttd.
+    async fn dispatch(&mut self, publish: Admitted, reservation: Reservation) {
+        let Admitted {
+            admission,
+            qos,
+            pkid,
+            frame,
+        } = publish;
+        let ack = Acknowledgement {
+            qos,
+            pkid,
+            reason: admission.reason,
+            detail: admission.detail,
+        };
+        let waiter = match (qos, admission.policy, &admission.destination) {
+            (Qos::AtMostOnce, _, _) => Waiter::unheard("qos0"),
+            (_, _, Destination::Nothing) => {
+                self.state.acks.done(ack, Ok(Delivered::Stored));
+                Waiter::unheard("none")
+            }
+            (_, AckPolicy::Receipt, _) => {
+                self.state.acks.done(ack, Ok(Delivered::Stored));
+                Waiter::unheard("receipt")
+            }
+            (_, AckPolicy::Kafka, _) => self.state.acks.wait(ack),
+        };
+        let waiter = if qos == Qos::ExactlyOnce {
+            let (waiter, outcome) = waiter.with_session();
+            let mut received = self.qos2.lock().unwrap_or_else(|p| p.into_inner());
+            received.insert(pkid, outcome);
+            waiter
+        } else {
+            waiter
+        };
+        if admission.relay {
+            self.send_to_broker(&frame);
+            if qos == Qos::ExactlyOnce {
+                // rumqttd releases QoS 2 publishes first in, first out; released at once,
+                // its queue never holds one the device's PUBREL could be matched against.
+                wire::encode_pubrel(&mut self.state.to_broker, pkid);
+            }
+        }
+        let producer = self.ingress.producer.clone();
+        let wait = qos > Qos::AtMostOnce;
+        match admission.destination {
+            Destination::Readings {
+                topic,
+                key,
+                json,
+                headers,
+                origin,
+            } => {
+                let out = Outgoing {
+                    topic: &topic,
+                    key: &key,
+                    payload: &json,
+                    headers: crate::produce::headers(&headers),
+                };
+                let ticket = Ticket {
+                    reservation,
+                    waiter,
+                    origin: Some(origin),
+                };
+                producer.send(out, ticket, wait).await;
+            }
+            Destination::DeadLetter(letter) => {
+                let ticket = Ticket {
+                    reservation,
+                    waiter,
+                    origin: None,
+                };
+                producer.dead_letter(letter, ticket, wait).await;
+            }
+            Destination::Nothing => waiter.resolve(Ok(Delivered::Stored)),
+        }
+    }
+
+    /// The device releases a QoS 2 publish: Sluice answers PUBCOMP itself (rumqttd was
+    /// released when the publish came). An unknown packet id gets MQTT 5's 0x92.
+    fn release_qos2(&mut self, pkid: u16) {
+        let released = {
+            let mut received = self.qos2.lock().unwrap_or_else(|p| p.into_inner());
+            let stored = received
+                .get(&pkid)
+                .is_some_and(|o| matches!(*o.borrow(), Some(Ok(_))));
+            stored && received.remove(&pkid).is_some()
+        };
+        let reason = if released {
+            Reason::Success
+        } else {
+            counter!("sluice_unknown_pubrel_total").increment(1);
+            Reason::PacketIdentifierNotFound
+        };
+        wire::encode_pubcomp(&mut self.state.to_device, pkid, self.level, reason);
+    }
+
+    /// Writes the acknowledgements that are due, in packet order; a record Kafka did not
+    /// take closes the connection (after those before it), so the device retransmits it.
+    fn release_acks(&mut self) -> Result<(), ConnError> {
+        let (level, problem_info) = (self.level, self.problem_info);
+        let out = &mut self.state.to_device;
+        let result = self.state.acks.release(|ack, delivered| {
+            let (reason, why) = match delivered {
+                Delivered::Stored => (ack.reason, ack.detail.as_deref()),
+                Delivered::DeadLettered(why) => {
+                    (Reason::ImplementationSpecificError, Some(why.as_str()))
+                }
+            };
+            let why = why.filter(|_| problem_info);
+            wire::encode_ack(out, ack.qos, ack.pkid, level, reason, why);
+        });
+        result.map_err(|u| {
+            counter!("sluice_delivery_failed_total", "policy" => "kafka").increment(1);
+            ConnError::Delivery {
+                qos: u.ack.qos,
+                pkid: u.ack.pkid,
+                source: u.error,
+            }
+        })
+    }
+
+    /// MQTT 5 topic aliases (3.3.2.3.4): a topic with an alias sets it up, an empty topic
+    /// uses it. rumqttd does not implement them, so it gets the full topic, no alias.
+    fn resolve_alias(
+        &mut self,
+        alias: u16,
+        publish: &mut wire::Publish,
+        frame: &Frame,
+    ) -> Result<Bytes, ConnError> {
+        if alias == 0 || alias > self.ingress.port.topic_alias_maximum {
+            return Err(ConnError::TopicAlias(alias));
+        }
+        if publish.topic.is_empty() {
+            publish.topic = self
+                .state
+                .aliases
+                .get(&alias)
+                .ok_or(ConnError::TopicAlias(alias))?
+                .clone();
+        } else {
+            self.state.aliases.insert(alias, publish.topic.clone());
+        }
+        Ok(wire::publish_with_topic(frame, &publish.topic)?)
+    }
+}

@@ -1,0 +1,358 @@
+//! Ingress: owns each device's socket. It accepts connections within the caps, reads the
+//! CONNECT, claims the session and opens the device's relay to the embedded rumqttd
+//! (sessions, subscriptions, retained messages and live fan-out stay rumqttd's); `conn`
+//! serves the connection from there, `admit` decides what each publish becomes. On
+//! shutdown it stops accepting and lets every connection drain.
+
+mod admit;
+mod conn;
+mod receipts;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use metrics::{counter, gauge};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+
+use crate::ack::Qos2Received;
+use crate::budget::Budget;
+use crate::decode::Limits;
+use crate::mapping::Mappings;
+use crate::produce::{ProduceError, Producer};
+use crate::sessions::{Lifetime, Sessions};
+use crate::settings::IngressSettings;
+use crate::wire::{self, Frame, Level, Qos, Reason, WireError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0}")]
+    Wire(#[from] WireError),
+    #[error("no CONNECT within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("no embedded broker listener for MQTT 5")]
+    NoBroker,
+    #[error("kafka did not take a QoS {} record (packet {pkid}): {source}; closing so the device retransmits", *qos as u8)]
+    Delivery {
+        qos: Qos,
+        pkid: u16,
+        source: ProduceError,
+    },
+    #[error("a second CONNECT on the connection")]
+    SecondConnect,
+    #[error("silent for {0:?}, 1.5 times its keep alive")]
+    KeepAlive(Duration),
+    #[error("did not read what it was sent for {0:?}")]
+    WriteTimeout(Duration),
+    #[error("more than the receive maximum of {0} unacknowledged QoS 1/2 publishes")]
+    ReceiveMaximum(usize),
+    #[error("topic alias {0} is not valid here")]
+    TopicAlias(u16),
+    #[error("sluice is shutting down")]
+    ShuttingDown,
+}
+
+impl ConnError {
+    /// The MQTT 5 DISCONNECT reason a device is told before the connection closes.
+    fn disconnect_reason(&self) -> Option<Reason> {
+        Some(match self {
+            ConnError::Wire(WireError::TooLarge { .. }) => Reason::PacketTooLarge,
+            ConnError::Wire(WireError::WildcardTopic(_)) => Reason::TopicNameInvalid,
+            ConnError::Wire(_) => Reason::MalformedPacket,
+            ConnError::SecondConnect => Reason::ProtocolError,
+            ConnError::KeepAlive(_) => Reason::KeepAliveTimeout,
+            ConnError::ReceiveMaximum(_) => Reason::ReceiveMaximumExceeded,
+            ConnError::TopicAlias(_) => Reason::TopicAliasInvalid,
+            ConnError::ShuttingDown => Reason::ServerShuttingDown,
+            _ => return None,
+        })
+    }
+}
+
+/// Shared by every connection.
+pub struct Ingress {
+    settings: IngressSettings,
+    limits: Limits,
+    /// rumqttd's loopback listeners for MQTT 3.1.1 and 5.
+    broker_v4: SocketAddr,
+    broker_v5: Option<SocketAddr>,
+    mappings: Mappings,
+    producer: Arc<Producer>,
+    /// Records and bytes on their way to Kafka, all connections together.
+    global: Arc<Budget>,
+    sessions: Arc<Sessions>,
+    receipts: receipts::Receipts,
+    /// What the port promises MQTT 5 clients in CONNACK, and enforces.
+    port: wire::ServerLimits,
+    /// Set when the process stops: connections drain.
+    shutdown: watch::Sender<bool>,
+    open: Connections,
+}
+
+/// Open connections, in total and per source address.
+#[derive(Default)]
+struct Connections {
+    total: AtomicUsize,
+    by_address: Mutex<HashMap<IpAddr, usize>>,
+    /// Notified when the last connection closes.
+    idle: Notify,
+}
+
+/// A connection's place in `Connections`, given back when dropped.
+struct Slot {
+    ingress: Arc<Ingress>,
+    address: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let open = &self.ingress.open;
+        let mut by_address = open.by_address.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = by_address.get_mut(&self.address) {
+            *n -= 1;
+            if *n == 0 {
+                by_address.remove(&self.address);
+            }
+        }
+        gauge!("sluice_connections").decrement(1.0);
+        if open.total.fetch_sub(1, Ordering::AcqRel) == 1 {
+            open.idle.notify_waiters();
+        }
+    }
+}
+
+impl Ingress {
+    pub fn new(
+        settings: IngressSettings,
+        limits: Limits,
+        broker_v4: SocketAddr,
+        broker_v5: Option<SocketAddr>,
+        mappings: Mappings,
+        producer: Arc<Producer>,
+    ) -> Ingress {
+        Ingress {
+            limits,
+            broker_v4,
+            broker_v5,
+            mappings,
+            producer,
+            global: Budget::new(
+                settings.max_inflight_total,
+                settings.max_inflight_bytes_total,
+            ),
+            sessions: Arc::new(Sessions::new(broker_v5)),
+            receipts: receipts::Receipts::new(settings.max_inflight_per_connection),
+            port: wire::ServerLimits {
+                receive_maximum: settings.max_inflight_per_connection.min(65_535) as u16,
+                max_packet_size: settings.max_packet_size.min(u32::MAX as usize) as u32,
+                topic_alias_maximum: settings.topic_alias_maximum,
+            },
+            shutdown: watch::channel(false).0,
+            open: Connections::default(),
+            settings,
+        }
+    }
+
+    /// How often Sluice pings rumqttd on a quiet relay: well inside the keep alive it
+    /// relays in CONNECT, which rumqttd enforces at 1.5 times.
+    fn broker_ping_interval(&self) -> Duration {
+        Duration::from_secs(u64::from(self.settings.broker_keep_alive_s.max(2)) / 2)
+    }
+
+    /// Accepts devices until `stop` resolves, then stops accepting and drains: every
+    /// connection stops reading, waits up to `ingress.drain_timeout_ms` for the Kafka
+    /// answers its device is owed, sends them (MQTT 5: then DISCONNECT 0x8B) and closes.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
+        loop {
+            let (socket, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    // Out of file descriptors and the like: keep serving the others.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut stop => break,
+            };
+            let Some(slot) = self.clone().admit_connection(peer.ip()) else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let ingress = slot.ingress.clone();
+                if let Err(e) = ingress.connection(socket).await {
+                    tracing::info!(%peer, error = %e, "device connection closed");
+                }
+                drop(slot);
+            });
+        }
+        drop(listener);
+        tracing::info!(
+            connections = self.open.total.load(Ordering::Acquire),
+            "stopped accepting; draining connections"
+        );
+        let idle = self.open.idle.notified();
+        tokio::pin!(idle);
+        idle.as_mut().enable();
+        self.shutdown.send_replace(true);
+        if self.open.total.load(Ordering::Acquire) > 0 {
+            let limit = Duration::from_millis(self.settings.drain_timeout_ms + 3_000);
+            let _ = tokio::time::timeout(limit, idle).await;
+        }
+    }
+
+    /// A slot for a new connection, or `None` (the socket is closed at once) past
+    /// `ingress.max_connections` or `ingress.max_connections_per_address`.
+    fn admit_connection(self: Arc<Self>, address: IpAddr) -> Option<Slot> {
+        let (max_total, max_each) = (
+            self.settings.max_connections,
+            self.settings.max_connections_per_address,
+        );
+        {
+            let mut by_address = self
+                .open
+                .by_address
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let from_address = by_address.get(&address).copied().unwrap_or(0);
+            let refused = if self.open.total.load(Ordering::Acquire) >= max_total {
+                Some("total")
+            } else if max_each > 0 && from_address >= max_each {
+                Some("per_address")
+            } else {
+                None
+            };
+            if let Some(reason) = refused {
+                counter!("sluice_connections_refused_total", "reason" => reason).increment(1);
+                tracing::debug!(%address, reason, "connection refused: over the cap");
+                return None;
+            }
+            *by_address.entry(address).or_default() += 1;
+            self.open.total.fetch_add(1, Ordering::AcqRel);
+        }
+        gauge!("sluice_connections").increment(1.0);
+        Some(Slot {
+            ingress: self,
+            address,
+        })
+    }
+
+    async fn connection(self: Arc<Self>, device: TcpStream) -> Result<(), ConnError> {
+        device.set_nodelay(true)?;
+        let (mut dev_rd, mut dev_wr) = device.into_split();
+        let mut dev_buf = BytesMut::with_capacity(1024);
+        let wait = Duration::from_millis(self.settings.connect_timeout_ms);
+        let first = tokio::time::timeout(wait, async {
+            loop {
+                if let Some(frame) = wire::next_frame(&mut dev_buf, self.settings.max_packet_size)?
+                {
+                    return Ok::<_, ConnError>(frame);
+                }
+                if dev_buf.capacity() == dev_buf.len() {
+                    dev_buf.reserve(1024);
+                }
+                if dev_rd.read_buf(&mut dev_buf).await? == 0 {
+                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+                }
+            }
+        })
+        .await
+        .map_err(|_| ConnError::ConnectTimeout(wait))??;
+        let connect = match wire::read_connect(&first) {
+            Err(e @ WireError::UnsupportedLevel(_)) => {
+                let write = dev_wr.write_all(&wire::CONNACK_UNACCEPTABLE_PROTOCOL);
+                let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+                return Err(e.into());
+            }
+            other => other?,
+        };
+        let broker = match connect.level {
+            Level::V5 => self.broker_v5.ok_or(ConnError::NoBroker)?,
+            Level::V311 => self.broker_v4,
+        };
+        let claim = self
+            .sessions
+            .opened(&connect.client_id, Lifetime::of(&connect))
+            .await;
+        let qos2 = claim.qos2.clone();
+        let device = Device {
+            rd: dev_rd,
+            wr: dev_wr,
+            unread: dev_buf,
+        };
+        let result = self
+            .clone()
+            .relay(connect, first, broker, device, qos2)
+            .await;
+        self.sessions.closed(claim);
+        result
+    }
+
+    /// Opens the device's relay to rumqttd and serves the connection until either side ends.
+    async fn relay(
+        self: Arc<Self>,
+        connect: wire::Connect,
+        first: Frame,
+        broker: SocketAddr,
+        device: Device,
+        qos2: Qos2Received,
+    ) -> Result<(), ConnError> {
+        let upstream = TcpStream::connect(broker).await?;
+        upstream.set_nodelay(true)?;
+        let (up_rd, mut up_wr) = upstream.into_split();
+        // The ingress keeps the device's keep alive itself (and tells MQTT 5 clients why it
+        // closes); rumqttd gets a long one, kept up by Sluice's pings, so it never races the
+        // ingress to it, and so a keep alive of 0, which it refuses, is accepted.
+        up_wr
+            .write_all(&wire::with_keep_alive(
+                &first,
+                self.settings.broker_keep_alive_s,
+            ))
+            .await?;
+        // MQTT 3.1.1, 3.1.2.10 and MQTT 5, 3.1.2.10: one and a half times keep alive.
+        let keep_alive = (connect.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        conn::Conn {
+            level: connect.level,
+            client_id: connect.client_id.into(),
+            problem_info: connect.problem_info,
+            keep_alive,
+            dev_rd: device.rd,
+            dev_wr: device.wr,
+            dev_in: device.unread,
+            up_rd,
+            up_wr,
+            qos2,
+            shutdown: self.shutdown.subscribe(),
+            budget: Budget::new(
+                self.settings.max_inflight_per_connection,
+                self.settings.max_inflight_bytes_per_connection,
+            ),
+            state: conn::State::default(),
+            ingress: self,
+        }
+        .run()
+        .await
+    }
+}
+
+/// The device's socket, and what was read past its CONNECT.
+struct Device {
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    unread: BytesMut,
+}

@@ -1,0 +1,113 @@
+//! Receipt times of each client id's recent QoS 1 publishes. A reading without a timestamp
+//! takes the time Sluice received it; a retransmission (DUP, same packet id and payload)
+//! gets the first receipt's time instead, so it is the same row and is written once.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+/// How long a client id's receipts are kept after its last publish: a device resends what
+/// it was not acknowledged for when it reconnects, well within this.
+const KEPT_FOR: Duration = Duration::from_secs(15 * 60);
+
+/// Publishes looked at between sweeps of client ids gone quiet.
+const SWEEP_EVERY: u32 = 4096;
+
+pub struct Receipts {
+    /// Receipts remembered per client id: enough for every publish that can be waiting for
+    /// its acknowledgement at once (the per-connection in-flight limit).
+    per_client: usize,
+    hasher: RandomState,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    clients: HashMap<String, Recent>,
+    since_sweep: u32,
+}
+
+struct Recent {
+    last: Instant,
+    /// (packet id, payload hash, received at), oldest first.
+    publishes: VecDeque<(u16, u64, DateTime<Utc>)>,
+}
+
+impl Receipts {
+    pub fn new(per_client: usize) -> Receipts {
+        Receipts {
+            per_client: per_client.clamp(1, 65_535),
+            hasher: RandomState::new(),
+            state: Mutex::default(),
+        }
+    }
+
+    /// The receipt time of a QoS 1 publish: `now`, unless it is a retransmission of one
+    /// received before (DUP set, same packet id and payload), then that one's.
+    pub fn stamp(
+        &self,
+        client_id: &str,
+        pkid: u16,
+        dup: bool,
+        payload: &[u8],
+        now: DateTime<Utc>,
+    ) -> DateTime<Utc> {
+        let hash = self.hasher.hash_one(payload);
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.since_sweep += 1;
+        if state.since_sweep >= SWEEP_EVERY {
+            state.since_sweep = 0;
+            state.clients.retain(|_, r| r.last.elapsed() < KEPT_FOR);
+        }
+        let recent = state
+            .clients
+            .entry(client_id.to_owned())
+            .or_insert_with(|| Recent {
+                last: Instant::now(),
+                publishes: VecDeque::new(),
+            });
+        recent.last = Instant::now();
+        let first = dup
+            .then(|| {
+                recent
+                    .publishes
+                    .iter()
+                    .rev()
+                    .find(|(p, h, _)| (*p, *h) == (pkid, hash))
+                    .map(|(_, _, at)| *at)
+            })
+            .flatten();
+        if let Some(at) = first {
+            return at;
+        }
+        if recent.publishes.len() >= self.per_client {
+            recent.publishes.pop_front();
+        }
+        recent.publishes.push_back((pkid, hash, now));
+        now
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retransmission_gets_the_first_receipt_time() {
+        let r = Receipts::new(2);
+        let t = |s| DateTime::from_timestamp(s, 0).expect("time");
+        assert_eq!(r.stamp("a", 1, false, b"x", t(10)), t(10));
+        // Same id and payload, resent: the first time. Not marked DUP: a new publish.
+        assert_eq!(r.stamp("a", 1, true, b"x", t(20)), t(10));
+        assert_eq!(r.stamp("a", 1, false, b"x", t(30)), t(30));
+        // Another payload, another client id: new.
+        assert_eq!(r.stamp("a", 1, true, b"y", t(40)), t(40));
+        assert_eq!(r.stamp("b", 1, true, b"x", t(50)), t(50));
+        // Only the last `per_client` are remembered.
+        assert_eq!(r.stamp("a", 2, false, b"z", t(60)), t(60));
+        assert_eq!(r.stamp("a", 1, true, b"x", t(70)), t(70));
+    }
+}
