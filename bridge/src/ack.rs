@@ -140,7 +140,7 @@ impl AckQueue {
 
     /// Queues an acknowledgement given when the returned waiter hears from Kafka.
     pub fn wait(&mut self, ack: Acknowledgement) -> Waiter {
-        let seq = self.push(ack, None);
+        let seq = self.push(ack);
         Waiter {
             ack: Some((self.tx.clone(), seq)),
             session: None,
@@ -149,15 +149,18 @@ impl AckQueue {
         }
     }
 
-    /// Queues an acknowledgement whose outcome is already known.
+    /// Queues an acknowledgement whose outcome is already known; it is released, in its
+    /// turn, on the same path as Kafka's answers.
     pub fn done(&mut self, ack: Acknowledgement, outcome: Outcome) {
-        self.push(ack, Some(outcome));
+        let seq = self.push(ack);
+        // The queue holds the receiver: this cannot fail.
+        let _ = self.tx.send((seq, outcome));
     }
 
     /// Queues an acknowledgement given when another connection's record for the same
     /// QoS 2 publish is delivered.
     pub fn follow(&mut self, ack: Acknowledgement, mut outcome: Qos2Outcome) {
-        let seq = self.push(ack, None);
+        let seq = self.push(ack);
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let result = match outcome.wait_for(Option::is_some).await {
@@ -168,8 +171,8 @@ impl AckQueue {
         });
     }
 
-    fn push(&mut self, ack: Acknowledgement, outcome: Option<Outcome>) -> u64 {
-        self.entries.push_back(Entry { ack, outcome });
+    fn push(&mut self, ack: Acknowledgement) -> u64 {
+        self.entries.push_back(Entry { ack, outcome: None });
         self.first + self.entries.len() as u64 - 1
     }
 
@@ -238,6 +241,14 @@ mod tests {
         (sent, failed.map(|u| u.ack.pkid))
     }
 
+    /// Records the next `n` outcomes the queue hears.
+    async fn hear(q: &mut AckQueue, n: usize) {
+        for _ in 0..n {
+            let (seq, outcome) = q.next_outcome().await;
+            q.record(seq, outcome);
+        }
+    }
+
     #[tokio::test]
     async fn acknowledgements_leave_in_packet_order_and_stop_at_a_failure() {
         let mut q = AckQueue::default();
@@ -247,16 +258,13 @@ mod tests {
         let w4 = q.wait(ack(4));
         assert!(q.owes(2) && !q.owes(5));
         w2.resolve(Ok(Delivered::Stored));
-        let (seq, outcome) = q.next_outcome().await;
-        q.record(seq, outcome);
+        hear(&mut q, 2).await;
         assert_eq!(released(&mut q), (vec![], None), "1 is not answered yet");
         w1.resolve(Ok(Delivered::Stored));
-        let (seq, outcome) = q.next_outcome().await;
-        q.record(seq, outcome);
+        hear(&mut q, 1).await;
         assert_eq!(released(&mut q), (vec![1, 2, 3], None));
         w4.resolve(Err(ProduceError::QueueFull));
-        let (seq, outcome) = q.next_outcome().await;
-        q.record(seq, outcome);
+        hear(&mut q, 1).await;
         assert_eq!(released(&mut q), (vec![], Some(4)));
         assert!(q.is_empty());
     }
@@ -267,8 +275,7 @@ mod tests {
         let mut q = AckQueue::default();
         q.follow(ack(7), outcome);
         w.resolve(Ok(Delivered::Stored));
-        let (seq, outcome) = q.next_outcome().await;
-        q.record(seq, outcome);
+        hear(&mut q, 1).await;
         assert_eq!(released(&mut q), (vec![7], None));
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use metrics::counter;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
@@ -98,7 +99,15 @@ impl Reports {
     /// A record Kafka will never take is dead-lettered (and then acknowledged); any other
     /// failure is the waiter's to hear.
     fn failed(&self, error: KafkaError, mut ticket: Ticket) {
-        if let (true, Some(letter)) = (refused_for_good(&error), ticket.origin.take()) {
+        let for_good = refused_for_good(&error);
+        if for_good && ticket.origin.is_none() {
+            // A dead letter refused too (settings keep them small enough; a broker's own
+            // limit may not): dropped and counted, so the device is not refused forever.
+            counter!("sluice_dead_letters_dropped_total").increment(1);
+            tracing::error!(error = %error, "the dead-letter topic refused a dead letter; dropped");
+            return ticket.waiter.resolve(Ok(Delivered::Stored));
+        }
+        if let (true, Some(letter)) = (for_good, ticket.origin.take()) {
             let letter = DeadLetter {
                 reason: "kafka_refused",
                 detail: format!("kafka refused the record: {error}"),
@@ -162,20 +171,24 @@ impl Producer {
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "2")
-            .set("compression.type", "lz4")
             .set(
                 "message.timeout.ms",
                 settings.delivery_timeout_ms.to_string(),
             );
-        // Room for the budgets plus the dead letters of refused records, which keep their
-        // reservation.
+        // Defaults kafka.properties may change. The queue has room for the budgets plus
+        // the dead letters of refused records, which keep their reservation.
+        let queue_messages = (queue_records + 1_000).min(i32::MAX as usize).to_string();
+        let queue_kbytes = (queue_bytes / 1024 + 1024)
+            .min(i32::MAX as usize)
+            .to_string();
         for (key, value) in [
-            ("queue.buffering.max.messages", queue_records + 1_000),
-            ("queue.buffering.max.kbytes", queue_bytes / 1024 + 1024),
+            ("linger.ms", "2"),
+            ("compression.type", "lz4"),
+            ("queue.buffering.max.messages", &queue_messages),
+            ("queue.buffering.max.kbytes", &queue_kbytes),
         ] {
             if !settings.properties.contains_key(key) {
-                config.set(key, value.min(i32::MAX as usize).to_string());
+                config.set(key, value);
             }
         }
         let inner = config.create_with_context(Reports { health, refused })?;

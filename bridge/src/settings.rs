@@ -12,6 +12,10 @@ use serde::Deserialize;
 use crate::decode::{Format, Limits};
 use crate::mapping::AckPolicy;
 
+/// Room for a dead letter's headers (topic, client id, reason, detail, properties are
+/// within the packet; reason, detail and times are added).
+const DEAD_LETTER_OVERHEAD: usize = 16_384;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
@@ -336,6 +340,22 @@ impl Settings {
                 "ingress.max_buffered_bytes_per_connection",
                 "must be at least ingress.max_packet_size",
             );
+        }
+        // A dead letter carries a whole publish: Kafka must always take it, or a device
+        // could be refused forever.
+        let kafka_max = self
+            .kafka
+            .properties
+            .get("message.max.bytes")
+            .map_or(Ok(1_000_000), |v| v.parse::<usize>());
+        match kafka_max {
+            Ok(max) if max >= i.max_packet_size + DEAD_LETTER_OVERHEAD => {}
+            _ => return invalid(
+                "kafka.properties.message.max.bytes",
+                &format!(
+                    "must be a number of at least ingress.max_packet_size + {DEAD_LETTER_OVERHEAD}"
+                ),
+            ),
         }
         if self.writer.max_batch_rows == 0 {
             return invalid("writer.max_batch_rows", "must be at least 1");

@@ -6,7 +6,7 @@ mod common;
 use std::process::Child;
 use std::time::Duration;
 
-use common::{db, wait_for, wait_rows, Gateway, Tansu};
+use common::{add_receipt_mapping, db, wait_for, wait_rows, Gateway, Tansu};
 
 fn mosquitto_pub(gateway: &Gateway, topic: &str, body: &str) -> Child {
     gateway
@@ -19,15 +19,7 @@ fn mosquitto_pub(gateway: &Gateway, topic: &str, body: &str) -> Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn puback_waits_for_kafka_unless_the_mapping_acks_on_receipt() {
     let mut kafka = Tansu::start();
-    let mut gateway = Gateway::configure(Some(Box::new(|c: &mut toml::Table| {
-        let Some(toml::Value::Array(mappings)) = c.get_mut("mappings") else {
-            panic!("broker.toml has [[mappings]]");
-        };
-        let mut fast = mappings[0].as_table().expect("a table").clone();
-        fast.insert("filter".into(), "fast/{device_id}/{metric}".into());
-        fast.insert("ack".into(), "receipt".into());
-        mappings.push(fast.into());
-    })));
+    let mut gateway = Gateway::configure(Some(Box::new(add_receipt_mapping)));
     gateway.spawn(&["--role", "all"], &[("KAFKA_BROKERS", &kafka.brokers())]);
     gateway.wait_ready();
     let db = db().await;

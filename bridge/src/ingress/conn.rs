@@ -181,7 +181,10 @@ impl Conn {
                     self.relay_from_broker()?;
                 }
                 n = self.dev_wr.write_buf(&mut self.state.to_device), if !self.state.to_device.is_empty() => {
-                    n?;
+                    // A device that reads slowly is not stalled; one that stops is.
+                    if n? > 0 {
+                        self.state.stalled_since = None;
+                    }
                 }
                 n = self.up_wr.write_buf(&mut self.state.to_broker), if !self.state.to_broker.is_empty() => {
                     n?;

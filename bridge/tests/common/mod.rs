@@ -176,6 +176,27 @@ impl Gateway {
         }
     }
 
+    /// Sends a signal (`TERM`, `INT`) to the `n`th process started.
+    pub fn signal(&self, n: usize, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.children[n].id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -s {signal}");
+    }
+
+    /// The HTTP status code and body of a GET on the HTTP port.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).expect("http up");
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("response");
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head.split(' ').nth(1).and_then(|c| c.parse().ok());
+        (status.unwrap_or(0), body.to_owned())
+    }
+
     pub fn check_alive(&mut self) {
         for c in &mut self.children {
             if let Ok(Some(status)) = c.try_wait() {
@@ -231,15 +252,9 @@ impl Gateway {
         format!("127.0.0.1:{}", self.mqtt_port)
     }
 
-    /// The Prometheus page, fetched with a bare HTTP/1.0 request.
+    /// The Prometheus page.
     pub fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).expect("http up");
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .expect("request");
-        let mut body = String::new();
-        s.read_to_string(&mut body).expect("response");
-        body
+        self.get("/metrics").1
     }
 
     /// The value of one sample line (`name{labels}`), 0 when absent.
@@ -322,6 +337,17 @@ impl Drop for Tansu {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Adds a mapping `fast/{device_id}/{metric}` like the first one, acknowledged on receipt.
+pub fn add_receipt_mapping(c: &mut toml::Table) {
+    let Some(toml::Value::Array(mappings)) = c.get_mut("mappings") else {
+        panic!("broker.toml has [[mappings]]");
+    };
+    let mut fast = mappings[0].as_table().expect("a table").clone();
+    fast.insert("filter".into(), "fast/{device_id}/{metric}".into());
+    fast.insert("ack".into(), "receipt".into());
+    mappings.push(fast.into());
 }
 
 pub fn set(table: &mut toml::Table, path: &[&str], value: impl Into<toml::Value>) {
