@@ -36,7 +36,7 @@ mkdir -p "$DATA/runs"
 "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" --migrate-only
 SLUICE__INGRESS__LISTEN="127.0.0.1:$MQTT_PORT" SLUICE__HTTP__LISTEN=127.0.0.1:25464 \
 SLUICE__BROKER__V4__1__LISTEN=127.0.0.1:25885 SLUICE__BROKER__V5__1__LISTEN=127.0.0.1:25886 \
-  "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" >"$DATA/sluice.log" 2>&1 &
+  env "${LOCAL_FLEET[@]}" "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" >"$DATA/sluice.log" 2>&1 &
 echo $! >"$DATA/sluice.pid"
 cat >"$DATA/mosquitto.conf" <<EOF
 listener $MOSQ_PORT 127.0.0.1

@@ -25,7 +25,7 @@ for i in $(seq 1 "$INGRESSES"); do
   base=$((23000 + 10 * i))
   SLUICE__INGRESS__LISTEN="127.0.0.1:$base" SLUICE__HTTP__LISTEN="127.0.0.1:$((base + 1))" \
   SLUICE__BROKER__V4__1__LISTEN="127.0.0.1:$((base + 2))" SLUICE__BROKER__V5__1__LISTEN="127.0.0.1:$((base + 3))" \
-    "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" --role ingress >"$DATA/sluice-ingress$i.log" 2>&1 &
+    env "${LOCAL_FLEET[@]}" "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" --role ingress >"$DATA/sluice-ingress$i.log" 2>&1 &
   echo $! >"$DATA/sluice-ingress$i.pid"
   wait_port 127.0.0.1 "$base" "sluice ingress $i"
   addrs+=("127.0.0.1:$base")

@@ -6,6 +6,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TANSU_VERSION="0.6.0"
 PG_BIN="/usr/lib/postgresql/15/bin"
 
+# The local scripts' simulated fleets all connect from 127.0.0.1: no cap per address there.
+# Scripts that start sluice for them use `env "${LOCAL_FLEET[@]}" ...`.
+LOCAL_FLEET=(SLUICE__INGRESS__MAX_CONNECTIONS_PER_ADDRESS=0 SLUICE__INGRESS__MAX_CONNECTIONS=20000)
+
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # Debian packages and tansu, each only when missing.

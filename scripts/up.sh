@@ -26,7 +26,7 @@ export SLUICE__INGRESS__LISTEN="$MQTT_ADDR" SLUICE__HTTP__LISTEN="$HTTP_ADDR"
 
 if ! running "$DATA/sluice.pid"; then
   log "starting sluice (MQTT on $MQTT_ADDR, metrics on http://$HTTP_ADDR/metrics)"
-  nohup "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" >"$DATA/sluice.log" 2>&1 &
+  nohup env "${LOCAL_FLEET[@]}" "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" >"$DATA/sluice.log" 2>&1 &
   echo $! >"$DATA/sluice.pid"
   if ! wait_port "${MQTT_ADDR%:*}" "${MQTT_ADDR##*:}" sluice; then
     tail -20 "$DATA/sluice.log" >&2

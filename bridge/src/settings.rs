@@ -348,14 +348,9 @@ impl Settings {
             .properties
             .get("message.max.bytes")
             .map_or(Ok(1_000_000), |v| v.parse::<usize>());
-        match kafka_max {
-            Ok(max) if max >= i.max_packet_size + DEAD_LETTER_OVERHEAD => {}
-            _ => return invalid(
-                "kafka.properties.message.max.bytes",
-                &format!(
-                    "must be a number of at least ingress.max_packet_size + {DEAD_LETTER_OVERHEAD}"
-                ),
-            ),
+        if !kafka_max.is_ok_and(|max| max >= i.max_packet_size + DEAD_LETTER_OVERHEAD) {
+            let why = format!("must be at least ingress.max_packet_size + {DEAD_LETTER_OVERHEAD}");
+            return invalid("kafka.properties.message.max.bytes", &why);
         }
         if self.writer.max_batch_rows == 0 {
             return invalid("writer.max_batch_rows", "must be at least 1");

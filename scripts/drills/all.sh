@@ -3,7 +3,7 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 passed=0 failed=0
-for d in kafka-kill postgres-stop sluice-kill writer-kill slow-writer; do
+for d in kafka-kill postgres-stop sluice-kill writer-kill slow-writer rolling-restart bad-neighbours; do
   if bash "$d.sh"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 done
 echo "drills: $passed passed, $failed failed"

@@ -1,12 +1,13 @@
 # Shared by the fault drills: a private stack (PostgreSQL, tansu, sluice) on its own ports
 # under .data/drill, 1,000 simulated sensors publishing QoS 1, and the verify check at the
 # end. Each drill script defines `fault` (what to break, and when to mend it) and calls
-# `drill`. Source it; do not run it.
+# `drill`; SIM_ARGS (an array) adds simulator options. Source it; do not run it.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 DATA="$ROOT/.data/drill"
 PG_PORT=15434 KAFKA_PORT=29092 MQTT_PORT=21883 HTTP_PORT=29464
 SENSORS="${DRILL_SENSORS:-1000}" DURATION="${DRILL_DURATION:-60}"
+SIM_ARGS=() QOS=1 CONFIG="$ROOT/broker.toml"
 export SLUICE__INGRESS__LISTEN="127.0.0.1:$MQTT_PORT"
 export SLUICE__BROKER__V4__1__LISTEN="127.0.0.1:31883" SLUICE__BROKER__V5__1__LISTEN="127.0.0.1:31884"
 export SLUICE__WRITER__GROUP_ID="drill-writer"
@@ -15,8 +16,8 @@ export SLUICE__WRITER__GROUP_ID="drill-writer"
 start_sluice() {
   local name="$1" role="$2"; shift 2
   local http=$((HTTP_PORT + $(ls "$DATA"/sluice-*.log 2>/dev/null | wc -l)))
-  env SLUICE__HTTP__LISTEN="127.0.0.1:$http" "$@" \
-    "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" --role "$role" \
+  env SLUICE__HTTP__LISTEN="127.0.0.1:$http" "${LOCAL_FLEET[@]}" "$@" \
+    "$ROOT/target/release/sluice" --config "$CONFIG" --role "$role" \
     >>"$DATA/sluice-$name.log" 2>&1 &
   echo $! >"$DATA/sluice-$name.pid"
 }
@@ -26,8 +27,8 @@ kill9() { # pidfile: SIGKILL, as a crash
   rm -f "$1"
 }
 
-rss_mb() { # pidfile
-  awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$(cat "$1")/status" 2>/dev/null || echo "?"
+rss_mb() { # pidfile [VmRSS|VmHWM]: resident memory now, or at its peak
+  awk -v k="${2:-VmRSS}:" '$1 == k {printf "%.0f", $2/1024}' "/proc/$(cat "$1")/status" 2>/dev/null || echo "?"
 }
 
 rows() {
@@ -43,13 +44,13 @@ drill() {
   [ -x "$ROOT/target/release/sluice-sim" ] || build
   fresh_stack "$DATA" "$PG_PORT" "$KAFKA_PORT"
   trap '[ -n "${SIM_PID:-}" ] && kill "$SIM_PID" 2>/dev/null; stop_stack "$DATA"' EXIT
-  "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" --migrate-only
+  "$ROOT/target/release/sluice" --config "$CONFIG" --migrate-only
   if declare -F start_stack >/dev/null; then start_stack; else start_sluice main all; fi
   wait_port 127.0.0.1 "$MQTT_PORT" sluice
-  log "drill $name: $SENSORS sensors, QoS 1, ${DURATION}s"
+  log "drill $name: $SENSORS sensors, QoS $QOS, ${DURATION}s"
   T0=$(date +%s)
   "$ROOT/target/release/sluice-sim" --addr "127.0.0.1:$MQTT_PORT" --sensors "$SENSORS" \
-    --duration "$DURATION" --qos 1 --prefix drill --progress 10 \
+    --duration "$DURATION" --qos "$QOS" --prefix drill --progress 10 "${SIM_ARGS[@]}" \
     --verify-db "$DATABASE_URL" --verify-wait 240 --json "$DATA/report.json" \
     >"$DATA/sim.out" 2>&1 &
   SIM_PID=$!
@@ -57,7 +58,9 @@ drill() {
   local status=0
   wait "$SIM_PID" || status=$?
   SIM_PID=""
+  PEAK_MB="$(rss_mb "$DATA/sluice-main.pid" VmHWM)"
   cat "$DATA/sim.out"
+  echo "sluice peak resident memory: ${PEAK_MB} MiB"
   if [ "$status" -ne 0 ] || ! grep -q 'lost=0 duplicates=0' "$DATA/sim.out"; then
     echo "drill $name: FAILED (simulator exit $status)"
     tail -30 "$DATA"/sluice-*.log
