@@ -26,6 +26,7 @@ impl Budget {
     }
 
     /// Records currently reserved.
+    #[cfg(test)]
     pub fn records_in_use(&self, max_records: usize) -> usize {
         max_records.saturating_sub(self.records.available_permits())
     }

@@ -191,12 +191,9 @@ impl Sessions {
     }
 
     /// Client ids Sluice holds state for (connected or persistent).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.live().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -219,7 +216,7 @@ mod tests {
         let clean = sessions.opened("c", Lifetime::Connection).await;
         assert!(sessions.live()["c"].generation > generation);
         sessions.closed(clean);
-        assert!(sessions.is_empty());
+        assert_eq!(sessions.len(), 0);
     }
 
     #[tokio::test]

@@ -45,7 +45,7 @@ pub struct IngressSettings {
     pub max_inflight_per_connection: usize,
     /// Records all connections together may have on their way to Kafka.
     pub max_inflight_total: usize,
-    /// The same two limits in payload bytes.
+    /// The same two limits in bytes of the Kafka records (readings JSON, key, headers).
     pub max_inflight_bytes_per_connection: usize,
     pub max_inflight_bytes_total: usize,
     /// How long a new connection may take to send its CONNECT.
@@ -334,6 +334,19 @@ impl Settings {
         }
         if i.max_connections == 0 {
             return invalid("ingress.max_connections", "must be at least 1");
+        }
+        const DAY_MS: u64 = 86_400_000;
+        for (key, ms) in [
+            ("ingress.write_timeout_ms", i.write_timeout_ms),
+            ("ingress.drain_timeout_ms", i.drain_timeout_ms),
+            ("ingress.connect_timeout_ms", i.connect_timeout_ms),
+        ] {
+            if ms == 0 || ms > DAY_MS {
+                return invalid(key, "must be between 1 and 86400000 (a day)");
+            }
+        }
+        if i.broker_keep_alive_s < 2 {
+            return invalid("ingress.broker_keep_alive_s", "must be at least 2");
         }
         if i.max_buffered_bytes_per_connection < i.max_packet_size {
             return invalid(

@@ -57,6 +57,8 @@ pub enum Reason {
     MalformedPacket = 0x81,
     ProtocolError = 0x82,
     ImplementationSpecificError = 0x83,
+    ClientIdentifierNotValid = 0x85,
+    ServerUnavailable = 0x88,
     ServerShuttingDown = 0x8B,
     KeepAliveTimeout = 0x8D,
     TopicNameInvalid = 0x90,
@@ -64,8 +66,14 @@ pub enum Reason {
     ReceiveMaximumExceeded = 0x93,
     TopicAliasInvalid = 0x94,
     PacketTooLarge = 0x95,
-    QuotaExceeded = 0x97,
     PayloadFormatInvalid = 0x99,
+}
+
+impl Reason {
+    /// Codes from 0x80 up are failures.
+    pub fn is_error(self) -> bool {
+        self as u8 >= 0x80
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -463,6 +471,21 @@ fn truncate(text: &str, max: usize) -> &str {
 /// CONNACK refusing an unsupported protocol level (3.1.1 return code 1), then the
 /// connection is closed, as MQTT 3.1.1 section 3.1.2.2 asks.
 pub const CONNACK_UNACCEPTABLE_PROTOCOL: [u8; 4] = [0x20, 2, 0, 1];
+
+/// CONNACK refusing a connection the ingress will not serve: MQTT 5 with `reason`,
+/// 3.1.1 with the return code that says the same.
+pub fn connack_refused(level: Level, reason: Reason) -> Vec<u8> {
+    match level {
+        Level::V5 => vec![0x20, 3, 0, reason as u8, 0],
+        Level::V311 => {
+            let code = match reason {
+                Reason::ClientIdentifierNotValid => 2,
+                _ => 3, // server unavailable
+            };
+            vec![0x20, 2, 0, code]
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

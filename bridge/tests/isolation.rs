@@ -86,7 +86,7 @@ fn mqtt5_connect(client_id: &str, clean: bool, expiry: u32) -> Vec<u8> {
     packet(0x10, &body)
 }
 
-/// Item 1: a device that subscribes to its own topic, publishes large readings and never
+/// A device that subscribes to its own topic, publishes large readings and never
 /// reads fills its buffers; its budget shares come back when Kafka answers, so the others
 /// are still read, and it is disconnected once it has read nothing for the write timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,7 +151,7 @@ async fn a_device_that_does_not_read_is_disconnected_and_holds_up_no_one() {
     bystander.rows_all_landed(&db).await;
 }
 
-/// Item 2: what a publish expands to is bounded, and a record Kafka will never take is
+/// What a publish expands to is bounded, and a record Kafka will never take is
 /// dead-lettered and acknowledged, so the device moves on instead of resending forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amplifying_packs_and_records_kafka_refuses_are_dead_lettered_and_acknowledged() {
@@ -231,13 +231,17 @@ async fn amplifying_packs_and_records_kafka_refuses_are_dead_lettered_and_acknow
     bystander.rows_all_landed(&db).await;
 }
 
-/// Item 3: Sluice owns the QoS 2 exchange per packet id: a PUBREL resent after a lost
+/// Sluice owns the QoS 2 exchange per packet id: a PUBREL resent after a lost
 /// PUBCOMP gets PUBCOMP again, an unknown one MQTT 5's 0x92; a refused publish leaves
 /// nothing behind for a later PUBREL; and the same packet id before its PUBREL is the same
 /// message across a persistent session's reconnects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos2_is_released_per_packet_id_and_exactly_once_across_reconnects() {
-    let gateway = Gateway::start(None);
+    let gateway = Gateway::start(Some(Box::new(|c: &mut toml::Table| {
+        add_receipt_mapping(c);
+        // Kafka answers late, so a PUBREC on receipt is released before it has.
+        set(c, &["kafka", "properties", "linger.ms"], "500");
+    })));
     let db = db().await;
     let dev = format!("{}-q2", gateway.id);
     let topic = format!("sensors/{dev}/temp");
@@ -286,18 +290,30 @@ async fn qos2_is_released_per_packet_id_and_exactly_once_across_reconnects() {
         "each reading once, though timeless"
     );
 
-    // (c) MQTT 5: a refused QoS 2 publish ends its exchange; the next one is released as
-    // itself; an unknown packet id gets 0x92.
+    // (c) MQTT 5: a refused QoS 2 publish ends its exchange and frees its packet id; the
+    // next one with that id is a new message; an unknown packet id gets 0x92.
     let mut v5 = connected(&gateway, 5, &format!("{dev}-5"), 60);
     v5.send(&publish_at(5, 2, false, &topic, 1, &[], b"not json"));
     let (kind, rec) = v5.packet();
     assert_eq!((kind, &rec[..3]), (0x50, &[0, 1, 0x99][..]), "{rec:?}");
-    v5.send(&publish_at(5, 2, false, &topic, 2, &[], br#"{"value": 3}"#));
-    assert_eq!(v5.packet(), (0x50, vec![0, 2]));
-    v5.send(&pubrel(2));
-    assert_eq!(v5.packet(), (0x70, vec![0, 2]));
+    v5.send(&publish_at(5, 2, false, &topic, 1, &[], br#"{"value": 3}"#));
+    assert_eq!(v5.packet(), (0x50, vec![0, 1]), "the id is free again");
+    v5.send(&pubrel(1));
+    assert_eq!(v5.packet(), (0x70, vec![0, 1]));
     v5.send(&pubrel(77));
     assert_eq!(v5.packet(), (0x70, vec![0, 77, 0x92]));
+
+    // (d) Acknowledged on receipt: released before Kafka has answered, and the id reused.
+    let receipt_dev = format!("{}-receipt", gateway.id);
+    let fast = format!("fast/{receipt_dev}/temp");
+    for value in [1, 2] {
+        let body = format!(r#"{{"value": {value}}}"#);
+        v5.send(&publish_at(5, 2, false, &fast, 9, &[], body.as_bytes()));
+        assert_eq!(v5.packet(), (0x50, vec![0, 9]));
+        v5.send(&pubrel(9));
+        assert_eq!(v5.packet(), (0x70, vec![0, 9]), "PUBCOMP, not 0x92");
+    }
+    assert_eq!(wait_rows(&db, &receipt_dev, 2).await.len(), 2);
 
     // The subscriber got each accepted message once, and never the refused one.
     let mut got = Vec::new();
@@ -322,7 +338,7 @@ async fn qos2_is_released_per_packet_id_and_exactly_once_across_reconnects() {
     assert_eq!(rows(&db, &dev).await.len(), 3);
 }
 
-/// Item 4: a QoS 1 retransmission of a publish still waiting for Kafka gets no PUBACK of
+/// A QoS 1 retransmission of a publish still waiting for Kafka gets no PUBACK of
 /// its own, so a stale one can never acknowledge the next publish with that packet id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retransmitted_packet_id_is_acknowledged_once() {
@@ -353,7 +369,7 @@ async fn a_retransmitted_packet_id_is_acknowledged_once() {
     assert_eq!(gateway.metric("sluice_retransmissions_total"), 1.0);
 }
 
-/// Item 5: a reading without a timestamp takes its receipt time; its QoS 1 retransmission
+/// A reading without a timestamp takes its receipt time; its QoS 1 retransmission
 /// after a reconnect takes the same time, so it is one row. A new publish is a new row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reading_without_a_timestamp_resent_is_written_once() {
@@ -381,7 +397,7 @@ async fn a_reading_without_a_timestamp_resent_is_written_once() {
     );
 }
 
-/// Item 6: a stale expiry never ends a newer session, and ending a session never kicks a
+/// A stale expiry never ends a newer session, and ending a session never kicks a
 /// live connection of the same client id.
 #[test]
 fn session_expiry_ends_only_the_session_it_was_set_for() {
@@ -423,7 +439,7 @@ fn session_expiry_ends_only_the_session_it_was_set_for() {
     assert_eq!(live.packet(), PINGRESP, "not kicked by the expiry");
 }
 
-/// Item 7: with Kafka down, a QoS 0 flood holds only its own connection's budget, so the
+/// With Kafka down, a QoS 0 flood holds only its own connection's budget, so the
 /// others are still read (and acknowledged once Kafka is back); /health says Kafka is down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budgets_bound_qos0_floods_and_health_tells_when_kafka_is_down() {
@@ -503,7 +519,7 @@ async fn budgets_bound_qos0_floods_and_health_tells_when_kafka_is_down() {
     flooder.join().expect("flooder");
 }
 
-/// Item 8: SIGTERM drains. Records received at QoS 0 and acknowledged on receipt, still
+/// SIGTERM drains. Records received at QoS 0 and acknowledged on receipt, still
 /// lingering in the producer, reach Kafka and the table; MQTT 5 clients get 0x8B.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_what_was_received_into_kafka() {
@@ -557,8 +573,8 @@ async fn sigterm_drains_what_was_received_into_kafka() {
     assert_eq!(wait_rows(&db, &dev, 200).await.len(), 200);
 }
 
-/// Item 9: the smaller ones. Wildcards in a topic name, connection caps, keep alive 0 with
-/// a short keep alive on the relay, and a slowloris.
+/// Wildcards in a topic name, long client ids, connection caps, keep alive
+/// 0 with a short keep alive on the relay, and a slowloris.
 #[test]
 fn wildcard_topics_caps_keep_alive_zero_and_slowloris() {
     let gateway = Gateway::start(Some(Box::new(|c: &mut toml::Table| {
@@ -574,6 +590,15 @@ fn wildcard_topics_caps_keep_alive_zero_and_slowloris() {
     let mut wild = connected(&gateway, 4, &format!("{id}-wild"), 60);
     wild.send(&publish(4, "sensors/#", 1, &[], br#"{"value": 1}"#));
     assert_eq!(wild.closed(), b"");
+
+    // Client ids longer than 256 bytes are refused.
+    let long_id = "i".repeat(300);
+    let mut long5 = Raw::connect(&gateway);
+    long5.send(&connect(5, &long_id, true, 60, None));
+    assert_eq!(long5.closed(), [0x20, 3, 0, 0x85, 0]);
+    let mut long = Raw::connect(&gateway);
+    long.send(&connect(4, &long_id, true, 60, None));
+    assert_eq!(long.closed(), [0x20, 2, 0, 2]);
 
     // Keep alive 0: never closed for silence, though rumqttd's own keep alive is 2 s.
     let mut quiet = connected(&gateway, 4, &format!("{id}-quiet"), 0);

@@ -28,6 +28,9 @@ use crate::wire::{self, Frame, Level, Qos, Reason};
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 8 * 1024;
 
+/// How long what is due may take to leave when a connection ends.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A publish admitted and waiting for room in the in-flight budgets; nothing behind it on
 /// the connection is read until it has room, which keeps packet order.
 struct Waiting {
@@ -116,9 +119,15 @@ impl Conn {
         }
         if !matches!(result, Err(ConnError::WriteTimeout(_))) && !self.state.to_device.is_empty() {
             let flush = self.dev_wr.write_all(&self.state.to_device);
-            let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, flush).await;
         }
-        // Dropping the broker socket without a DISCONNECT makes rumqttd publish the will.
+        // What the device sent before it closed (its last publishes, its DISCONNECT) still
+        // goes to rumqttd. Dropping the broker socket without a DISCONNECT makes rumqttd
+        // publish the will.
+        if !self.state.to_broker.is_empty() {
+            let flush = self.up_wr.write_all(&self.state.to_broker);
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, flush).await;
+        }
         result
     }
 
@@ -130,8 +139,7 @@ impl Conn {
         let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
         let buffer_cap = self.settings().max_buffered_bytes_per_connection;
         if *self.shutdown.borrow_and_update() {
-            let limit = Duration::from_millis(self.settings().drain_timeout_ms);
-            self.state.draining = Some(Instant::now() + limit);
+            self.start_draining();
         }
         loop {
             if self.state.connack_seen && self.state.draining.is_none() {
@@ -144,10 +152,12 @@ impl Conn {
                 }
                 return Ok(());
             }
+            let max_owed = self.settings().max_inflight_per_connection;
             let s = &mut self.state;
             let reading_device = s.connack_seen
                 && s.draining.is_none()
                 && s.waiting.is_none()
+                && s.acks.len() < max_owed
                 && s.to_broker.len() < buffer_cap
                 && s.to_device.len() < buffer_cap;
             if !reading_device {
@@ -199,12 +209,14 @@ impl Conn {
                     }
                 }
                 _ = timer.as_mut() => self.on_timer()?,
-                _ = self.shutdown.changed(), if self.state.draining.is_none() => {
-                    let limit = Duration::from_millis(self.ingress.settings.drain_timeout_ms);
-                    self.state.draining = Some(Instant::now() + limit);
-                }
+                _ = self.shutdown.changed(), if self.state.draining.is_none() => self.start_draining(),
             }
         }
+    }
+
+    fn start_draining(&mut self) {
+        let limit = Duration::from_millis(self.settings().drain_timeout_ms);
+        self.state.draining = Some(Instant::now() + limit);
     }
 
     fn next_deadline(&self) -> Instant {
@@ -214,25 +226,25 @@ impl Conn {
         let stall = s
             .stalled_since
             .map(|t| t + Duration::from_millis(self.settings().write_timeout_ms));
-        [Some(ping), keep_alive, stall, s.draining]
+        [keep_alive, stall, s.draining]
             .into_iter()
             .flatten()
-            .min()
-            .unwrap_or(ping)
+            .fold(ping, Instant::min)
     }
 
     fn on_timer(&mut self) -> Result<(), ConnError> {
         let now = Instant::now();
+        let write_timeout = Duration::from_millis(self.settings().write_timeout_ms);
+        let ping_interval = self.ingress.broker_ping_interval();
         let s = &mut self.state;
         if s.draining.is_some_and(|deadline| now >= deadline) {
             return Err(ConnError::ShuttingDown);
         }
-        if let Some(since) = s.stalled_since {
-            let limit = Duration::from_millis(self.ingress.settings.write_timeout_ms);
-            if now >= since + limit {
-                counter!("sluice_disconnects_total", "reason" => "not_reading").increment(1);
-                return Err(ConnError::WriteTimeout(limit));
-            }
+        if s.stalled_since
+            .is_some_and(|since| now >= since + write_timeout)
+        {
+            counter!("sluice_disconnects_total", "reason" => "not_reading").increment(1);
+            return Err(ConnError::WriteTimeout(write_timeout));
         }
         if let Some(k) = self.keep_alive {
             if now >= s.heard + k {
@@ -242,7 +254,7 @@ impl Conn {
         }
         // rumqttd keeps its own keep alive on the relay; a device with keep alive 0 may be
         // silent for days, so Sluice pings for it.
-        if now >= s.last_upstream + self.ingress.broker_ping_interval() {
+        if now >= s.last_upstream + ping_interval {
             s.to_broker.extend_from_slice(&wire::PINGREQ_PACKET);
             s.last_upstream = now;
         }
@@ -253,7 +265,10 @@ impl Conn {
     async fn process_device(&mut self) -> Result<(), ConnError> {
         let limit = self.settings().max_packet_size;
         let cap = self.settings().max_buffered_bytes_per_connection;
-        while self.state.waiting.is_none() && self.state.to_broker.len() < cap {
+        while self.state.waiting.is_none()
+            && self.state.to_broker.len() < cap
+            && self.state.to_device.len() < cap
+        {
             let Some(frame) = wire::next_frame(&mut self.dev_in, limit)? else {
                 break;
             };
@@ -477,12 +492,11 @@ impl Conn {
     /// The device releases a QoS 2 publish: Sluice answers PUBCOMP itself (rumqttd was
     /// released when the publish came). An unknown packet id gets MQTT 5's 0x92.
     fn release_qos2(&mut self, pkid: u16) {
+        // The device sends PUBREL only after its PUBREC, so whatever is held for the id
+        // (with `ack = "receipt"`, possibly not yet answered by Kafka) is released.
         let released = {
             let mut received = self.qos2.lock().unwrap_or_else(|p| p.into_inner());
-            let stored = received
-                .get(&pkid)
-                .is_some_and(|o| matches!(*o.borrow(), Some(Ok(_))));
-            stored && received.remove(&pkid).is_some()
+            received.remove(&pkid).is_some()
         };
         let reason = if released {
             Reason::Success
@@ -498,6 +512,7 @@ impl Conn {
     fn release_acks(&mut self) -> Result<(), ConnError> {
         let (level, problem_info) = (self.level, self.problem_info);
         let out = &mut self.state.to_device;
+        let qos2 = &self.qos2;
         let result = self.state.acks.release(|ack, delivered| {
             let (reason, why) = match delivered {
                 Delivered::Stored => (ack.reason, ack.detail.as_deref()),
@@ -505,6 +520,13 @@ impl Conn {
                     (Reason::ImplementationSpecificError, Some(why.as_str()))
                 }
             };
+            // MQTT 5, 4.3.3: a PUBREC with an error ends the exchange; no PUBREL follows,
+            // and the packet id is free for a new message.
+            if ack.qos == Qos::ExactlyOnce && level == Level::V5 && reason.is_error() {
+                qos2.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&ack.pkid);
+            }
             let why = why.filter(|_| problem_info);
             wire::encode_ack(out, ack.qos, ack.pkid, level, reason, why);
         });

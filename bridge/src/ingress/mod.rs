@@ -30,6 +30,10 @@ use crate::sessions::{Lifetime, Sessions};
 use crate::settings::IngressSettings;
 use crate::wire::{self, Frame, Level, Qos, Reason, WireError};
 
+/// Longest client id served: client ids key the sessions and receipts Sluice keeps, and
+/// every dead letter.
+const MAX_CLIENT_ID_BYTES: usize = 256;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
     #[error("socket: {0}")]
@@ -58,6 +62,8 @@ pub enum ConnError {
     TopicAlias(u16),
     #[error("sluice is shutting down")]
     ShuttingDown,
+    #[error("CONNECT refused with {0:?}")]
+    Refused(Reason),
 }
 
 impl ConnError {
@@ -149,7 +155,10 @@ impl Ingress {
                 settings.max_inflight_bytes_total,
             ),
             sessions: Arc::new(Sessions::new(broker_v5)),
-            receipts: receipts::Receipts::new(settings.max_inflight_per_connection),
+            receipts: receipts::Receipts::new(
+                settings.max_inflight_per_connection,
+                settings.max_connections.saturating_mul(2),
+            ),
             port: wire::ServerLimits {
                 receive_maximum: settings.max_inflight_per_connection.min(65_535) as u16,
                 max_packet_size: settings.max_packet_size.min(u32::MAX as usize) as u32,
@@ -280,6 +289,19 @@ impl Ingress {
             }
             other => other?,
         };
+        let refusal = if connect.client_id.len() > MAX_CLIENT_ID_BYTES {
+            Some(("client_id", Reason::ClientIdentifierNotValid))
+        } else if *self.shutdown.borrow() {
+            Some(("shutting_down", Reason::ServerUnavailable))
+        } else {
+            None
+        };
+        if let Some((why, reason)) = refusal {
+            counter!("sluice_connections_refused_total", "reason" => why).increment(1);
+            let connack = wire::connack_refused(connect.level, reason);
+            let _ = tokio::time::timeout(Duration::from_secs(2), dev_wr.write_all(&connack)).await;
+            return Err(ConnError::Refused(reason));
+        }
         let broker = match connect.level {
             Level::V5 => self.broker_v5.ok_or(ConnError::NoBroker)?,
             Level::V311 => self.broker_v4,
