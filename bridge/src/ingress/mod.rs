@@ -103,7 +103,7 @@ pub struct Ingress {
     open: Connections,
 }
 
-/// Open connections, in total and per source address.
+/// Open connections, in total and per source (see `source`).
 #[derive(Default)]
 struct Connections {
     total: AtomicUsize,
@@ -198,7 +198,7 @@ impl Ingress {
                 },
                 _ = &mut stop => break,
             };
-            let Some(slot) = self.clone().admit_connection(peer.ip()) else {
+            let Some(slot) = self.clone().admit_connection(source(peer.ip())) else {
                 continue;
             };
             tokio::spawn(async move {
@@ -372,9 +372,38 @@ impl Ingress {
     }
 }
 
+/// What `ingress.max_connections_per_address` counts by: an IPv4 address, or an IPv6 /64
+/// (one host usually holds a whole /64).
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
+    }
+}
+
 /// The device's socket, and what was read past its CONNECT.
 struct Device {
     rd: OwnedReadHalf,
     wr: OwnedWriteHalf,
     unread: BytesMut,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_sources_are_counted_by_their_64_bit_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("address");
+        assert_eq!(source(ip("10.0.0.1")), ip("10.0.0.1"));
+        assert_eq!(source(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
+        assert_eq!(source(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            source(ip("2001:db8:1:2:ffff::9")),
+            source(ip("2001:db8:1:2::7"))
+        );
+    }
 }
