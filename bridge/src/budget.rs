@@ -1,10 +1,13 @@
 //! In-flight budgets: how many records and record bytes may be on their way to Kafka, per
 //! connection and for the whole process. A `Reservation` holds its share until Kafka's
 //! delivery report drops it, whatever the connection that made it is doing by then.
+//! `Buffers` bounds the other memory connections hold: bytes in their socket buffers.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::futures::Notified;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Records and bytes, each a semaphore: waiters queue fairly and sleep until room is made,
 /// instead of polling.
@@ -96,6 +99,80 @@ impl Reservation {
     }
 }
 
+/// Bytes all connections hold in their buffers (read and not yet handled, or waiting to
+/// be written). Past the limit every connection stops reading until it is below again.
+#[derive(Debug)]
+pub struct Buffers {
+    held: AtomicUsize,
+    limit: usize,
+    /// Woken when the buffers go from full to not full.
+    room: Notify,
+}
+
+impl Buffers {
+    pub fn new(limit: usize) -> Arc<Buffers> {
+        Arc::new(Buffers {
+            held: AtomicUsize::new(0),
+            limit,
+            room: Notify::new(),
+        })
+    }
+
+    pub fn full(&self) -> bool {
+        self.held.load(Ordering::Relaxed) >= self.limit
+    }
+
+    /// Resolves once the buffers are no longer full; enable it, then check `full`, so
+    /// the wake-up is not missed.
+    pub fn room(&self) -> Notified<'_> {
+        self.room.notified()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        let before = self.held.fetch_sub(bytes, Ordering::Relaxed);
+        if before >= self.limit && before - bytes < self.limit {
+            self.room.notify_waiters();
+        }
+    }
+}
+
+/// One connection's part of `Buffers`, kept current with `set` and given back on drop.
+#[derive(Debug)]
+pub struct BufferShare {
+    pool: Arc<Buffers>,
+    held: usize,
+}
+
+impl BufferShare {
+    pub fn new(pool: Arc<Buffers>) -> BufferShare {
+        BufferShare { pool, held: 0 }
+    }
+
+    pub fn pool(&self) -> Arc<Buffers> {
+        self.pool.clone()
+    }
+
+    /// Records what the connection holds now; true when all connections together hold
+    /// more than the limit.
+    pub fn set(&mut self, bytes: usize) -> bool {
+        if bytes > self.held {
+            self.pool
+                .held
+                .fetch_add(bytes - self.held, Ordering::Relaxed);
+        } else {
+            self.pool.give_back(self.held - bytes);
+        }
+        self.held = bytes;
+        self.pool.full()
+    }
+}
+
+impl Drop for BufferShare {
+    fn drop(&mut self) {
+        self.pool.give_back(self.held);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +208,35 @@ mod tests {
         let all = Reservation::try_reserve(&conn, &global, 10_000).expect("clamped");
         assert!(Reservation::try_reserve(&other, &global, 1).is_none());
         drop(all);
+    }
+
+    #[test]
+    fn buffer_shares_add_up_and_are_given_back() {
+        let pool = Buffers::new(100);
+        let mut a = BufferShare::new(pool.clone());
+        let mut b = BufferShare::new(pool.clone());
+        assert!(!a.set(60));
+        assert!(b.set(50), "110 of 100");
+        assert!(!a.set(10));
+        drop(b);
+        assert!(!pool.full());
+        assert!(a.set(100));
+        drop(a);
+        assert_eq!(pool.held.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn connections_held_back_are_woken_when_there_is_room() {
+        let pool = Buffers::new(100);
+        let mut a = BufferShare::new(pool.clone());
+        assert!(a.set(150));
+        let room = pool.room();
+        tokio::pin!(room);
+        room.as_mut().enable();
+        assert!(pool.full());
+        a.set(40);
+        tokio::time::timeout(std::time::Duration::from_secs(1), room)
+            .await
+            .expect("woken");
     }
 }

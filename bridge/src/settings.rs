@@ -66,6 +66,10 @@ pub struct IngressSettings {
     /// stops reading the other side.
     #[serde(default = "default_max_buffered_bytes")]
     pub max_buffered_bytes_per_connection: usize,
+    /// The same bytes, all connections together (read buffers included); past it every
+    /// connection stops reading until they drain.
+    #[serde(default = "default_max_buffered_bytes_total")]
+    pub max_buffered_bytes_total: usize,
     /// A device that leaves what Sluice sends it unread this long is disconnected.
     #[serde(default = "default_write_timeout_ms")]
     pub write_timeout_ms: u64,
@@ -88,6 +92,9 @@ fn default_max_connections_per_address() -> usize {
 }
 fn default_max_buffered_bytes() -> usize {
     1 << 20
+}
+fn default_max_buffered_bytes_total() -> usize {
+    256 * 1024 * 1024
 }
 fn default_write_timeout_ms() -> u64 {
     30_000
@@ -347,6 +354,12 @@ impl Settings {
         }
         if i.broker_keep_alive_s < 2 {
             return invalid("ingress.broker_keep_alive_s", "must be at least 2");
+        }
+        if i.max_buffered_bytes_total < i.max_buffered_bytes_per_connection {
+            return invalid(
+                "ingress.max_buffered_bytes_total",
+                "must be at least ingress.max_buffered_bytes_per_connection",
+            );
         }
         if i.max_buffered_bytes_per_connection < i.max_packet_size {
             return invalid(

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use super::admit::{admit, property_headers, Admission, Destination, Rules};
 use super::{ConnError, Ingress};
 use crate::ack::{AckQueue, Acknowledgement, Delivered, Qos2Received, Waiter};
-use crate::budget::{Budget, Reservation};
+use crate::budget::{Budget, BufferShare, Reservation};
 use crate::mapping::AckPolicy;
 use crate::produce::{Outgoing, Ticket};
 use crate::wire::{self, Frame, Level, Qos, Reason};
@@ -62,6 +62,8 @@ pub(super) struct Conn {
     pub qos2: Qos2Received,
     pub shutdown: watch::Receiver<bool>,
     pub budget: Arc<Budget>,
+    /// This connection's part of what all connections' buffers hold.
+    pub buffers: BufferShare,
     pub state: State,
 }
 
@@ -78,6 +80,8 @@ pub(super) struct State {
     /// Set when the process is stopping: nothing more is read, owed acknowledgements are
     /// waited for until then.
     draining: Option<Instant>,
+    /// All connections' buffers hold more than `ingress.max_buffered_bytes_total`.
+    pressed: bool,
     up_in: BytesMut,
     to_device: BytesMut,
     to_broker: BytesMut,
@@ -97,6 +101,7 @@ impl Default for State {
             armed: now,
             connack_seen: false,
             draining: None,
+            pressed: false,
             up_in: BytesMut::with_capacity(READ_CHUNK),
             to_device: BytesMut::new(),
             to_broker: BytesMut::new(),
@@ -154,7 +159,18 @@ impl Conn {
             }
             let max_owed = self.settings().max_inflight_per_connection;
             let s = &mut self.state;
-            let reading_device = s.connack_seen
+            let held = self.dev_in.len() + s.up_in.len() + s.to_device.len() + s.to_broker.len();
+            // Past the process-wide limit nothing more is read, anywhere, until writes drain.
+            s.pressed = self.buffers.set(held);
+            let pool = self.buffers.pool();
+            let room = pool.room();
+            tokio::pin!(room);
+            if s.pressed {
+                room.as_mut().enable();
+                s.pressed = pool.full();
+            }
+            let reading_device = !s.pressed
+                && s.connack_seen
                 && s.draining.is_none()
                 && s.waiting.is_none()
                 && s.acks.len() < max_owed
@@ -184,7 +200,7 @@ impl Conn {
                         return Ok(());
                     }
                 }
-                n = self.up_rd.read_buf(&mut self.state.up_in), if self.state.to_device.len() < buffer_cap => {
+                n = self.up_rd.read_buf(&mut self.state.up_in), if !self.state.pressed && self.state.to_device.len() < buffer_cap => {
                     if n? == 0 {
                         return Ok(());
                     }
@@ -208,6 +224,7 @@ impl Conn {
                         self.dispatch(w.publish, reservation).await;
                     }
                 }
+                _ = &mut room, if self.state.pressed => {}
                 _ = timer.as_mut() => self.on_timer()?,
                 _ = self.shutdown.changed(), if self.state.draining.is_none() => self.start_draining(),
             }

@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
 use crate::ack::Qos2Received;
-use crate::budget::Budget;
+use crate::budget::{Budget, BufferShare, Buffers};
 use crate::decode::Limits;
 use crate::mapping::Mappings;
 use crate::produce::{ProduceError, Producer};
@@ -94,6 +94,8 @@ pub struct Ingress {
     producer: Arc<Producer>,
     /// Records and bytes on their way to Kafka, all connections together.
     global: Arc<Budget>,
+    /// Bytes in connections' buffers, all together.
+    buffers: Arc<Buffers>,
     sessions: Arc<Sessions>,
     receipts: receipts::Receipts,
     /// What the port promises MQTT 5 clients in CONNACK, and enforces.
@@ -154,6 +156,7 @@ impl Ingress {
                 settings.max_inflight_total,
                 settings.max_inflight_bytes_total,
             ),
+            buffers: Buffers::new(settings.max_buffered_bytes_total),
             sessions: Arc::new(Sessions::new(broker_v5)),
             receipts: receipts::Receipts::new(
                 settings.max_inflight_per_connection,
@@ -365,6 +368,7 @@ impl Ingress {
                 self.settings.max_inflight_bytes_per_connection,
             ),
             state: conn::State::default(),
+            buffers: BufferShare::new(self.buffers.clone()),
             ingress: self,
         }
         .run()
