@@ -355,6 +355,24 @@ impl Settings {
         if i.broker_keep_alive_s < 2 {
             return invalid("ingress.broker_keep_alive_s", "must be at least 2");
         }
+        // rumqttd closes a relay whose packet is past its own limit, and a resolved topic
+        // alias makes a packet up to a 65,535-byte topic longer than the device sent it.
+        let relayed = i.max_packet_size + if i.topic_alias_maximum > 0 { 65_536 } else { 0 };
+        let listeners = [&self.broker.v4, &self.broker.v5];
+        for server in listeners.into_iter().flatten().flat_map(|l| l.values()) {
+            if server.connections.max_payload_size < relayed {
+                let why = format!(
+                    "must be at least {relayed} (ingress.max_packet_size, plus 65536 with topic aliases)"
+                );
+                return invalid(
+                    &format!(
+                        "broker listener {} connections.max_payload_size",
+                        server.name
+                    ),
+                    &why,
+                );
+            }
+        }
         if i.max_buffered_bytes_total < i.max_buffered_bytes_per_connection {
             return invalid(
                 "ingress.max_buffered_bytes_total",
@@ -451,6 +469,43 @@ mod tests {
         assert_eq!(
             Span::try_from("1 day".to_owned()).unwrap().0,
             Some(Duration::from_secs(86_400))
+        );
+    }
+
+    /// broker.toml with `edit` applied, loaded and validated.
+    fn load_edited(edit: impl Fn(String) -> String) -> Result<super::Settings, String> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let text = std::fs::read_to_string(root.join("broker.toml")).expect("broker.toml");
+        let dir = std::env::temp_dir().join(format!("sluice-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("{n}.toml"));
+        std::fs::write(&path, edit(text)).expect("write");
+        let loaded = super::Settings::load(&path).map_err(|e| e.to_string());
+        let _ = std::fs::remove_file(&path);
+        loaded
+    }
+
+    #[test]
+    fn limits_that_would_refuse_a_device_forever_are_refused() {
+        assert!(load_edited(|t| t).is_ok(), "broker.toml is valid");
+        let small_kafka = load_edited(|t| {
+            t.replace(
+                "\"client.id\" = \"sluice\"",
+                "\"client.id\" = \"sluice\"\n\"message.max.bytes\" = \"100000\"",
+            )
+        });
+        assert!(
+            small_kafka.is_err_and(|e| e.contains("message.max.bytes")),
+            "dead letters must fit"
+        );
+        let small_broker = load_edited(|t| {
+            t.replacen("max_payload_size = 327680", "max_payload_size = 262144", 1)
+        });
+        assert!(
+            small_broker.is_err_and(|e| e.contains("max_payload_size")),
+            "relayed packets must fit"
         );
     }
 }
