@@ -315,6 +315,44 @@ async fn qos2_is_released_per_packet_id_and_exactly_once_across_reconnects() {
     }
     assert_eq!(wait_rows(&db, &receipt_dev, 2).await.len(), 2);
 
+    // (e) QoS 2 publishes count until released: a client that never sends PUBREL is
+    // closed past the receive maximum (100) even though each got its PUBREC.
+    let hoard_dev = format!("{}-hoard", gateway.id);
+    let mut hoarder = connected(&gateway, 5, &hoard_dev, 60);
+    let hoard = format!("sensors/{hoard_dev}/temp");
+    for batch in 0..10u16 {
+        let mut burst = Vec::new();
+        for n in 1..=10 {
+            let body = format!(
+                r#"{{"value": {n}, "ts": {}}}"#,
+                1_700_000_000_000u64 + u64::from(batch * 10 + n)
+            );
+            burst.extend(publish_at(
+                5,
+                2,
+                false,
+                &hoard,
+                batch * 10 + n,
+                &[],
+                body.as_bytes(),
+            ));
+        }
+        hoarder.send(&burst);
+        for _ in 0..10 {
+            assert_eq!(hoarder.packet().0, 0x50, "PUBREC");
+        }
+    }
+    hoarder.send(&publish_at(
+        5,
+        2,
+        false,
+        &hoard,
+        101,
+        &[],
+        br#"{"value": 1}"#,
+    ));
+    assert_eq!(hoarder.closed(), [DISCONNECT, 1, 0x93]);
+
     // The subscriber got each accepted message once, and never the refused one.
     let mut got = Vec::new();
     while let Some((kind, body)) = sub.next_packet(Duration::from_secs(2)) {

@@ -348,11 +348,15 @@ impl Conn {
             counter!("sluice_retransmissions_total").increment(1);
             return Ok(());
         }
-        if self.level == Level::V5
-            && qos > Qos::AtMostOnce
-            && self.state.acks.len() >= self.ingress.port.receive_maximum.into()
+        // MQTT 5, 4.9: QoS 1 publishes count until their PUBACK, QoS 2 until their PUBCOMP
+        // (held in the session until the PUBREL). Unreleased QoS 2 publishes are bounded
+        // the same way for 3.1.1, which has no receive maximum to point to.
+        let max = usize::from(self.ingress.port.receive_maximum);
+        let unreleased = || self.qos2.lock().unwrap_or_else(|p| p.into_inner()).len();
+        if (self.level == Level::V5 && qos > Qos::AtMostOnce && self.state.acks.len() >= max)
+            || (qos == Qos::ExactlyOnce && unreleased() >= max)
         {
-            return Err(ConnError::ReceiveMaximum(self.state.acks.len()));
+            return Err(ConnError::ReceiveMaximum(max));
         }
         // A reading without a timestamp takes the receipt time; a retransmission must get
         // the first receipt's, or it would be a second row.

@@ -56,7 +56,7 @@ pub enum ConnError {
     KeepAlive(Duration),
     #[error("did not read what it was sent for {0:?}")]
     WriteTimeout(Duration),
-    #[error("more than the receive maximum of {0} unacknowledged QoS 1/2 publishes")]
+    #[error("more than {0} unacknowledged QoS 1/2 publishes, or unreleased QoS 2 ones")]
     ReceiveMaximum(usize),
     #[error("topic alias {0} is not valid here")]
     TopicAlias(u16),
