@@ -1,7 +1,7 @@
 //! In-flight budgets: how many records and record bytes may be on their way to Kafka, per
 //! connection and for the whole process. A `Reservation` holds its share until Kafka's
 //! delivery report drops it, whatever the connection that made it is doing by then.
-//! `Buffers` bounds the other memory connections hold: bytes in their socket buffers.
+//! `Buffers` bounds the other memory connections hold: bytes waiting to be written.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -99,8 +99,8 @@ impl Reservation {
     }
 }
 
-/// Bytes all connections hold in their buffers (read and not yet handled, or waiting to
-/// be written). Past the limit every connection stops reading until it is below again.
+/// Bytes all connections hold waiting to be written (to devices, to the embedded broker).
+/// Past the limit the connections holding much stop reading until it is below again.
 #[derive(Debug)]
 pub struct Buffers {
     held: AtomicUsize,
@@ -153,7 +153,7 @@ impl BufferShare {
     }
 
     /// Records what the connection holds now; true when all connections together hold
-    /// more than the limit.
+    /// the limit or more.
     pub fn set(&mut self, bytes: usize) -> bool {
         if bytes > self.held {
             self.pool

@@ -66,8 +66,8 @@ pub struct IngressSettings {
     /// stops reading the other side.
     #[serde(default = "default_max_buffered_bytes")]
     pub max_buffered_bytes_per_connection: usize,
-    /// The same bytes, all connections together (read buffers included); past it every
-    /// connection stops reading until they drain.
+    /// Bytes waiting to be written, all connections together; past it the connections
+    /// holding much stop reading until there is room.
     #[serde(default = "default_max_buffered_bytes_total")]
     pub max_buffered_bytes_total: usize,
     /// A device that leaves what Sluice sends it unread this long is disconnected.

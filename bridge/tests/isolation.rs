@@ -87,13 +87,16 @@ fn mqtt5_connect(client_id: &str, clean: bool, expiry: u32) -> Vec<u8> {
 }
 
 /// A device that subscribes to its own topic, publishes large readings and never
-/// reads fills its buffers; its budget shares come back when Kafka answers, so the others
-/// are still read, and it is disconnected once it has read nothing for the write timeout.
+/// reads fills its buffers; its budget shares come back when Kafka answers and the
+/// process-wide buffer limit holds back only those holding much, so the others are still
+/// read, and it is disconnected once it has read nothing for the write timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_does_not_read_is_disconnected_and_holds_up_no_one() {
     let gateway = Gateway::start(Some(Box::new(|c: &mut toml::Table| {
         set(c, &["ingress", "max_packet_size"], 65_536);
         set(c, &["ingress", "max_buffered_bytes_per_connection"], 65_536);
+        // Three stuck connections' echoes fill this: they stop being read, not the others.
+        set(c, &["ingress", "max_buffered_bytes_total"], 196_608);
         set(c, &["ingress", "write_timeout_ms"], 6_000);
         // Three stuck connections' completed records would fill this if they held it.
         set(c, &["ingress", "max_inflight_bytes_total"], 1_048_576);

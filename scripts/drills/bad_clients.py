@@ -98,7 +98,8 @@ def ts():
 
 
 def non_reader(n):
-    """Subscribes to its own topic, publishes large readings, never reads."""
+    """Subscribes to its own topic, publishes large readings (20 a second: how fast a device
+    may publish is a rate limit's business, not this drill's), never reads."""
     topic = f"sensors/bad-deaf-{n}/temp"
 
     def body():
@@ -110,6 +111,7 @@ def non_reader(n):
             pkid = pkid % 65535 + 1
             reading = f'{{"value": 1, "ts": {ts()}, "pad": "{pad}"}}'.encode()
             s.sendall(publish(topic, pkid, reading))
+            time.sleep(0.05)
 
     forever("non-reader", body)
 

@@ -28,6 +28,10 @@ use crate::wire::{self, Frame, Level, Qos, Reason};
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 8 * 1024;
 
+/// What a connection may hold in its buffers and still be read when all connections
+/// together hold more than `ingress.max_buffered_bytes_total`.
+const PRESSED_SHARE: usize = 64 * 1024;
+
 /// How long what is due may take to leave when a connection ends.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -159,9 +163,12 @@ impl Conn {
             }
             let max_owed = self.settings().max_inflight_per_connection;
             let s = &mut self.state;
-            let held = self.dev_in.len() + s.up_in.len() + s.to_device.len() + s.to_broker.len();
-            // Past the process-wide limit nothing more is read, anywhere, until writes drain.
-            s.pressed = self.buffers.set(held);
+            // Only what waits to be written counts: it drains by writing, or its device is
+            // closed at the write timeout, so the limit is always released again.
+            let held = s.to_device.len() + s.to_broker.len();
+            // Past the process-wide limit, connections holding more than a small share stop
+            // reading until there is room; devices that hold little are still served.
+            s.pressed = self.buffers.set(held) && held > PRESSED_SHARE;
             let pool = self.buffers.pool();
             let room = pool.room();
             tokio::pin!(room);
