@@ -169,6 +169,10 @@ pub async fn run(
     let mut queued: VecDeque<Out> = VecDeque::new();
     // On the wire, by packet id, awaiting their ack.
     let mut on_wire: HashMap<u16, (Out, Instant)> = HashMap::new();
+    // A publish rumqttc parked because its packet id was still taken (it says `AwaitAck`):
+    // it goes out under that id once the older one is acknowledged, and rumqttc reports
+    // sending it just before that acknowledgement. `true` once it has been sent.
+    let mut parked: Option<(u16, Out, bool)> = None;
     let mut mine = Vec::new();
     let mut seq = 0i64;
     let mut last_ts = 0i64;
@@ -236,16 +240,29 @@ pub async fn run(
                         // it had not had acknowledged; a sensor with a buffer sends it again.
                         let mut lost: Vec<(Out, Instant)> = on_wire.drain().map(|(_, v)| v).collect();
                         lost.sort_by_key(|(_, sent)| *sent);
-                        let again: Vec<Out> = lost.into_iter().map(|(o, _)| o).chain(queued.drain(..)).collect();
+                        let parked = parked.take().map(|(_, out, _)| out);
+                        let again: Vec<Out> = lost.into_iter().map(|(o, _)| o).chain(parked).chain(queued.drain(..)).collect();
                         for out in again {
                             stats.resent.inc();
                             publish(out, &mut queued);
                         }
                     }
                 }
+                Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => {
+                    if let Some(out) = queued.pop_front() {
+                        parked = Some((pkid, out, false));
+                    }
+                }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                     stats.sent.inc();
-                    if pkid == 0 {
+                    if parked.as_ref().is_some_and(|p| p.0 == pkid) {
+                        if on_wire.contains_key(&pkid) {
+                            // The older one's acknowledgement is reported next.
+                            parked = parked.map(|(p, out, _)| (p, out, true));
+                        } else if let Some((_, out, _)) = parked.take() {
+                            on_wire.insert(pkid, (out, Instant::now()));
+                        }
+                    } else if pkid == 0 {
                         queued.pop_front();
                     } else if let Entry::Vacant(slot) = on_wire.entry(pkid) {
                         // A resend keeps its first send time; a new packet id is the next publish.
@@ -264,10 +281,10 @@ pub async fn run(
                     connected = false;
                 }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    ack_received(&mut on_wire, ack.pkid, &stats, &mut mine);
+                    ack_received(&mut on_wire, &mut parked, ack.pkid, &stats, &mut mine);
                 }
                 Ok(Event::Incoming(Packet::PubRec(rec))) => {
-                    ack_received(&mut on_wire, rec.pkid, &stats, &mut mine);
+                    ack_received(&mut on_wire, &mut parked, rec.pkid, &stats, &mut mine);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -288,7 +305,9 @@ pub async fn run(
     if connected {
         stats.connected.dec();
     }
-    stats.unacked.add(on_wire.len() as u64);
+    stats
+        .unacked
+        .add((on_wire.len() + usize::from(parked.is_some())) as u64);
     acked.lock().await.extend(mine);
 }
 
@@ -300,8 +319,11 @@ struct Out {
     payload: Vec<u8>,
 }
 
+/// An acknowledgement for `pkid`: its publish is done, and a publish parked on that id
+/// and already sent takes its place on the wire.
 fn ack_received(
     on_wire: &mut HashMap<u16, (Out, Instant)>,
+    parked: &mut Option<(u16, Out, bool)>,
     pkid: u16,
     stats: &Stats,
     mine: &mut Vec<Acked>,
@@ -311,6 +333,11 @@ fn ack_received(
         stats.acked_readings.add(out.readings.len() as u64);
         stats.record_latency(sent.elapsed());
         mine.extend(out.readings);
+    }
+    if parked.as_ref().is_some_and(|p| p.0 == pkid && p.2) {
+        if let Some((_, out, _)) = parked.take() {
+            on_wire.insert(pkid, (out, Instant::now()));
+        }
     }
 }
 
