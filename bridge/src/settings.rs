@@ -356,21 +356,18 @@ impl Settings {
             return invalid("ingress.broker_keep_alive_s", "must be at least 2");
         }
         // rumqttd closes a relay whose packet is past its own limit, and a resolved topic
-        // alias makes a packet up to a 65,535-byte topic longer than the device sent it.
-        let relayed = i.max_packet_size + if i.topic_alias_maximum > 0 { 65_536 } else { 0 };
-        let listeners = [&self.broker.v4, &self.broker.v5];
-        for server in listeners.into_iter().flatten().flat_map(|l| l.values()) {
-            if server.connections.max_payload_size < relayed {
-                let why = format!(
-                    "must be at least {relayed} (ingress.max_packet_size, plus 65536 with topic aliases)"
-                );
-                return invalid(
-                    &format!(
-                        "broker listener {} connections.max_payload_size",
-                        server.name
-                    ),
-                    &why,
-                );
+        // alias (MQTT 5 only) makes a packet up to a 65,535-byte topic longer than the
+        // device sent it.
+        let alias_room = if i.topic_alias_maximum > 0 { 65_536 } else { 0 };
+        let listeners = [(&self.broker.v4, 0), (&self.broker.v5, alias_room)];
+        for (servers, room) in listeners {
+            for server in servers.iter().flat_map(|l| l.values()) {
+                let relayed = i.max_packet_size + room;
+                if server.connections.max_payload_size < relayed {
+                    let key = format!("broker listener {} max_payload_size", server.name);
+                    let why = format!("must be at least {relayed} (ingress.max_packet_size, plus 65536 for MQTT 5 topic aliases)");
+                    return invalid(&key, &why);
+                }
             }
         }
         if i.max_buffered_bytes_total < i.max_buffered_bytes_per_connection {
@@ -392,8 +389,9 @@ impl Settings {
             .properties
             .get("message.max.bytes")
             .map_or(Ok(1_000_000), |v| v.parse::<usize>());
-        if !kafka_max.is_ok_and(|max| max >= i.max_packet_size + DEAD_LETTER_OVERHEAD) {
-            let why = format!("must be at least ingress.max_packet_size + {DEAD_LETTER_OVERHEAD}");
+        let dead_letter_max = i.max_packet_size + DEAD_LETTER_OVERHEAD + alias_room;
+        if !kafka_max.is_ok_and(|max| max >= dead_letter_max) {
+            let why = format!("must be at least {dead_letter_max} (a dead letter of the largest packet, a topic alias resolved)");
             return invalid("kafka.properties.message.max.bytes", &why);
         }
         if self.writer.max_batch_rows == 0 {
@@ -500,8 +498,12 @@ mod tests {
             small_kafka.is_err_and(|e| e.contains("message.max.bytes")),
             "dead letters must fit"
         );
+        // The MQTT 5 listener, which gets resolved topic aliases.
         let small_broker = load_edited(|t| {
-            t.replacen("max_payload_size = 327680", "max_payload_size = 262144", 1)
+            let at = t
+                .rfind("max_payload_size = 327680")
+                .expect("the v5 listener");
+            t[..at].to_owned() + &t[at..].replacen("327680", "262144", 1)
         });
         assert!(
             small_broker.is_err_and(|e| e.contains("max_payload_size")),

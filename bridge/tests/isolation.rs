@@ -159,11 +159,11 @@ async fn a_device_that_does_not_read_is_disconnected_and_holds_up_no_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amplifying_packs_and_records_kafka_refuses_are_dead_lettered_and_acknowledged() {
     let gateway = Gateway::start(Some(Box::new(|c: &mut toml::Table| {
-        // Kafka takes dead letters of any publish (the packet size plus 16 KiB) and no
-        // more; records can be larger than their publish.
+        // Kafka takes dead letters of any publish (the packet size, plus 16 KiB, plus 64
+        // KiB for a resolved topic alias) and no more; records can be larger.
         set(c, &["ingress", "max_packet_size"], 65_536);
         set(c, &["ingress", "max_buffered_bytes_per_connection"], 65_536);
-        set(c, &["kafka", "properties", "message.max.bytes"], "90000");
+        set(c, &["kafka", "properties", "message.max.bytes"], "150000");
     })));
     let db = db().await;
     let mut bystander = Bystander::connect(&gateway);

@@ -170,8 +170,9 @@ pub async fn run(
     // On the wire, by packet id, awaiting their ack.
     let mut on_wire: HashMap<u16, (Out, Instant)> = HashMap::new();
     // A publish rumqttc parked because its packet id was still taken (it says `AwaitAck`):
-    // it goes out under that id once the older one is acknowledged, and rumqttc reports
-    // sending it just before that acknowledgement. `true` once it has been sent.
+    // it goes out under that id once the older one is acknowledged (reported after that
+    // acknowledgement), or is reported sent while the id still looks taken here when
+    // rumqttc resends the older one after a reconnect. `true` once reported sent.
     let mut parked: Option<(u16, Out, bool)> = None;
     let mut mine = Vec::new();
     let mut seq = 0i64;
@@ -241,6 +242,8 @@ pub async fn run(
                         let mut lost: Vec<(Out, Instant)> = on_wire.drain().map(|(_, v)| v).collect();
                         lost.sort_by_key(|(_, sent)| *sent);
                         let parked = parked.take().map(|(_, out, _)| out);
+                        // rumqttc keeps its parked publish across reconnects: it is sent again here.
+                        events.state.collision = None;
                         let again: Vec<Out> = lost.into_iter().map(|(o, _)| o).chain(parked).chain(queued.drain(..)).collect();
                         for out in again {
                             stats.resent.inc();
@@ -249,6 +252,11 @@ pub async fn run(
                     }
                 }
                 Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => {
+                    // A second collision replaces rumqttc's parked publish: send that one again.
+                    if let Some((_, displaced, _)) = parked.take() {
+                        stats.resent.inc();
+                        publish(displaced, &mut queued);
+                    }
                     if let Some(out) = queued.pop_front() {
                         parked = Some((pkid, out, false));
                     }
@@ -256,11 +264,14 @@ pub async fn run(
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                     stats.sent.inc();
                     if parked.as_ref().is_some_and(|p| p.0 == pkid) {
-                        if on_wire.contains_key(&pkid) {
-                            // The older one's acknowledgement is reported next.
-                            parked = parked.map(|(p, out, _)| (p, out, true));
-                        } else if let Some((_, out, _)) = parked.take() {
-                            on_wire.insert(pkid, (out, Instant::now()));
+                        match on_wire.entry(pkid) {
+                            // The older one's acknowledgement is still to come.
+                            Entry::Occupied(_) => parked = parked.map(|(p, out, _)| (p, out, true)),
+                            Entry::Vacant(slot) => {
+                                if let Some((_, out, _)) = parked.take() {
+                                    slot.insert((out, Instant::now()));
+                                }
+                            }
                         }
                     } else if pkid == 0 {
                         queued.pop_front();

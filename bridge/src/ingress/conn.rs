@@ -207,7 +207,9 @@ impl Conn {
                         return Ok(());
                     }
                 }
-                n = self.up_rd.read_buf(&mut self.state.up_in), if !self.state.pressed && self.state.to_device.len() < buffer_cap => {
+                // Read even when pressed: rumqttd does not read the relay while it cannot
+                // write to it, and `to_device` has its own cap and write timeout.
+                n = self.up_rd.read_buf(&mut self.state.up_in), if self.state.to_device.len() < buffer_cap => {
                     if n? == 0 {
                         return Ok(());
                     }
