@@ -73,6 +73,18 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// No share of anything, for what is not sent to Kafka.
+    pub fn none() -> Reservation {
+        let nothing = || Share {
+            _records: None,
+            _bytes: None,
+        };
+        Reservation {
+            _connection: nothing(),
+            _global: nothing(),
+        }
+    }
+
     /// At once if there is room in both budgets.
     pub fn try_reserve(connection: &Budget, global: &Budget, bytes: usize) -> Option<Reservation> {
         let c = connection.try_take(bytes)?;
@@ -155,6 +167,9 @@ impl BufferShare {
     /// Records what the connection holds now; true when all connections together hold
     /// the limit or more.
     pub fn set(&mut self, bytes: usize) -> bool {
+        if bytes == self.held {
+            return self.pool.full();
+        }
         if bytes > self.held {
             self.pool
                 .held

@@ -614,13 +614,14 @@ async fn sigterm_drains_what_was_received_into_kafka() {
     assert_eq!(wait_rows(&db, &dev, 200).await.len(), 200);
 }
 
-/// Wildcards in a topic name, long client ids, connection caps, keep alive
-/// 0 with a short keep alive on the relay, and a slowloris.
+/// Wildcards in a topic name, unmapped topics refused, long client ids,
+/// connection caps, keep alive 0 with a short keep alive on the relay, and a slowloris.
 #[test]
 fn wildcard_topics_caps_keep_alive_zero_and_slowloris() {
     let gateway = Gateway::start(Some(Box::new(|c: &mut toml::Table| {
         set(c, &["ingress", "max_connections_per_address"], 6);
         set(c, &["ingress", "broker_keep_alive_s"], 2);
+        set(c, &["ingress", "unmapped"], "reject");
     })));
     let id = &gateway.id;
     let mut bystander = Bystander::connect(&gateway);
@@ -631,6 +632,20 @@ fn wildcard_topics_caps_keep_alive_zero_and_slowloris() {
     let mut wild = connected(&gateway, 4, &format!("{id}-wild"), 60);
     wild.send(&publish(4, "sensors/#", 1, &[], br#"{"value": 1}"#));
     assert_eq!(wild.closed(), b"");
+
+    // With `unmapped = "reject"`, a publish no mapping matches is refused with why, and
+    // the connection stays.
+    let mut unmapped = connected(&gateway, 5, &format!("{id}-unmapped"), 60);
+    unmapped.send(&publish(5, &format!("nowhere/{id}"), 1, &[], b"{}"));
+    let (kind, ack) = unmapped.packet();
+    assert_eq!((kind, &ack[..3]), (0x40, &[0, 1, 0x90][..]), "{ack:?}");
+    assert!(
+        String::from_utf8_lossy(&ack).contains("no mapping"),
+        "{ack:?}"
+    );
+    unmapped.send(&PINGREQ);
+    assert_eq!(unmapped.packet(), PINGRESP);
+    drop(unmapped);
 
     // Client ids longer than 256 bytes are refused.
     let long_id = "i".repeat(300);

@@ -147,6 +147,7 @@ impl Conn {
     async fn serve(&mut self) -> Result<(), ConnError> {
         let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
         let buffer_cap = self.settings().max_buffered_bytes_per_connection;
+        let pool = self.buffers.pool();
         if *self.shutdown.borrow_and_update() {
             self.start_draining();
         }
@@ -169,7 +170,6 @@ impl Conn {
             // Past the process-wide limit, connections holding more than a small share stop
             // reading until there is room; devices that hold little are still served.
             s.pressed = self.buffers.set(held) && held > PRESSED_SHARE;
-            let pool = self.buffers.pool();
             let room = pool.room();
             tokio::pin!(room);
             if s.pressed {
@@ -393,6 +393,12 @@ impl Conn {
             frame,
         };
         let bytes = publish.admission.bytes();
+        // What goes nowhere near Kafka (broker traffic on unmapped topics) never waits
+        // for Kafka's budget.
+        if matches!(publish.admission.destination, Destination::Nothing) {
+            self.dispatch(publish, Reservation::none()).await;
+            return Ok(());
+        }
         match Reservation::try_reserve(&self.budget, &self.ingress.global, bytes) {
             Some(reservation) => self.dispatch(publish, reservation).await,
             None => {
@@ -484,7 +490,6 @@ impl Conn {
                 wire::encode_pubrel(&mut self.state.to_broker, pkid);
             }
         }
-        let producer = self.ingress.producer.clone();
         let wait = qos > Qos::AtMostOnce;
         match admission.destination {
             Destination::Readings {
@@ -505,7 +510,7 @@ impl Conn {
                     waiter,
                     origin: Some(origin),
                 };
-                producer.send(out, ticket, wait).await;
+                self.ingress.producer.send(out, ticket, wait).await;
             }
             Destination::DeadLetter(letter) => {
                 let ticket = Ticket {
@@ -513,7 +518,10 @@ impl Conn {
                     waiter,
                     origin: None,
                 };
-                producer.dead_letter(letter, ticket, wait).await;
+                self.ingress
+                    .producer
+                    .dead_letter(letter, ticket, wait)
+                    .await;
             }
             Destination::Nothing => waiter.resolve(Ok(Delivered::Stored)),
         }
