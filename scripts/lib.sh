@@ -17,6 +17,9 @@ ensure_deps() {
   local pkgs=()
   [ -x "$PG_BIN/initdb" ] || pkgs+=(postgresql-15)
   command -v mosquitto_pub >/dev/null || pkgs+=(mosquitto-clients)
+  # mosquitto_passwd writes the password files Sluice reads; openssl makes test certificates.
+  command -v mosquitto_passwd >/dev/null || pkgs+=(mosquitto)
+  command -v openssl >/dev/null || pkgs+=(openssl)
   # Tests drive the device port with Debian's Paho Python client too (/usr/bin/python3).
   /usr/bin/python3 -c 'import paho.mqtt' 2>/dev/null || pkgs+=(python3-paho-mqtt)
   command -v runuser >/dev/null || pkgs+=(util-linux)

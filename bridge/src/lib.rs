@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod mapping;
 pub mod produce;
 pub mod record;
+pub mod security;
 pub mod sessions;
 pub mod settings;
 pub mod wire;

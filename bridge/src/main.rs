@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use sluice::health::Health;
 use sluice::lifecycle::{self, Backend};
+use sluice::security::{Door, Security};
 use sluice::settings::Settings;
 use sluice::{db, http, ingress, mapping, produce, writer};
 
@@ -115,10 +116,14 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         let broker_v4 = settings.broker_addr(4).context("broker.v4 listener")?;
         let broker_v5 = settings.broker_addr(5);
         start_broker(settings.broker.clone(), broker_v4).await?;
-        let listener = tokio::net::TcpListener::bind(i.listen)
-            .await
-            .with_context(|| format!("ingress.listen {}", i.listen))?;
-        tracing::info!(listen = %i.listen, "accepting MQTT 3.1.1 and 5 devices");
+        let security = Security::load(
+            settings.auth.clone(),
+            i.tls.clone(),
+            mappings.identity_patterns(),
+        )?;
+        let security = Arc::new(security);
+        tokio::spawn(reload_on_sighup(security.clone()));
+        let listeners = listeners(&settings).await?;
         let ingress = Arc::new(ingress::Ingress::new(
             i.clone(),
             settings.limits.clone(),
@@ -126,8 +131,9 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             broker_v5,
             mappings.clone(),
             producer.clone(),
+            security,
         ));
-        ingress.serve(listener, stopping()).await;
+        ingress.serve(listeners, stopping()).await;
         // Records acknowledged on receipt and QoS 0 records are in librdkafka's queue.
         let left = producer.in_flight();
         tracing::info!(records = left, "flushing the kafka producer");
@@ -162,6 +168,56 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         r = http::serve(http_listener, metrics, health.clone()) => r.context("http"),
+    }
+}
+
+/// The device port's listeners: plain MQTT on `ingress.listen`, and MQTT over TLS on
+/// `ingress.tls.listen` when that is set.
+async fn listeners(settings: &Settings) -> anyhow::Result<Vec<ingress::Listener>> {
+    let i = &settings.ingress;
+    let bind = |addr, key: &'static str| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("{key} {addr}"))
+    };
+    let anonymous = i.plain_allows_anonymous(&settings.auth);
+    tracing::info!(listen = %i.listen, anonymous, "accepting MQTT 3.1.1 and 5 devices");
+    if anonymous && !i.listen.ip().is_loopback() {
+        tracing::warn!(listen = %i.listen, "anonymous clients allowed beyond loopback (ingress.allow_anonymous)");
+    }
+    let mut listeners = vec![ingress::Listener {
+        socket: bind(i.listen, "ingress.listen").await?,
+        door: Door {
+            allow_anonymous: anonymous,
+            certificate_is_identity: false,
+            identity_field: Default::default(),
+        },
+        tls: false,
+    }];
+    if let Some(tls) = &i.tls {
+        tracing::info!(listen = %tls.listen, client_certificates = tls.cafile.is_some(), "accepting MQTT over TLS");
+        listeners.push(ingress::Listener {
+            socket: bind(tls.listen, "ingress.tls.listen").await?,
+            door: Door {
+                allow_anonymous: tls.allow_anonymous,
+                certificate_is_identity: tls.use_identity_as_username,
+                identity_field: tls.identity,
+            },
+            tls: true,
+        });
+    }
+    Ok(listeners)
+}
+
+/// SIGHUP re-reads the password file, the ACL and the TLS files.
+async fn reload_on_sighup(security: Arc<Security>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reloads need a restart");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        security.reload();
     }
 }
 

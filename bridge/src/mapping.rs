@@ -214,6 +214,29 @@ impl Mappings {
         })
     }
 
+    /// Each mapping's filter as an ACL pattern for the device it names: `{device_id}` as
+    /// `%u` (the client's identity), other segments as `+`. What a device may subscribe
+    /// to by default.
+    pub fn identity_patterns(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|m| {
+                let levels: Vec<&str> = m
+                    .template
+                    .segments
+                    .iter()
+                    .map(|s| match s {
+                        Segment::Literal(text) => text.as_str(),
+                        Segment::Named(name) if name == "device_id" => "%u",
+                        Segment::Named(_) | Segment::Any => "+",
+                        Segment::Rest => "#",
+                    })
+                    .collect();
+                levels.join("/")
+            })
+            .collect()
+    }
+
     /// Every Kafka topic a mapping can produce to, once each.
     pub fn kafka_topics(&self) -> Vec<&str> {
         let mut topics: Vec<&str> = self.0.iter().map(|m| m.kafka_topic.as_str()).collect();

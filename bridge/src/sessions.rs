@@ -3,6 +3,7 @@
 //! and not yet released, and MQTT 5 session expiry, which rumqttd 0.20 lacks: when the last
 //! connection of a persistent MQTT 5 session ends, Sluice waits out the expiry interval and,
 //! unless the client is back, ends the session in rumqttd by connecting as it, clean start.
+//! A session belongs to the identity that opened it: another cannot take its client id.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,6 +30,8 @@ pub struct Sessions {
 }
 
 struct Session {
+    /// The identity that opened it (`None`: anonymous).
+    owner: Option<Arc<str>>,
     /// Open connections of this client id (a takeover briefly makes two).
     connections: usize,
     /// Set by every connection, so a pending expiry sees the client came back.
@@ -61,6 +64,10 @@ impl Lifetime {
     }
 }
 
+/// A client id whose session belongs to another identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken;
+
 /// An open connection's claim on its session; hand it back with `Sessions::closed`.
 pub struct Claim {
     client_id: String,
@@ -85,12 +92,25 @@ impl Sessions {
 
     /// Called before a connection's CONNECT goes to rumqttd: cancels a pending expiry and
     /// waits for the end of one under way, so the new connection never meets a half-ended
-    /// session. A clean connection starts with no QoS 2 state.
-    pub async fn opened(&self, client_id: &str, lifetime: Lifetime) -> Claim {
+    /// session. A clean connection starts with no QoS 2 state. `Err` when the client id's
+    /// session belongs to another identity.
+    pub async fn opened(
+        &self,
+        client_id: &str,
+        lifetime: Lifetime,
+        owner: Option<&Arc<str>>,
+    ) -> Result<Claim, Taken> {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         let (ending, qos2) = {
             let mut live = self.live();
+            if live
+                .get(client_id)
+                .is_some_and(|s| s.owner.as_ref() != owner)
+            {
+                return Err(Taken);
+            }
             let s = live.entry(client_id.to_owned()).or_insert_with(|| Session {
+                owner: owner.cloned(),
                 connections: 0,
                 generation,
                 ending: Arc::default(),
@@ -108,11 +128,11 @@ impl Sessions {
             (s.ending.clone(), s.qos2.clone())
         };
         drop(ending.lock().await);
-        Claim {
+        Ok(Claim {
             client_id: client_id.to_owned(),
             lifetime,
             qos2,
-        }
+        })
     }
 
     /// Called when a connection ends. A clean session is forgotten; an MQTT 5 persistent
@@ -204,16 +224,25 @@ mod tests {
     #[tokio::test]
     async fn a_returning_client_cancels_its_expiry_and_generations_never_repeat() {
         let sessions = Arc::new(Sessions::new(Some("127.0.0.1:1".parse().unwrap())));
-        let first = sessions.opened("c", Lifetime::Seconds(3600)).await;
+        let first = sessions
+            .opened("c", Lifetime::Seconds(3600), None)
+            .await
+            .unwrap();
         sessions.closed(first);
         let pending = sessions.live()["c"].expiry.clone().expect("expiry pending");
-        let again = sessions.opened("c", Lifetime::Seconds(3600)).await;
+        let again = sessions
+            .opened("c", Lifetime::Seconds(3600), None)
+            .await
+            .unwrap();
         tokio::task::yield_now().await;
         assert!(pending.is_finished(), "the old expiry was cancelled");
         let generation = sessions.live()["c"].generation;
         sessions.closed(again);
         // A clean connection forgets the session entirely; a new one gets a new generation.
-        let clean = sessions.opened("c", Lifetime::Connection).await;
+        let clean = sessions
+            .opened("c", Lifetime::Connection, None)
+            .await
+            .unwrap();
         assert!(sessions.live()["c"].generation > generation);
         sessions.closed(clean);
         assert_eq!(sessions.len(), 0);
@@ -222,17 +251,61 @@ mod tests {
     #[tokio::test]
     async fn qos2_state_survives_a_persistent_reconnect_and_not_a_clean_one() {
         let sessions = Arc::new(Sessions::new(None));
-        let a = sessions.opened("d", Lifetime::Forever).await;
+        let a = sessions.opened("d", Lifetime::Forever, None).await.unwrap();
         a.qos2
             .lock()
             .unwrap()
             .insert(5, tokio::sync::watch::channel(None).1);
         sessions.closed(a);
-        let b = sessions.opened("d", Lifetime::Forever).await;
+        let b = sessions.opened("d", Lifetime::Forever, None).await.unwrap();
         assert!(b.qos2.lock().unwrap().contains_key(&5));
         sessions.closed(b);
-        let c = sessions.opened("d", Lifetime::Connection).await;
+        let c = sessions
+            .opened("d", Lifetime::Connection, None)
+            .await
+            .unwrap();
         assert!(c.qos2.lock().unwrap().is_empty());
         sessions.closed(c);
+    }
+
+    #[tokio::test]
+    async fn a_session_belongs_to_the_identity_that_opened_it() {
+        let sessions = Arc::new(Sessions::new(None));
+        let (a, b): (Arc<str>, Arc<str>) = ("dev-a".into(), "dev-b".into());
+        let first = sessions
+            .opened("c1", Lifetime::Forever, Some(&a))
+            .await
+            .unwrap();
+        assert_eq!(
+            sessions
+                .opened("c1", Lifetime::Connection, Some(&b))
+                .await
+                .err(),
+            Some(Taken)
+        );
+        assert_eq!(
+            sessions
+                .opened("c1", Lifetime::Connection, None)
+                .await
+                .err(),
+            Some(Taken)
+        );
+        sessions.closed(first);
+        // A persistent session stays bound after its connection ends.
+        assert!(sessions
+            .opened("c1", Lifetime::Forever, Some(&b))
+            .await
+            .is_err());
+        let again = sessions
+            .opened("c1", Lifetime::Connection, Some(&a))
+            .await
+            .unwrap();
+        sessions.closed(again);
+        // Ended by a clean session: the client id is free again.
+        let other = sessions
+            .opened("c1", Lifetime::Connection, Some(&b))
+            .await
+            .unwrap();
+        sessions.closed(other);
     }
 }

@@ -30,6 +30,8 @@ pub struct Settings {
     pub http: HttpSettings,
     #[serde(default)]
     pub log: LogSettings,
+    #[serde(default)]
+    pub auth: AuthSettings,
     /// The embedded rumqttd broker's own configuration, in rumqttd's format.
     pub broker: rumqttd::Config,
 }
@@ -79,6 +81,51 @@ pub struct IngressSettings {
     /// The keep alive the relay to rumqttd is opened with; Sluice pings at half of it.
     #[serde(default = "default_broker_keep_alive_s")]
     pub broker_keep_alive_s: u16,
+    /// Clients with no identity on `listen`. Unset: allowed only when `listen` is a
+    /// loopback address and there is no password file.
+    #[serde(default)]
+    pub allow_anonymous: Option<bool>,
+    /// New connections per second each listener takes (0: no limit); past it MQTT 5
+    /// clients get CONNACK 0x9F.
+    #[serde(default)]
+    pub max_connects_per_second: u32,
+    /// Per identity (a client with no identity: per client id), all its connections
+    /// together: publishes and bytes per second, with bursts (0: no limit; a burst of 0
+    /// is one second's worth). Past them Sluice stops reading the client's socket.
+    #[serde(default)]
+    pub max_messages_per_second: u32,
+    #[serde(default)]
+    pub burst_messages: u32,
+    #[serde(default)]
+    pub max_bytes_per_second: u32,
+    #[serde(default)]
+    pub burst_bytes: u32,
+    /// Past the rate, disconnect instead (MQTT 5: DISCONNECT 0x96).
+    #[serde(default)]
+    pub disconnect_over_rate: bool,
+    /// A second listener, with TLS.
+    #[serde(default)]
+    pub tls: Option<crate::security::tls::TlsSettings>,
+}
+
+/// Who may connect and what they may do: files re-read on SIGHUP.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Users and password hashes as `mosquitto_passwd` writes them.
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
+    /// Publish and subscribe rules in mosquitto's acl_file format.
+    #[serde(default)]
+    pub acl_file: Option<std::path::PathBuf>,
+}
+
+impl IngressSettings {
+    /// Whether `listen` takes clients with no identity (see `allow_anonymous`).
+    pub fn plain_allows_anonymous(&self, auth: &AuthSettings) -> bool {
+        self.allow_anonymous
+            .unwrap_or(self.listen.ip().is_loopback() && auth.password_file.is_none())
+    }
 }
 
 fn default_topic_alias_maximum() -> u16 {
@@ -350,6 +397,26 @@ impl Settings {
         ] {
             if ms == 0 || ms > DAY_MS {
                 return invalid(key, "must be between 1 and 86400000 (a day)");
+            }
+        }
+        if i.max_bytes_per_second > 0
+            && i.burst_bytes > 0
+            && (i.burst_bytes as usize) < i.max_packet_size
+        {
+            return invalid(
+                "ingress.burst_bytes",
+                "must be at least ingress.max_packet_size, or a packet could never pass",
+            );
+        }
+        if let Some(tls) = &i.tls {
+            if tls.listen == i.listen {
+                return invalid("ingress.tls.listen", "must differ from ingress.listen");
+            }
+            if tls.require_certificate && tls.cafile.is_none() {
+                return invalid(
+                    "ingress.tls.cafile",
+                    "require_certificate needs a CA bundle",
+                );
             }
         }
         if i.broker_keep_alive_s < 2 {

@@ -15,6 +15,9 @@ pub const PUBACK: u8 = 4;
 pub const PUBREC: u8 = 5;
 pub const PUBREL: u8 = 6;
 pub const PUBCOMP: u8 = 7;
+pub const SUBSCRIBE: u8 = 8;
+pub const SUBACK: u8 = 9;
+pub const UNSUBSCRIBE: u8 = 10;
 pub const PINGREQ: u8 = 12;
 pub const PINGRESP: u8 = 13;
 
@@ -58,15 +61,20 @@ pub enum Reason {
     ProtocolError = 0x82,
     ImplementationSpecificError = 0x83,
     ClientIdentifierNotValid = 0x85,
+    BadUserNameOrPassword = 0x86,
+    NotAuthorized = 0x87,
     ServerUnavailable = 0x88,
     ServerShuttingDown = 0x8B,
+    BadAuthenticationMethod = 0x8C,
     KeepAliveTimeout = 0x8D,
     TopicNameInvalid = 0x90,
     PacketIdentifierNotFound = 0x92,
     ReceiveMaximumExceeded = 0x93,
     TopicAliasInvalid = 0x94,
     PacketTooLarge = 0x95,
+    MessageRateTooHigh = 0x96,
     PayloadFormatInvalid = 0x99,
+    ConnectionRateExceeded = 0x9F,
 }
 
 impl Reason {
@@ -172,6 +180,18 @@ pub struct Connect {
     /// MQTT 5: seconds a persistent session (clean start 0) outlives its connection;
     /// `None` for a clean start and for MQTT 3.1.1, whose sessions never expire.
     pub session_expiry: Option<u32>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// MQTT 5 enhanced authentication, which Sluice does not offer.
+    pub auth_method: Option<String>,
+}
+
+/// A user name given only when it is not empty; the password with it, if any.
+fn credentials(username: String, password: String) -> (Option<String>, Option<String>) {
+    (
+        (!username.is_empty()).then_some(username),
+        (!password.is_empty()).then_some(password),
+    )
 }
 
 pub fn read_connect(frame: &Frame) -> Result<Connect, WireError> {
@@ -197,7 +217,13 @@ pub fn read_connect(frame: &Frame) -> Result<Connect, WireError> {
         4 => {
             let c = v4::v4::Connect::read(frame.v4_header(), frame.bytes.clone())
                 .map_err(|e| malformed("CONNECT", e))?;
+            let (username, password) = c
+                .login
+                .map_or((None, None), |l| credentials(l.username, l.password));
             Ok(Connect {
+                username,
+                password,
+                auth_method: None,
                 level: Level::V311,
                 client_id: c.client_id,
                 clean: c.clean_session,
@@ -207,11 +233,15 @@ pub fn read_connect(frame: &Frame) -> Result<Connect, WireError> {
             })
         }
         5 => {
-            let c = v5::Connect::read(frame.v5_header(), frame.bytes.clone())
-                .map_err(|e| malformed("CONNECT", e))?
-                .0;
+            let (c, _, login) = v5::Connect::read(frame.v5_header(), frame.bytes.clone())
+                .map_err(|e| malformed("CONNECT", e))?;
             let props = c.properties.unwrap_or_default();
+            let (username, password) =
+                login.map_or((None, None), |l| credentials(l.username, l.password));
             Ok(Connect {
+                username,
+                password,
+                auth_method: props.authentication_method,
                 level: Level::V5,
                 client_id: c.client_id,
                 clean: c.clean_start,
@@ -389,6 +419,143 @@ pub fn publish_with_topic(frame: &Frame, topic: &str) -> Result<Bytes, WireError
     Ok(out.freeze())
 }
 
+/// A SUBSCRIBE's packet id and topic filters, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe {
+    pub pkid: u16,
+    pub filters: Vec<String>,
+}
+
+pub fn read_subscribe(frame: &Frame, level: Level) -> Result<Subscribe, WireError> {
+    Ok(match level {
+        Level::V5 => {
+            let s = v5::Subscribe::read(frame.v5_header(), frame.bytes.clone())
+                .map_err(|e| malformed("SUBSCRIBE", e))?;
+            let filters = s.filters.into_iter().map(|f| f.path).collect();
+            Subscribe {
+                pkid: s.pkid,
+                filters,
+            }
+        }
+        Level::V311 => {
+            let s = v4::v4::Subscribe::read(frame.v4_header(), frame.bytes.clone())
+                .map_err(|e| malformed("SUBSCRIBE", e))?;
+            let filters = s.filters.into_iter().map(|f| f.path).collect();
+            Subscribe {
+                pkid: s.pkid,
+                filters,
+            }
+        }
+    })
+}
+
+/// The filters an UNSUBSCRIBE names.
+pub fn read_unsubscribe(frame: &Frame, level: Level) -> Result<Vec<String>, WireError> {
+    Ok(match level {
+        Level::V5 => {
+            v5::Unsubscribe::read(frame.v5_header(), frame.bytes.clone())
+                .map_err(|e| malformed("UNSUBSCRIBE", e))?
+                .filters
+        }
+        Level::V311 => {
+            v4::v4::Unsubscribe::read(frame.v4_header(), frame.bytes.clone())
+                .map_err(|e| malformed("UNSUBSCRIBE", e))?
+                .topics
+        }
+    })
+}
+
+/// The SUBSCRIBE with only the filters `granted` marks, for rumqttd (properties kept).
+pub fn subscribe_only(frame: &Frame, level: Level, granted: &[bool]) -> Result<Bytes, WireError> {
+    let keep = |i: usize| granted.get(i).copied().unwrap_or(false);
+    let mut out = BytesMut::new();
+    match level {
+        Level::V5 => {
+            let mut s = v5::Subscribe::read(frame.v5_header(), frame.bytes.clone())
+                .map_err(|e| malformed("SUBSCRIBE", e))?;
+            s.filters = s
+                .filters
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| keep(*i))
+                .map(|(_, f)| f)
+                .collect();
+            s.write(&mut out).map_err(|e| malformed("SUBSCRIBE", e))?;
+        }
+        Level::V311 => {
+            let mut s = v4::v4::Subscribe::read(frame.v4_header(), frame.bytes.clone())
+                .map_err(|e| malformed("SUBSCRIBE", e))?;
+            s.filters = s
+                .filters
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| keep(*i))
+                .map(|(_, f)| f)
+                .collect();
+            s.write(&mut out).map_err(|e| malformed("SUBSCRIBE", e))?;
+        }
+    }
+    Ok(out.freeze())
+}
+
+/// The SUBACK for a SUBSCRIBE of which only the `granted` filters went to rumqttd: its
+/// answers for those (`upstream`, rumqttd's SUBACK; `None` when none went) in their
+/// places, and "not authorised" (3.1.1: failure 0x80; 5: 0x87) for the others.
+pub fn suback_with_refusals(
+    upstream: Option<&Frame>,
+    pkid: u16,
+    level: Level,
+    granted: &[bool],
+) -> Result<Bytes, WireError> {
+    let mut out = BytesMut::new();
+    match level {
+        Level::V5 => {
+            let mut ack = match upstream {
+                Some(f) => v5::SubAck::read(f.v5_header(), f.bytes.clone())
+                    .map_err(|e| malformed("SUBACK", e))?,
+                None => v5::SubAck {
+                    pkid,
+                    return_codes: Vec::new(),
+                    properties: None,
+                },
+            };
+            let mut theirs = std::mem::take(&mut ack.return_codes).into_iter();
+            ack.return_codes = granted
+                .iter()
+                .map(|&g| match g {
+                    true => theirs
+                        .next()
+                        .unwrap_or(v5::SubscribeReasonCode::Unspecified),
+                    false => v5::SubscribeReasonCode::NotAuthorized,
+                })
+                .collect();
+            ack.write(&mut out).map_err(|e| malformed("SUBACK", e))?;
+        }
+        Level::V311 => {
+            let mut ack = match upstream {
+                Some(f) => v4::v4::SubAck::read(f.v4_header(), f.bytes.clone())
+                    .map_err(|e| malformed("SUBACK", e))?,
+                None => v4::v4::SubAck {
+                    pkid,
+                    return_codes: Vec::new(),
+                },
+            };
+            let mut theirs = std::mem::take(&mut ack.return_codes).into_iter();
+            ack.return_codes = granted
+                .iter()
+                .map(|&g| match g {
+                    true => theirs
+                        .next()
+                        .unwrap_or(v4::v4::SubscribeReasonCode::Failure),
+                    false => v4::v4::SubscribeReasonCode::Failure,
+                })
+                .collect();
+            ack.write(&mut out).map_err(|e| malformed("SUBACK", e))?;
+        }
+    }
+    Ok(out.freeze())
+}
+
 fn malformed(packet: &'static str, reason: impl ToString) -> WireError {
     WireError::Malformed {
         packet,
@@ -480,6 +647,8 @@ pub fn connack_refused(level: Level, reason: Reason) -> Vec<u8> {
         Level::V311 => {
             let code = match reason {
                 Reason::ClientIdentifierNotValid => 2,
+                Reason::BadUserNameOrPassword => 4,
+                Reason::NotAuthorized | Reason::BadAuthenticationMethod => 5,
                 _ => 3, // server unavailable
             };
             vec![0x20, 2, 0, code]
@@ -554,6 +723,9 @@ mod tests {
                 keep_alive: 10,
                 problem_info: true,
                 session_expiry: None,
+                username: None,
+                password: None,
+                auth_method: None,
             }
         );
         let changed = with_keep_alive(&frames(&wire)[0], 65535);
@@ -567,7 +739,7 @@ mod tests {
             clean_start: true,
             properties: None,
         }
-        .write(&None, &None, &mut wire)
+        .write(&None, &Some(v5::Login::new("dev-5", "s3cret")), &mut wire)
         .unwrap();
         let c = read_connect(&frames(&wire)[0]).unwrap();
         assert_eq!(
@@ -579,6 +751,9 @@ mod tests {
                 keep_alive: 30,
                 problem_info: true,
                 session_expiry: None,
+                username: Some("dev-5".into()),
+                password: Some("s3cret".into()),
+                auth_method: None,
             }
         );
         let c = read_connect(&frames(&with_keep_alive(&frames(&wire)[0], 7))[0]).unwrap();

@@ -54,6 +54,49 @@ struct Cli {
     /// Seconds between progress lines (0: none).
     #[arg(long, default_value_t = 5)]
     progress: u64,
+    /// Connect over TLS, trusting the gateway's certificate from this CA bundle (PEM).
+    #[arg(long)]
+    cafile: Option<std::path::PathBuf>,
+    /// With --cafile: a client certificate (PEM chain) and its key, shared by every sensor.
+    #[arg(long, requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    #[arg(long, requires = "cert")]
+    key: Option<std::path::PathBuf>,
+    /// User name and password every sensor logs in with.
+    #[arg(long, requires = "password")]
+    username: Option<String>,
+    #[arg(long, env = "SIM_PASSWORD", requires = "username")]
+    password: Option<String>,
+}
+
+/// A TLS client configuration from PEM files: the CA bundle that signed the gateway's
+/// certificate, and optionally the sensors' client certificate.
+fn tls_config(cli: &Cli) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let Some(cafile) = &cli.cafile else {
+        return Ok(None);
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(cafile).with_context(|| cafile.display().to_string())? {
+        roots.add(ca.with_context(|| cafile.display().to_string())?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match (&cli.cert, &cli.key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .with_context(|| cert.display().to_string())?;
+            let key =
+                PrivateKeyDer::from_pem_file(key).with_context(|| key.display().to_string())?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Some(Arc::new(config)))
 }
 
 /// The shape of the load: from the command line, a scenario file, or both.
@@ -229,6 +272,8 @@ async fn main() -> anyhow::Result<()> {
         },
         reconnect_fraction: load.reconnect_fraction.unwrap_or(0.5),
         stop_at: started + Duration::from_secs(duration),
+        tls: tls_config(&cli)?,
+        login: cli.username.clone().zip(cli.password.clone()),
     });
     let stats = Arc::new(Stats::new());
     let acked = Arc::new(Mutex::new(Vec::new()));

@@ -46,6 +46,10 @@ pub struct Plan {
     /// Fraction of sensors that drop their connection at each storm.
     pub reconnect_fraction: f64,
     pub stop_at: Instant,
+    /// Connect over TLS with this configuration.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// User name and password.
+    pub login: Option<(String, String)>,
 }
 
 /// A reading the gateway acknowledged, as the verify step looks for it.
@@ -162,6 +166,14 @@ pub async fn run(
         .set_clean_session(false)
         .set_inflight(100)
         .set_max_packet_size(1 << 16, 1 << 16);
+    if let Some(tls) = &plan.tls {
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
+    }
+    if let Some((user, password)) = &plan.login {
+        options.set_credentials(user, password);
+    }
     let (client, mut events) = AsyncClient::new(options, 64);
     let mut tick = tokio::time::interval(plan.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -43,6 +43,17 @@ pub struct Admission {
 }
 
 impl Admission {
+    /// Neither sent to Kafka nor routed; the device is told `reason` (MQTT 5).
+    pub fn refused(reason: Reason, detail: String) -> Admission {
+        Admission {
+            destination: Destination::Nothing,
+            reason,
+            detail: Some(detail),
+            policy: AckPolicy::Kafka,
+            relay: false,
+        }
+    }
+
     /// Bytes it will hold in the producer, for the in-flight budgets.
     pub fn bytes(&self) -> usize {
         match &self.destination {

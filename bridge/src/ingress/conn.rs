@@ -2,9 +2,10 @@
 //! loopback connection to rumqttd, sends publishes through admission to Kafka, and keeps
 //! what rumqttd does not: acknowledgements after Kafka, QoS 2 release per packet id, keep
 //! alive, pings, and bounded buffers both ways, so a device that stops reading or writing
-//! holds its own connection up and nobody else's.
+//! holds its own connection up and nobody else's. It also keeps the client inside its
+//! rights: the ACL on every publish and subscription, its rate, and a reload's verdict.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,11 +19,13 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
 use super::admit::{admit, property_headers, Admission, Destination, Rules};
-use super::{ConnError, Ingress};
+use super::{ConnError, DeviceReader, DeviceWriter, Ingress};
 use crate::ack::{AckQueue, Acknowledgement, Delivered, Qos2Received, Waiter};
 use crate::budget::{Budget, BufferShare, Reservation};
 use crate::mapping::AckPolicy;
 use crate::produce::{Outgoing, Ticket};
+use crate::security::acl::{Access, Who};
+use crate::security::{self, Identity};
 use crate::wire::{self, Frame, Level, Qos, Reason};
 
 /// Bytes read from a socket at a time.
@@ -55,11 +58,18 @@ pub(super) struct Conn {
     pub ingress: Arc<Ingress>,
     pub level: Level,
     pub client_id: Arc<str>,
+    pub identity: Identity,
+    /// The rules in force, told of every reload.
+    pub rules: watch::Receiver<Arc<security::Rules>>,
+    /// What the client's rate is counted under.
+    pub rate_key: Arc<str>,
     pub problem_info: bool,
     /// One and a half times the device's keep alive; `None` when it is 0.
     pub keep_alive: Option<Duration>,
-    pub dev_rd: OwnedReadHalf,
-    pub dev_wr: OwnedWriteHalf,
+    pub dev_rd: DeviceReader,
+    pub dev_wr: DeviceWriter,
+    /// TLS holds back what it is given until flushed.
+    pub tls: bool,
     pub dev_in: BytesMut,
     pub up_rd: OwnedReadHalf,
     pub up_wr: OwnedWriteHalf,
@@ -93,6 +103,14 @@ pub(super) struct State {
     waiting: Option<Waiting>,
     /// MQTT 5 topic aliases the client set up on this connection.
     aliases: HashMap<u16, String>,
+    /// A publish over the client's rate, and when it may go.
+    held: Option<(Frame, Instant)>,
+    /// Written to TLS and not flushed yet.
+    unflushed: bool,
+    /// Filters granted, re-checked on a reload.
+    subscriptions: HashSet<String>,
+    /// SUBSCRIBEs relayed with some filters refused: which, by packet id, for the SUBACK.
+    partly_refused: HashMap<u16, Vec<bool>>,
 }
 
 impl Default for State {
@@ -112,8 +130,25 @@ impl Default for State {
             acks: AckQueue::default(),
             waiting: None,
             aliases: HashMap::new(),
+            held: None,
+            unflushed: false,
+            subscriptions: HashSet::new(),
+            partly_refused: HashMap::new(),
         }
     }
+}
+
+/// Writes what waits for the device; with nothing waiting, flushes what TLS still holds
+/// (`None`).
+async fn write_or_flush(
+    wr: &mut DeviceWriter,
+    out: &mut BytesMut,
+) -> std::io::Result<Option<usize>> {
+    if out.is_empty() {
+        wr.flush().await?;
+        return Ok(None);
+    }
+    wr.write_buf(out).await.map(Some)
 }
 
 impl Conn {
@@ -126,8 +161,11 @@ impl Conn {
                 wire::encode_disconnect(&mut self.state.to_device, reason);
             }
         }
-        if !matches!(result, Err(ConnError::WriteTimeout(_))) && !self.state.to_device.is_empty() {
-            let flush = self.dev_wr.write_all(&self.state.to_device);
+        if !matches!(result, Err(ConnError::WriteTimeout(_))) {
+            let flush = async {
+                self.dev_wr.write_all(&self.state.to_device).await?;
+                self.dev_wr.flush().await
+            };
             let _ = tokio::time::timeout(FLUSH_TIMEOUT, flush).await;
         }
         // What the device sent before it closed (its last publishes, its DISCONNECT) still
@@ -180,6 +218,7 @@ impl Conn {
                 && s.connack_seen
                 && s.draining.is_none()
                 && s.waiting.is_none()
+                && s.held.is_none()
                 && s.acks.len() < max_owed
                 && s.to_broker.len() < buffer_cap
                 && s.to_device.len() < buffer_cap;
@@ -215,10 +254,15 @@ impl Conn {
                     }
                     self.relay_from_broker()?;
                 }
-                n = self.dev_wr.write_buf(&mut self.state.to_device), if !self.state.to_device.is_empty() => {
-                    // A device that reads slowly is not stalled; one that stops is.
-                    if n? > 0 {
-                        self.state.stalled_since = None;
+                n = write_or_flush(&mut self.dev_wr, &mut self.state.to_device), if !self.state.to_device.is_empty() || self.state.unflushed => {
+                    match n? {
+                        // A device that reads slowly is not stalled; one that stops is.
+                        Some(n) if n > 0 => {
+                            self.state.stalled_since = None;
+                            self.state.unflushed = self.tls;
+                        }
+                        Some(_) => {}
+                        None => self.state.unflushed = false,
                     }
                 }
                 n = self.up_wr.write_buf(&mut self.state.to_broker), if !self.state.to_broker.is_empty() => {
@@ -236,6 +280,11 @@ impl Conn {
                 _ = &mut room, if self.state.pressed => {}
                 _ = timer.as_mut() => self.on_timer()?,
                 _ = self.shutdown.changed(), if self.state.draining.is_none() => self.start_draining(),
+                changed = self.rules.changed() => {
+                    if changed.is_ok() {
+                        self.recheck()?;
+                    }
+                }
             }
         }
     }
@@ -252,7 +301,8 @@ impl Conn {
         let stall = s
             .stalled_since
             .map(|t| t + Duration::from_millis(self.settings().write_timeout_ms));
-        [keep_alive, stall, s.draining]
+        let held = s.held.as_ref().map(|(_, until)| *until);
+        [keep_alive, stall, s.draining, held]
             .into_iter()
             .flatten()
             .fold(ping, Instant::min)
@@ -295,14 +345,45 @@ impl Conn {
             && self.state.to_broker.len() < cap
             && self.state.to_device.len() < cap
         {
-            let Some(frame) = wire::next_frame(&mut self.dev_in, limit)? else {
+            let now = Instant::now();
+            if self
+                .state
+                .held
+                .as_ref()
+                .is_some_and(|(_, until)| now < *until)
+            {
                 break;
+            }
+            let frame = match self.state.held.take() {
+                Some((frame, _)) => frame,
+                None => match wire::next_frame(&mut self.dev_in, limit)? {
+                    Some(frame) => frame,
+                    None => break,
+                },
             };
             self.state.heard = Instant::now();
+            if frame.packet_type() == wire::PUBLISH {
+                if let Some(wait) = self.ingress.rates.check(&self.rate_key, frame.bytes.len()) {
+                    if self.settings().disconnect_over_rate {
+                        counter!("sluice_disconnects_total", "reason" => "rate").increment(1);
+                        return Err(ConnError::RateTooHigh);
+                    }
+                    counter!("sluice_throttled_total").increment(1);
+                    self.state.held = Some((frame, Instant::now() + wait));
+                    break;
+                }
+            }
             match frame.packet_type() {
                 wire::CONNECT => return Err(ConnError::SecondConnect),
                 wire::PUBLISH => self.publish(frame).await?,
                 wire::PUBREL => self.release_qos2(frame.packet_id()?),
+                wire::SUBSCRIBE => self.subscribe(&frame)?,
+                wire::UNSUBSCRIBE => {
+                    for filter in wire::read_unsubscribe(&frame, self.level)? {
+                        self.state.subscriptions.remove(&filter);
+                    }
+                    self.send_to_broker(&frame.bytes);
+                }
                 // Answered here: rumqttd's keep alive is Sluice's business (see on_timer).
                 wire::PINGREQ => self
                     .state
@@ -326,6 +407,21 @@ impl Conn {
         while let Some(frame) = wire::next_frame(&mut self.state.up_in, usize::MAX)? {
             match frame.packet_type() {
                 wire::PUBACK | wire::PUBREC | wire::PUBCOMP | wire::PINGRESP => {}
+                wire::SUBACK if !self.state.partly_refused.is_empty() => {
+                    let pkid = frame.packet_id()?;
+                    match self.state.partly_refused.remove(&pkid) {
+                        Some(granted) => {
+                            let ack = wire::suback_with_refusals(
+                                Some(&frame),
+                                pkid,
+                                self.level,
+                                &granted,
+                            )?;
+                            self.state.to_device.extend_from_slice(&ack);
+                        }
+                        None => self.state.to_device.extend_from_slice(&frame.bytes),
+                    }
+                }
                 wire::CONNACK if !self.state.connack_seen => {
                     self.state.connack_seen = true;
                     match self.level {
@@ -366,6 +462,19 @@ impl Conn {
             || (qos == Qos::ExactlyOnce && unreleased() >= max)
         {
             return Err(ConnError::ReceiveMaximum(max));
+        }
+        if !self.may_publish(&publish.topic) {
+            counter!("sluice_denied_total", "action" => "publish").increment(1);
+            tracing::debug!(client_id = %self.client_id, topic = %publish.topic, "publish denied");
+            let detail = format!("not authorised to publish to {}", publish.topic);
+            let publish = Admitted {
+                admission: Admission::refused(Reason::NotAuthorized, detail),
+                qos,
+                pkid,
+                frame,
+            };
+            self.dispatch(publish, Reservation::none()).await;
+            return Ok(());
         }
         // A reading without a timestamp takes the receipt time; a retransmission must get
         // the first receipt's, or it would be a second row.
@@ -411,6 +520,86 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    fn who(&self) -> Who<'_> {
+        Who {
+            identity: self.identity.name.as_deref(),
+            client_id: &self.client_id,
+        }
+    }
+
+    /// The ACL decides; where it says nothing, a client with an identity may publish
+    /// where a mapping's `{device_id}` is that identity.
+    fn may_publish(&self, topic: &str) -> bool {
+        let rules = self.rules.borrow();
+        match rules.acl.decide(self.who(), Access::Publish, topic) {
+            Some(allowed) => allowed,
+            None => self.identity.name.as_deref().is_some_and(|me| {
+                self.ingress
+                    .mappings
+                    .route(topic)
+                    .is_some_and(|route| route.device_id == me)
+            }),
+        }
+    }
+
+    /// Relays a SUBSCRIBE's granted filters to rumqttd; the others are answered "not
+    /// authorised" in the SUBACK, in their places (3.1.1: 0x80; 5: 0x87).
+    fn subscribe(&mut self, frame: &Frame) -> Result<(), ConnError> {
+        let subscribe = wire::read_subscribe(frame, self.level)?;
+        let granted: Vec<bool> = {
+            let rules = self.rules.borrow();
+            let who = self.who();
+            subscribe
+                .filters
+                .iter()
+                .map(|f| rules.acl.allows(who, Access::Subscribe, f))
+                .collect()
+        };
+        let refused = granted.iter().filter(|g| !**g).count();
+        for (filter, _) in subscribe
+            .filters
+            .into_iter()
+            .zip(&granted)
+            .filter(|(_, g)| **g)
+        {
+            self.state.subscriptions.insert(filter);
+        }
+        if refused == 0 {
+            self.send_to_broker(&frame.bytes);
+            return Ok(());
+        }
+        counter!("sluice_denied_total", "action" => "subscribe").increment(refused as u64);
+        tracing::debug!(client_id = %self.client_id, refused, "subscription denied");
+        if refused == granted.len() {
+            let ack = wire::suback_with_refusals(None, subscribe.pkid, self.level, &granted)?;
+            self.state.to_device.extend_from_slice(&ack);
+        } else {
+            let some = wire::subscribe_only(frame, self.level, &granted)?;
+            self.send_to_broker(&some);
+            self.state.partly_refused.insert(subscribe.pkid, granted);
+        }
+        Ok(())
+    }
+
+    /// After a reload: a client whose identity is no longer proved (password entry
+    /// changed or gone, certificate no longer trusted) or one of whose subscriptions is no
+    /// longer allowed is disconnected (MQTT 5: 0x87). Publishes meet the new ACL as they come.
+    fn recheck(&mut self) -> Result<(), ConnError> {
+        let rules = self.rules.borrow_and_update().clone();
+        let who = self.who();
+        let allowed = self.identity.still_valid(&rules)
+            && self
+                .state
+                .subscriptions
+                .iter()
+                .all(|f| rules.acl.allows(who, Access::Subscribe, f));
+        if allowed {
+            return Ok(());
+        }
+        counter!("sluice_disconnects_total", "reason" => "revoked").increment(1);
+        Err(ConnError::Revoked)
     }
 
     /// MQTT 4.3.2 / 4.3.3: the same packet id before its acknowledgement (QoS 1) or its

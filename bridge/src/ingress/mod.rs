@@ -1,11 +1,13 @@
-//! Ingress: owns each device's socket. It accepts connections within the caps, reads the
-//! CONNECT, claims the session and opens the device's relay to the embedded rumqttd
+//! Ingress: owns each device's socket. It accepts connections within the caps on its
+//! listeners (plain and TLS), reads the CONNECT, decides who the client is (`security`),
+//! claims the session and only then opens the device's relay to the embedded rumqttd
 //! (sessions, subscriptions, retained messages and live fan-out stay rumqttd's); `conn`
 //! serves the connection from there, `admit` decides what each publish becomes. On
 //! shutdown it stops accepting and lets every connection drain.
 
 mod admit;
 mod conn;
+mod rate;
 mod receipts;
 
 use std::collections::HashMap;
@@ -16,8 +18,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use metrics::{counter, gauge};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
@@ -26,6 +28,7 @@ use crate::budget::{Budget, BufferShare, Buffers};
 use crate::decode::Limits;
 use crate::mapping::Mappings;
 use crate::produce::{ProduceError, Producer};
+use crate::security::{Door, Identity, Presented, Refusal, Security};
 use crate::sessions::{Lifetime, Sessions};
 use crate::settings::IngressSettings;
 use crate::wire::{self, Frame, Level, Qos, Reason, WireError};
@@ -64,6 +67,12 @@ pub enum ConnError {
     ShuttingDown,
     #[error("CONNECT refused with {0:?}")]
     Refused(Reason),
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("its rights were withdrawn by a reload")]
+    Revoked,
+    #[error("over its rate and ingress.disconnect_over_rate is set")]
+    RateTooHigh,
 }
 
 impl ConnError {
@@ -78,6 +87,8 @@ impl ConnError {
             ConnError::ReceiveMaximum(_) => Reason::ReceiveMaximumExceeded,
             ConnError::TopicAlias(_) => Reason::TopicAliasInvalid,
             ConnError::ShuttingDown => Reason::ServerShuttingDown,
+            ConnError::Revoked => Reason::NotAuthorized,
+            ConnError::RateTooHigh => Reason::MessageRateTooHigh,
             _ => return None,
         })
     }
@@ -100,6 +111,8 @@ pub struct Ingress {
     receipts: receipts::Receipts,
     /// What the port promises MQTT 5 clients in CONNACK, and enforces.
     port: wire::ServerLimits,
+    security: Arc<Security>,
+    rates: rate::Rates,
     /// Set when the process stops: connections drain.
     shutdown: watch::Sender<bool>,
     open: Connections,
@@ -112,6 +125,21 @@ struct Connections {
     by_address: Mutex<HashMap<IpAddr, usize>>,
     /// Notified when the last connection closes.
     idle: Notify,
+}
+
+/// A listening socket and how it admits clients.
+pub struct Listener {
+    pub socket: TcpListener,
+    pub door: Door,
+    /// TLS is terminated here, with the certificates in force when a client connects.
+    pub tls: bool,
+}
+
+/// What every connection of one listener shares.
+struct Gate {
+    door: Door,
+    tls: bool,
+    connects: rate::ConnectRate,
 }
 
 /// A connection's place in `Connections`, given back when dropped.
@@ -145,8 +173,11 @@ impl Ingress {
         broker_v5: Option<SocketAddr>,
         mappings: Mappings,
         producer: Arc<Producer>,
+        security: Arc<Security>,
     ) -> Ingress {
         Ingress {
+            security,
+            rates: rate::Rates::new(&settings),
             limits,
             broker_v4,
             broker_v5,
@@ -179,40 +210,27 @@ impl Ingress {
         Duration::from_secs(u64::from(self.settings.broker_keep_alive_s.max(2)) / 2)
     }
 
-    /// Accepts devices until `stop` resolves, then stops accepting and drains: every
-    /// connection stops reading, waits up to `ingress.drain_timeout_ms` for the Kafka
-    /// answers its device is owed, sends them (MQTT 5: then DISCONNECT 0x8B) and closes.
+    /// Accepts devices on `listeners` until `stop` resolves, then stops accepting and
+    /// drains: every connection stops reading, waits up to `ingress.drain_timeout_ms` for
+    /// the Kafka answers its device is owed, sends them (MQTT 5: then DISCONNECT 0x8B) and
+    /// closes.
     pub async fn serve(
         self: Arc<Self>,
-        listener: TcpListener,
+        listeners: Vec<Listener>,
         stop: impl std::future::Future<Output = ()>,
     ) {
-        tokio::pin!(stop);
-        loop {
-            let (socket, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    // Out of file descriptors and the like: keep serving the others.
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = &mut stop => break,
-            };
-            let Some(slot) = self.clone().admit_connection(source(peer.ip())) else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let ingress = slot.ingress.clone();
-                if let Err(e) = ingress.connection(socket).await {
-                    tracing::info!(%peer, error = %e, "device connection closed");
-                }
-                drop(slot);
-            });
+        let accepting = listeners.into_iter().map(|l| self.clone().accept(l));
+        let tidy = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                self.rates.forget_idle();
+            }
+        };
+        tokio::select! {
+            _ = futures::future::join_all(accepting) => {}
+            _ = tidy => {}
+            _ = stop => {}
         }
-        drop(listener);
         tracing::info!(
             connections = self.open.total.load(Ordering::Acquire),
             "stopped accepting; draining connections"
@@ -224,6 +242,37 @@ impl Ingress {
         if self.open.total.load(Ordering::Acquire) > 0 {
             let limit = Duration::from_millis(self.settings.drain_timeout_ms + 3_000);
             let _ = tokio::time::timeout(limit, idle).await;
+        }
+    }
+
+    /// One listener's accept loop; it ends (closing the socket) when dropped.
+    async fn accept(self: Arc<Self>, listener: Listener) {
+        let gate = Arc::new(Gate {
+            door: listener.door,
+            tls: listener.tls,
+            connects: rate::ConnectRate::new(self.settings.max_connects_per_second),
+        });
+        loop {
+            let (socket, peer) = match listener.socket.accept().await {
+                Ok(accepted) => accepted,
+                // Out of file descriptors and the like: keep serving the others.
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some(slot) = self.clone().admit_connection(source(peer.ip())) else {
+                continue;
+            };
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let ingress = slot.ingress.clone();
+                if let Err(e) = ingress.connection(socket, peer, &gate).await {
+                    tracing::info!(%peer, error = %e, "device connection closed");
+                }
+                drop(slot);
+            });
         }
     }
 
@@ -263,11 +312,46 @@ impl Ingress {
         })
     }
 
-    async fn connection(self: Arc<Self>, device: TcpStream) -> Result<(), ConnError> {
-        device.set_nodelay(true)?;
-        let (mut dev_rd, mut dev_wr) = device.into_split();
-        let mut dev_buf = BytesMut::with_capacity(1024);
+    async fn connection(
+        self: Arc<Self>,
+        socket: TcpStream,
+        peer: SocketAddr,
+        gate: &Gate,
+    ) -> Result<(), ConnError> {
+        socket.set_nodelay(true)?;
         let wait = Duration::from_millis(self.settings.connect_timeout_ms);
+        let (dev_rd, mut dev_wr, certificates) = if gate.tls {
+            let tls = self.security.current().tls.clone();
+            let tls = tls.ok_or_else(|| ConnError::Tls(std::io::Error::other("no TLS set up")))?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
+            let stream = tokio::time::timeout(wait, acceptor.accept(socket))
+                .await
+                .map_err(|_| ConnError::ConnectTimeout(wait))?
+                .map_err(|e| {
+                    counter!("sluice_tls_handshake_failures_total").increment(1);
+                    ConnError::Tls(e)
+                })?;
+            let certificates: Option<Vec<CertificateDer<'static>>> = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect());
+            let (rd, wr) = tokio::io::split(stream);
+            (
+                Box::new(rd) as DeviceReader,
+                Box::new(wr) as DeviceWriter,
+                certificates,
+            )
+        } else {
+            let (rd, wr) = socket.into_split();
+            (
+                Box::new(rd) as DeviceReader,
+                Box::new(wr) as DeviceWriter,
+                None,
+            )
+        };
+        let mut dev_rd = dev_rd;
+        let mut dev_buf = BytesMut::with_capacity(1024);
         let first = tokio::time::timeout(wait, async {
             loop {
                 if let Some(frame) = wire::next_frame(&mut dev_buf, self.settings.max_packet_size)?
@@ -288,43 +372,90 @@ impl Ingress {
             Err(e @ WireError::UnsupportedLevel(_)) => {
                 let write = dev_wr.write_all(&wire::CONNACK_UNACCEPTABLE_PROTOCOL);
                 let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), dev_wr.flush()).await;
                 return Err(e.into());
             }
             other => other?,
         };
-        let refusal = if connect.client_id.len() > MAX_CLIENT_ID_BYTES {
-            Some(("client_id", Reason::ClientIdentifierNotValid))
-        } else if *self.shutdown.borrow() {
-            Some(("shutting_down", Reason::ServerUnavailable))
-        } else {
-            None
-        };
-        if let Some((why, reason)) = refusal {
-            counter!("sluice_connections_refused_total", "reason" => why).increment(1);
-            let connack = wire::connack_refused(connect.level, reason);
-            let _ = tokio::time::timeout(Duration::from_secs(2), dev_wr.write_all(&connack)).await;
-            return Err(ConnError::Refused(reason));
-        }
         let broker = match connect.level {
             Level::V5 => self.broker_v5.ok_or(ConnError::NoBroker)?,
             Level::V311 => self.broker_v4,
         };
-        let claim = self
-            .sessions
-            .opened(&connect.client_id, Lifetime::of(&connect))
-            .await;
+        // Nothing the client sent past its CONNECT is looked at before this decision.
+        let decided = self.decide(&connect, gate, certificates, peer).await;
+        let (identity, claim) = match decided {
+            Ok(accepted) => accepted,
+            Err((why, reason)) => {
+                counter!("sluice_connections_refused_total", "reason" => why).increment(1);
+                tracing::warn!(%peer, client_id = %connect.client_id, username = connect.username.as_deref().unwrap_or(""), reason = why, "CONNECT refused");
+                let connack = wire::connack_refused(connect.level, reason);
+                let refuse = async {
+                    dev_wr.write_all(&connack).await?;
+                    dev_wr.flush().await
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(2), refuse).await;
+                return Err(ConnError::Refused(reason));
+            }
+        };
         let qos2 = claim.qos2.clone();
         let device = Device {
             rd: dev_rd,
             wr: dev_wr,
             unread: dev_buf,
+            tls: gate.tls,
         };
         let result = self
             .clone()
-            .relay(connect, first, broker, device, qos2)
+            .relay(connect, first, broker, device, qos2, identity)
             .await;
         self.sessions.closed(claim);
         result
+    }
+
+    /// Whether a CONNECT is served, and as whom: the refusal's metric label and reason
+    /// otherwise. Failed logins are counted per source address and slowed down.
+    async fn decide(
+        &self,
+        connect: &wire::Connect,
+        gate: &Gate,
+        certificates: Option<Vec<CertificateDer<'static>>>,
+        peer: SocketAddr,
+    ) -> Result<(Identity, crate::sessions::Claim), (&'static str, Reason)> {
+        if connect.client_id.len() > MAX_CLIENT_ID_BYTES {
+            return Err(("client_id", Reason::ClientIdentifierNotValid));
+        }
+        if *self.shutdown.borrow() {
+            return Err(("shutting_down", Reason::ServerUnavailable));
+        }
+        if !gate.connects.allows() {
+            return Err(("connect_rate", Reason::ConnectionRateExceeded));
+        }
+        if connect.auth_method.is_some() {
+            return Err(("auth_method", Reason::BadAuthenticationMethod));
+        }
+        let presented = Presented {
+            username: connect.username.as_deref(),
+            password: connect.password.as_deref(),
+            certificates: certificates.as_deref(),
+        };
+        let identity = self
+            .security
+            .authenticate(gate.door, presented, source(peer.ip()))
+            .await
+            .map_err(|r| match r {
+                Refusal::BadCredentials => ("bad_credentials", Reason::BadUserNameOrPassword),
+                Refusal::NotAuthorized => ("not_authorized", Reason::NotAuthorized),
+            })?;
+        let claim = self
+            .sessions
+            .opened(
+                &connect.client_id,
+                Lifetime::of(connect),
+                identity.name.as_ref(),
+            )
+            .await
+            .map_err(|_| ("client_id_taken", Reason::NotAuthorized))?;
+        Ok((identity, claim))
     }
 
     /// Opens the device's relay to rumqttd and serves the connection until either side ends.
@@ -335,6 +466,7 @@ impl Ingress {
         broker: SocketAddr,
         device: Device,
         qos2: Qos2Received,
+        identity: Identity,
     ) -> Result<(), ConnError> {
         let upstream = TcpStream::connect(broker).await?;
         upstream.set_nodelay(true)?;
@@ -351,9 +483,17 @@ impl Ingress {
         // MQTT 3.1.1, 3.1.2.10 and MQTT 5, 3.1.2.10: one and a half times keep alive.
         let keep_alive = (connect.keep_alive > 0)
             .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        let client_id: Arc<str> = connect.client_id.into();
+        // Rate limits are per identity, all its connections together; an anonymous client
+        // is limited per client id.
+        let rate_key = identity.name.clone().unwrap_or_else(|| client_id.clone());
         conn::Conn {
             level: connect.level,
-            client_id: connect.client_id.into(),
+            rules: self.security.watch(),
+            identity,
+            rate_key,
+            client_id,
+            tls: device.tls,
             problem_info: connect.problem_info,
             keep_alive,
             dev_rd: device.rd,
@@ -388,11 +528,17 @@ fn source(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The two halves of a device's socket, plain TCP or TLS.
+type DeviceReader = Box<dyn AsyncRead + Send + Unpin>;
+type DeviceWriter = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// The device's socket, and what was read past its CONNECT.
 struct Device {
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: DeviceReader,
+    wr: DeviceWriter,
     unread: BytesMut,
+    /// TLS buffers what it writes: it must be flushed.
+    tls: bool,
 }
 
 #[cfg(test)]

@@ -196,3 +196,27 @@ pub fn connected(gateway: &Gateway, level: u8, client_id: &str, keep_alive: u16)
     assert_eq!(rest[1], 0, "connection accepted");
     raw
 }
+
+/// CONNECT, clean, keep alive 60, with a user name and password.
+pub fn connect_login(level: u8, client_id: &str, username: &str, password: &str) -> Vec<u8> {
+    let mut body = string(b"MQTT");
+    body.push(level);
+    body.push(0x02 | 0x80 | 0x40);
+    body.extend_from_slice(&60u16.to_be_bytes());
+    if level == 5 {
+        body.push(0); // no properties
+    }
+    body.extend(string(client_id.as_bytes()));
+    body.extend(string(username.as_bytes()));
+    body.extend(string(password.as_bytes()));
+    packet(0x10, &body)
+}
+
+/// A raw client logged in with a user name and password, its CONNACK read (and checked).
+pub fn logged_in(gateway: &Gateway, level: u8, client_id: &str, user: &str, pw: &str) -> Raw {
+    let mut raw = Raw::connect(gateway);
+    raw.send(&connect_login(level, client_id, user, pw));
+    let (kind, body) = raw.packet();
+    assert_eq!((kind, body[1]), (0x20, 0), "{user} logged in");
+    raw
+}

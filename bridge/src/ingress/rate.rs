@@ -1,0 +1,121 @@
+//! Rate limits: publishes and bytes per second per identity, all its connections together,
+//! and new connections per second per listener. Over a limit the caller stops reading the
+//! socket for the time it is told, so the client slows down and its neighbours do not notice.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+
+use crate::settings::IngressSettings;
+
+/// Per-identity publish limits.
+pub struct Rates {
+    messages: Option<DefaultKeyedRateLimiter<Arc<str>>>,
+    bytes: Option<DefaultKeyedRateLimiter<Arc<str>>>,
+}
+
+fn quota(per_second: u32, burst: u32, at_least: usize) -> Option<Quota> {
+    let rate = NonZeroU32::new(per_second)?;
+    let burst = if burst == 0 {
+        per_second.max(u32::try_from(at_least).unwrap_or(u32::MAX))
+    } else {
+        burst
+    };
+    Some(Quota::per_second(rate).allow_burst(NonZeroU32::new(burst).unwrap_or(rate)))
+}
+
+impl Rates {
+    pub fn new(s: &IngressSettings) -> Rates {
+        let messages = quota(s.max_messages_per_second, s.burst_messages, 1);
+        // A burst always holds the largest packet, or that packet could never pass.
+        let bytes = quota(s.max_bytes_per_second, s.burst_bytes, s.max_packet_size);
+        Rates {
+            messages: messages.map(DefaultKeyedRateLimiter::keyed),
+            bytes: bytes.map(DefaultKeyedRateLimiter::keyed),
+        }
+    }
+
+    /// `None`: the publish of `bytes` may go on now. `Some(wait)`: the identity is over
+    /// its rate; try again after `wait`.
+    pub fn check(&self, key: &Arc<str>, bytes: usize) -> Option<Duration> {
+        let now = DefaultClock::default().now();
+        if let Some(limiter) = &self.messages {
+            if let Err(not_until) = limiter.check_key(key) {
+                return Some(not_until.wait_time_from(now));
+            }
+        }
+        let limiter = self.bytes.as_ref()?;
+        let n = NonZeroU32::new(u32::try_from(bytes).unwrap_or(u32::MAX))?;
+        match limiter.check_key_n(key, n) {
+            Ok(Err(not_until)) => Some(not_until.wait_time_from(now)),
+            // Ok, or more than any burst (settings keep bursts above the packet size).
+            _ => None,
+        }
+    }
+
+    /// Forgets identities whose buckets are full again, so the map holds only the busy.
+    pub fn forget_idle(&self) {
+        for limiter in [&self.messages, &self.bytes].into_iter().flatten() {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
+
+/// New connections per second on one listener.
+pub struct ConnectRate(Option<DefaultDirectRateLimiter>);
+
+impl ConnectRate {
+    pub fn new(per_second: u32) -> ConnectRate {
+        ConnectRate(quota(per_second, 0, 1).map(DefaultDirectRateLimiter::direct))
+    }
+
+    pub fn allows(&self) -> bool {
+        self.0.as_ref().is_none_or(|l| l.check().is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_identity_over_its_rate_waits_and_others_do_not() {
+        let settings = |m: u32| {
+            let text = std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../broker.toml"),
+            )
+            .expect("broker.toml");
+            let mut v: toml::Value = toml::from_str(&text).expect("toml");
+            let ingress = v
+                .get_mut("ingress")
+                .and_then(|i| i.as_table_mut())
+                .expect("ingress");
+            ingress.insert("max_messages_per_second".into(), (m as i64).into());
+            ingress.insert("burst_messages".into(), 3.into());
+            let s: IngressSettings = ingress.clone().try_into().expect("settings");
+            s
+        };
+        let rates = Rates::new(&settings(10));
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        for _ in 0..3 {
+            assert_eq!(rates.check(&a, 10), None, "within the burst");
+        }
+        let wait = rates.check(&a, 10).expect("over the burst");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+        assert_eq!(rates.check(&b, 10), None, "another identity is not slowed");
+        let none = Rates::new(&settings(0));
+        for _ in 0..1000 {
+            assert_eq!(none.check(&a, 1 << 20), None);
+        }
+        assert!(ConnectRate::new(0).allows());
+        let c = ConnectRate::new(2);
+        assert!(c.allows() && c.allows() && !c.allows());
+    }
+}
