@@ -217,7 +217,9 @@ async fn reload_on_sighup(security: Arc<Security>) {
         return;
     };
     while hangup.recv().await.is_some() {
-        security.reload();
+        // Reading and parsing files is blocking work.
+        let security = security.clone();
+        let _ = tokio::task::spawn_blocking(move || security.reload()).await;
     }
 }
 

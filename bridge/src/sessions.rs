@@ -3,9 +3,10 @@
 //! and not yet released, and MQTT 5 session expiry, which rumqttd 0.20 lacks: when the last
 //! connection of a persistent MQTT 5 session ends, Sluice waits out the expiry interval and,
 //! unless the client is back, ends the session in rumqttd by connecting as it, clean start.
-//! A session belongs to the identity that opened it: another cannot take its client id.
+//! A session belongs to the identity that opened it: another cannot take its client id,
+//! except an identity taking its own name, which ends the other's session first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -41,6 +42,7 @@ struct Session {
     /// The pending expiry, cancelled when the client comes back.
     expiry: Option<AbortHandle>,
     qos2: Qos2Received,
+    granted: Granted,
 }
 
 /// How long a session outlives its last connection.
@@ -74,7 +76,17 @@ pub struct Claim {
     lifetime: Lifetime,
     /// The session's QoS 2 publishes awaiting release.
     pub qos2: Qos2Received,
+    /// The filters its clients were granted.
+    pub granted: Granted,
+    /// The session was another identity's until now: end it in rumqttd (`end`) before
+    /// relaying, or its subscriptions and queued messages would be inherited.
+    pub foreign: bool,
 }
+
+/// The filters a session's clients were granted. rumqttd keeps a persistent session's
+/// subscriptions across connections, so they are kept with the session and re-checked
+/// when the rules change.
+pub type Granted = Arc<Mutex<HashSet<String>>>;
 
 impl Sessions {
     pub fn new(broker_v5: Option<SocketAddr>) -> Sessions {
@@ -93,7 +105,8 @@ impl Sessions {
     /// Called before a connection's CONNECT goes to rumqttd: cancels a pending expiry and
     /// waits for the end of one under way, so the new connection never meets a half-ended
     /// session. A clean connection starts with no QoS 2 state. `Err` when the client id's
-    /// session belongs to another identity.
+    /// session belongs to another identity, unless the client id is the new identity's own
+    /// name (or empty, which only clean sessions use).
     pub async fn opened(
         &self,
         client_id: &str,
@@ -101,12 +114,13 @@ impl Sessions {
         owner: Option<&Arc<str>>,
     ) -> Result<Claim, Taken> {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
-        let (ending, qos2) = {
+        let (ending, qos2, granted, foreign) = {
             let mut live = self.live();
-            if live
-                .get(client_id)
-                .is_some_and(|s| s.owner.as_ref() != owner)
-            {
+            let foreign = !client_id.is_empty()
+                && live
+                    .get(client_id)
+                    .is_some_and(|s| s.owner.as_ref() != owner);
+            if foreign && owner.is_none_or(|o| &**o != client_id) {
                 return Err(Taken);
             }
             let s = live.entry(client_id.to_owned()).or_insert_with(|| Session {
@@ -116,23 +130,48 @@ impl Sessions {
                 ending: Arc::default(),
                 expiry: None,
                 qos2: Qos2Received::default(),
+                granted: Granted::default(),
             });
             s.connections += 1;
             s.generation = generation;
             if let Some(expiry) = s.expiry.take() {
                 expiry.abort();
             }
-            if lifetime == Lifetime::Connection {
+            if lifetime == Lifetime::Connection || foreign {
                 s.qos2 = Qos2Received::default();
+                s.granted = Granted::default();
             }
-            (s.ending.clone(), s.qos2.clone())
+            s.owner = owner.cloned();
+            (s.ending.clone(), s.qos2.clone(), s.granted.clone(), foreign)
         };
         drop(ending.lock().await);
         Ok(Claim {
             client_id: client_id.to_owned(),
             lifetime,
             qos2,
+            granted,
+            foreign,
         })
+    }
+
+    /// Ends a client id's session in rumqttd (its subscriptions and queued messages) and
+    /// forgets its QoS 2 state and grants; its connections, if any, go on.
+    pub async fn end(&self, client_id: &str) {
+        let ending = {
+            let mut live = self.live();
+            let Some(s) = live.get_mut(client_id) else {
+                return;
+            };
+            s.qos2.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            s.granted.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            s.ending.clone()
+        };
+        let _ending = ending.lock().await;
+        match tokio::time::timeout(END_TIMEOUT, self.end_in_broker(client_id)).await {
+            Ok(Ok(())) => tracing::debug!(client_id, "session ended"),
+            Ok(Err(e)) => tracing::warn!(client_id, error = %e, "could not end a session"),
+            Err(_) => tracing::warn!(client_id, "ending a session timed out"),
+        }
     }
 
     /// Called when a connection ends. A clean session is forgotten; an MQTT 5 persistent

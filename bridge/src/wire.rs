@@ -167,7 +167,7 @@ pub fn next_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<Frame>, Wir
 }
 
 /// What the ingress needs from a CONNECT.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Connect {
     pub level: Level,
     pub client_id: String,
@@ -184,6 +184,22 @@ pub struct Connect {
     pub password: Option<String>,
     /// MQTT 5 enhanced authentication, which Sluice does not offer.
     pub auth_method: Option<String>,
+    /// Where the client's will would be published: a publish like any other.
+    pub will_topic: Option<String>,
+}
+
+impl std::fmt::Debug for Connect {
+    // Everything but the password, which must never reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connect")
+            .field("level", &self.level)
+            .field("client_id", &self.client_id)
+            .field("clean", &self.clean)
+            .field("keep_alive", &self.keep_alive)
+            .field("username", &self.username)
+            .field("will_topic", &self.will_topic)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A user name given only when it is not empty; the password with it, if any.
@@ -224,6 +240,7 @@ pub fn read_connect(frame: &Frame) -> Result<Connect, WireError> {
                 username,
                 password,
                 auth_method: None,
+                will_topic: c.last_will.map(|w| w.topic),
                 level: Level::V311,
                 client_id: c.client_id,
                 clean: c.clean_session,
@@ -233,8 +250,12 @@ pub fn read_connect(frame: &Frame) -> Result<Connect, WireError> {
             })
         }
         5 => {
-            let (c, _, login) = v5::Connect::read(frame.v5_header(), frame.bytes.clone())
+            let (c, will, login) = v5::Connect::read(frame.v5_header(), frame.bytes.clone())
                 .map_err(|e| malformed("CONNECT", e))?;
+            let will_topic = will
+                .map(|w| String::from_utf8(w.topic.to_vec()))
+                .transpose()
+                .map_err(|_| malformed("CONNECT", "will topic is not UTF-8"))?;
             let props = c.properties.unwrap_or_default();
             let (username, password) =
                 login.map_or((None, None), |l| credentials(l.username, l.password));
@@ -242,6 +263,7 @@ pub fn read_connect(frame: &Frame) -> Result<Connect, WireError> {
                 username,
                 password,
                 auth_method: props.authentication_method,
+                will_topic,
                 level: Level::V5,
                 client_id: c.client_id,
                 clean: c.clean_start,
@@ -648,7 +670,7 @@ pub fn connack_refused(level: Level, reason: Reason) -> Vec<u8> {
             let code = match reason {
                 Reason::ClientIdentifierNotValid => 2,
                 Reason::BadUserNameOrPassword => 4,
-                Reason::NotAuthorized | Reason::BadAuthenticationMethod => 5,
+                Reason::NotAuthorized => 5,
                 _ => 3, // server unavailable
             };
             vec![0x20, 2, 0, code]
@@ -726,6 +748,7 @@ mod tests {
                 username: None,
                 password: None,
                 auth_method: None,
+                will_topic: None,
             }
         );
         let changed = with_keep_alive(&frames(&wire)[0], 65535);
@@ -754,6 +777,7 @@ mod tests {
                 username: Some("dev-5".into()),
                 password: Some("s3cret".into()),
                 auth_method: None,
+                will_topic: None,
             }
         );
         let c = read_connect(&frames(&with_keep_alive(&frames(&wire)[0], 7))[0]).unwrap();

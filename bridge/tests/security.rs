@@ -260,6 +260,17 @@ async fn passwords_acls_and_client_ids_on_the_plain_listener() {
     body.extend(string(b"enhanced"));
     enhanced.send(&packet(0x10, &body));
     assert_eq!(enhanced.packet(), (0x20, vec![0, 0x8C, 0]), "CONNACK 0x8C");
+    // A will is a publish: dev-a may not leave one on dev-b's topic.
+    let mut will = Raw::connect(&gateway);
+    let mut body = string(b"MQTT");
+    body.extend([4, 0x02 | 0x04 | 0x80 | 0x40, 0, 60]);
+    body.extend(string(format!("{id}-will").as_bytes()));
+    body.extend(string(topic_b.as_bytes()));
+    body.extend(string(reading(5, ts + 4).as_bytes()));
+    body.extend(string(dev_a.as_bytes()));
+    body.extend(string(b"a-secret"));
+    will.send(&packet(0x10, &body));
+    assert_eq!(will.packet(), (0x20, vec![0, 5]), "CONNACK: not authorised");
 }
 
 #[tokio::test]
@@ -435,12 +446,26 @@ async fn a_reload_revokes_a_device_and_a_bad_file_keeps_the_rules() {
     let files = tempfile::tempdir().expect("temp dir");
     let passwd = password_file(
         files.path(),
-        &[("dev-a", "a-secret"), ("dev-b", "b-secret")],
+        &[("dev-a", "a-secret"), ("dev-b", "b-secret"), ("ops", "o")],
     );
-    let p = passwd.clone();
+    let acl = files.path().join("acl");
+    std::fs::write(&acl, "user ops\ntopic read sensors/#\n").expect("acl");
+    let (p, l) = (passwd.clone(), acl.clone());
     let gateway = Gateway::start(Some(Box::new(move |c| {
         set(c, &["auth", "password_file"], p.display().to_string());
+        set(c, &["auth", "acl_file"], l.display().to_string());
     })));
+    // An operator with a persistent session (3.1.1, clean session off) reading everything.
+    let ops_connect = {
+        let mut bytes = connect_login(4, "reload-ops", "ops", "o");
+        bytes[9] &= !0x02;
+        bytes
+    };
+    let mut ops = Raw::connect(&gateway);
+    ops.send(&ops_connect);
+    assert_eq!(ops.packet().1[1], 0, "ops logged in");
+    ops.send(&subscribe(4, 1, "sensors/#", 0));
+    assert_eq!(ops.packet(), (0x90, vec![0, 1, 0]), "SUBACK granted");
     let mut a = logged_in(&gateway, 5, "reload-a", "dev-a", "a-secret");
     a.send(&subscribe(5, 1, "sensors/dev-a/+", 0));
     assert_eq!(a.packet(), (0x90, vec![0, 1, 0, 0]), "its own topics");
@@ -464,12 +489,39 @@ async fn a_reload_revokes_a_device_and_a_bad_file_keeps_the_rules() {
         reading(1, 1_700_000_000_000).as_bytes(),
     ));
     assert_eq!(b.packet(), (0x40, vec![0, 1]), "dev-b still served");
+    assert_eq!(ops.packet().0, 0x30, "ops reads dev-b's reading");
     let mut again = Raw::connect(&gateway);
     again.send(&connect_login(5, "reload-a2", "dev-a", "a-secret"));
     assert_eq!(
         again.packet(),
         (0x20, vec![0, 0x86, 0]),
         "dev-a is refused from now on"
+    );
+
+    // ops may no longer read sensors/#: disconnected (3.1.1 has no DISCONNECT to send), and
+    // back on its persistent session it finds the subscription gone.
+    std::fs::write(&acl, "user ops\ntopic read ops/#\n").expect("acl");
+    gateway.signal(0, "HUP");
+    assert!(ops.closed().is_empty(), "ops disconnected");
+    let mut ops = Raw::connect(&gateway);
+    ops.send(&ops_connect);
+    assert_eq!(
+        ops.packet(),
+        (0x20, vec![0, 0]),
+        "no session present: it was ended"
+    );
+    b.send(&publish(
+        4,
+        "sensors/dev-b/temp",
+        3,
+        &[],
+        reading(3, 1_700_000_000_002).as_bytes(),
+    ));
+    assert_eq!(b.packet(), (0x40, vec![0, 3]), "dev-b still served");
+    assert_eq!(
+        ops.next_packet(Duration::from_secs(1)),
+        None,
+        "nothing reaches ops"
     );
 
     // A file that does not parse changes nothing, and says so.

@@ -5,7 +5,7 @@
 //! holds its own connection up and nobody else's. It also keeps the client inside its
 //! rights: the ACL on every publish and subscription, its rate, and a reload's verdict.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use crate::mapping::AckPolicy;
 use crate::produce::{Outgoing, Ticket};
 use crate::security::acl::{Access, Who};
 use crate::security::{self, Identity};
+use crate::sessions::Granted;
 use crate::wire::{self, Frame, Level, Qos, Reason};
 
 /// Bytes read from a socket at a time.
@@ -62,7 +63,9 @@ pub(super) struct Conn {
     /// The rules in force, told of every reload.
     pub rules: watch::Receiver<Arc<security::Rules>>,
     /// What the client's rate is counted under.
-    pub rate_key: Arc<str>,
+    pub rate_key: super::rate::RateKey,
+    /// The filters granted to the session, re-checked on a reload.
+    pub granted: Granted,
     pub problem_info: bool,
     /// One and a half times the device's keep alive; `None` when it is 0.
     pub keep_alive: Option<Duration>,
@@ -107,8 +110,6 @@ pub(super) struct State {
     held: Option<(Frame, Instant)>,
     /// Written to TLS and not flushed yet.
     unflushed: bool,
-    /// Filters granted, re-checked on a reload.
-    subscriptions: HashSet<String>,
     /// SUBSCRIBEs relayed with some filters refused: which, by packet id, for the SUBACK.
     partly_refused: HashMap<u16, Vec<bool>>,
 }
@@ -132,7 +133,6 @@ impl Default for State {
             aliases: HashMap::new(),
             held: None,
             unflushed: false,
-            subscriptions: HashSet::new(),
             partly_refused: HashMap::new(),
         }
     }
@@ -379,9 +379,12 @@ impl Conn {
                 wire::PUBREL => self.release_qos2(frame.packet_id()?),
                 wire::SUBSCRIBE => self.subscribe(&frame)?,
                 wire::UNSUBSCRIBE => {
-                    for filter in wire::read_unsubscribe(&frame, self.level)? {
-                        self.state.subscriptions.remove(&filter);
+                    let filters = wire::read_unsubscribe(&frame, self.level)?;
+                    let mut granted = self.granted.lock().unwrap_or_else(|p| p.into_inner());
+                    for filter in filters {
+                        granted.remove(&filter);
                     }
+                    drop(granted);
                     self.send_to_broker(&frame.bytes);
                 }
                 // Answered here: rumqttd's keep alive is Sluice's business (see on_timer).
@@ -529,19 +532,9 @@ impl Conn {
         }
     }
 
-    /// The ACL decides; where it says nothing, a client with an identity may publish
-    /// where a mapping's `{device_id}` is that identity.
     fn may_publish(&self, topic: &str) -> bool {
-        let rules = self.rules.borrow();
-        match rules.acl.decide(self.who(), Access::Publish, topic) {
-            Some(allowed) => allowed,
-            None => self.identity.name.as_deref().is_some_and(|me| {
-                self.ingress
-                    .mappings
-                    .route(topic)
-                    .is_some_and(|route| route.device_id == me)
-            }),
-        }
+        self.ingress
+            .may_publish(&self.rules.borrow(), self.who(), topic)
     }
 
     /// Relays a SUBSCRIBE's granted filters to rumqttd; the others are answered "not
@@ -558,14 +551,15 @@ impl Conn {
                 .collect()
         };
         let refused = granted.iter().filter(|g| !**g).count();
-        for (filter, _) in subscribe
+        let allowed = subscribe
             .filters
             .into_iter()
             .zip(&granted)
-            .filter(|(_, g)| **g)
-        {
-            self.state.subscriptions.insert(filter);
-        }
+            .filter(|(_, g)| **g);
+        self.granted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(allowed.map(|(filter, _)| filter));
         if refused == 0 {
             self.send_to_broker(&frame.bytes);
             return Ok(());
@@ -591,8 +585,9 @@ impl Conn {
         let who = self.who();
         let allowed = self.identity.still_valid(&rules)
             && self
-                .state
-                .subscriptions
+                .granted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
                 .iter()
                 .all(|f| rules.acl.allows(who, Access::Subscribe, f));
         if allowed {

@@ -28,8 +28,9 @@ use crate::budget::{Budget, BufferShare, Buffers};
 use crate::decode::Limits;
 use crate::mapping::Mappings;
 use crate::produce::{ProduceError, Producer};
-use crate::security::{Door, Identity, Presented, Refusal, Security};
-use crate::sessions::{Lifetime, Sessions};
+use crate::security::acl::{Access, Who};
+use crate::security::{Door, Identity, Presented, Refusal, Rules, Security};
+use crate::sessions::{Claim, Granted, Lifetime, Sessions};
 use crate::settings::IngressSettings;
 use crate::wire::{self, Frame, Level, Qos, Reason, WireError};
 
@@ -319,6 +320,13 @@ impl Ingress {
         gate: &Gate,
     ) -> Result<(), ConnError> {
         socket.set_nodelay(true)?;
+        // Counted before any work: over the rate, a TLS client costs no handshake (it is
+        // closed at once), a plain one is told 0x9F.
+        let over_rate = !gate.connects.allows();
+        if over_rate && gate.tls {
+            counter!("sluice_connections_refused_total", "reason" => "connect_rate").increment(1);
+            return Ok(());
+        }
         let wait = Duration::from_millis(self.settings.connect_timeout_ms);
         let (dev_rd, mut dev_wr, certificates) = if gate.tls {
             let tls = self.security.current().tls.clone();
@@ -381,13 +389,21 @@ impl Ingress {
             Level::V5 => self.broker_v5.ok_or(ConnError::NoBroker)?,
             Level::V311 => self.broker_v4,
         };
+        // Told of every reload from before the decision, so one during it is not missed.
+        let rules = self.security.watch();
         // Nothing the client sent past its CONNECT is looked at before this decision.
-        let decided = self.decide(&connect, gate, certificates, peer).await;
+        let decided = if over_rate {
+            Err(("connect_rate", Reason::ConnectionRateExceeded))
+        } else {
+            let now = rules.borrow().clone();
+            self.decide(&connect, gate, certificates, peer, &now).await
+        };
         let (identity, claim) = match decided {
             Ok(accepted) => accepted,
             Err((why, reason)) => {
                 counter!("sluice_connections_refused_total", "reason" => why).increment(1);
-                tracing::warn!(%peer, client_id = %connect.client_id, username = connect.username.as_deref().unwrap_or(""), reason = why, "CONNECT refused");
+                // Debug formatting escapes what a client chose (no forged log lines).
+                tracing::warn!(%peer, client_id = ?connect.client_id, username = ?connect.username, reason = why, "CONNECT refused");
                 let connack = wire::connack_refused(connect.level, reason);
                 let refuse = async {
                     dev_wr.write_all(&connack).await?;
@@ -397,19 +413,42 @@ impl Ingress {
                 return Err(ConnError::Refused(reason));
             }
         };
-        let qos2 = claim.qos2.clone();
         let device = Device {
             rd: dev_rd,
             wr: dev_wr,
             unread: dev_buf,
             tls: gate.tls,
         };
+        let client_id = connect.client_id.clone();
+        let session = Session {
+            identity,
+            rules,
+            qos2: claim.qos2.clone(),
+            granted: claim.granted.clone(),
+        };
         let result = self
             .clone()
-            .relay(connect, first, broker, device, qos2, identity)
+            .relay(connect, first, broker, device, session)
             .await;
+        if matches!(result, Err(ConnError::Revoked)) {
+            // rumqttd would keep a persistent session's subscriptions for its return.
+            self.sessions.end(&client_id).await;
+        }
         self.sessions.closed(claim);
         result
+    }
+
+    /// The ACL decides; where it says nothing, a client with an identity may publish
+    /// where a mapping's `{device_id}` is that identity.
+    fn may_publish(&self, rules: &Rules, who: Who<'_>, topic: &str) -> bool {
+        match rules.acl.decide(who, Access::Publish, topic) {
+            Some(allowed) => allowed,
+            None => who.identity.is_some_and(|me| {
+                self.mappings
+                    .route(topic)
+                    .is_some_and(|route| route.device_id == me)
+            }),
+        }
     }
 
     /// Whether a CONNECT is served, and as whom: the refusal's metric label and reason
@@ -420,15 +459,13 @@ impl Ingress {
         gate: &Gate,
         certificates: Option<Vec<CertificateDer<'static>>>,
         peer: SocketAddr,
-    ) -> Result<(Identity, crate::sessions::Claim), (&'static str, Reason)> {
+        rules: &Arc<Rules>,
+    ) -> Result<(Identity, Claim), (&'static str, Reason)> {
         if connect.client_id.len() > MAX_CLIENT_ID_BYTES {
             return Err(("client_id", Reason::ClientIdentifierNotValid));
         }
         if *self.shutdown.borrow() {
             return Err(("shutting_down", Reason::ServerUnavailable));
-        }
-        if !gate.connects.allows() {
-            return Err(("connect_rate", Reason::ConnectionRateExceeded));
         }
         if connect.auth_method.is_some() {
             return Err(("auth_method", Reason::BadAuthenticationMethod));
@@ -440,12 +477,24 @@ impl Ingress {
         };
         let identity = self
             .security
-            .authenticate(gate.door, presented, source(peer.ip()))
+            .authenticate(rules, gate.door, presented, source(peer.ip()))
             .await
             .map_err(|r| match r {
                 Refusal::BadCredentials => ("bad_credentials", Reason::BadUserNameOrPassword),
                 Refusal::NotAuthorized => ("not_authorized", Reason::NotAuthorized),
+                Refusal::NoCertificateIdentity => ("certificate_identity", Reason::NotAuthorized),
             })?;
+        let who = Who {
+            identity: identity.name.as_deref(),
+            client_id: &connect.client_id,
+        };
+        // A will is a publish like any other (rumqttd publishes it for the client).
+        if let Some(topic) = &connect.will_topic {
+            if !self.may_publish(rules, who, topic) {
+                counter!("sluice_denied_total", "action" => "will").increment(1);
+                return Err(("will_denied", Reason::NotAuthorized));
+            }
+        }
         let claim = self
             .sessions
             .opened(
@@ -455,6 +504,17 @@ impl Ingress {
             )
             .await
             .map_err(|_| ("client_id_taken", Reason::NotAuthorized))?;
+        // A session taken from another identity, or one whose subscriptions the rules no
+        // longer allow (changed while it was away), is ended in rumqttd before the relay.
+        let stale = claim
+            .granted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|f| !rules.acl.allows(who, Access::Subscribe, f));
+        if claim.foreign || stale {
+            self.sessions.end(&connect.client_id).await;
+        }
         Ok((identity, claim))
     }
 
@@ -465,8 +525,7 @@ impl Ingress {
         first: Frame,
         broker: SocketAddr,
         device: Device,
-        qos2: Qos2Received,
-        identity: Identity,
+        session: Session,
     ) -> Result<(), ConnError> {
         let upstream = TcpStream::connect(broker).await?;
         upstream.set_nodelay(true)?;
@@ -484,13 +543,15 @@ impl Ingress {
         let keep_alive = (connect.keep_alive > 0)
             .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
         let client_id: Arc<str> = connect.client_id.into();
-        // Rate limits are per identity, all its connections together; an anonymous client
-        // is limited per client id.
-        let rate_key = identity.name.clone().unwrap_or_else(|| client_id.clone());
+        let rate_key = match &session.identity.name {
+            Some(name) => rate::RateKey::Identity(name.clone()),
+            None => rate::RateKey::Anonymous(client_id.clone()),
+        };
         conn::Conn {
             level: connect.level,
-            rules: self.security.watch(),
-            identity,
+            rules: session.rules,
+            identity: session.identity,
+            granted: session.granted,
             rate_key,
             client_id,
             tls: device.tls,
@@ -501,7 +562,7 @@ impl Ingress {
             dev_in: device.unread,
             up_rd,
             up_wr,
-            qos2,
+            qos2: session.qos2,
             shutdown: self.shutdown.subscribe(),
             budget: Budget::new(
                 self.settings.max_inflight_per_connection,
@@ -526,6 +587,15 @@ fn source(ip: IpAddr) -> IpAddr {
         },
         v4 => v4,
     }
+}
+
+/// Who a served connection is, and what it keeps beside its session.
+struct Session {
+    identity: Identity,
+    /// The rules in force, told of every reload.
+    rules: watch::Receiver<Arc<Rules>>,
+    qos2: Qos2Received,
+    granted: Granted,
 }
 
 /// The two halves of a device's socket, plain TCP or TLS.

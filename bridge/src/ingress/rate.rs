@@ -11,10 +11,18 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 
 use crate::settings::IngressSettings;
 
+/// Whose rate a publish counts against: an identity, all its connections together, or an
+/// anonymous client by its client id (never the same bucket as an identity's).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RateKey {
+    Identity(Arc<str>),
+    Anonymous(Arc<str>),
+}
+
 /// Per-identity publish limits.
 pub struct Rates {
-    messages: Option<DefaultKeyedRateLimiter<Arc<str>>>,
-    bytes: Option<DefaultKeyedRateLimiter<Arc<str>>>,
+    messages: Option<DefaultKeyedRateLimiter<RateKey>>,
+    bytes: Option<DefaultKeyedRateLimiter<RateKey>>,
 }
 
 fn quota(per_second: u32, burst: u32, at_least: usize) -> Option<Quota> {
@@ -40,7 +48,7 @@ impl Rates {
 
     /// `None`: the publish of `bytes` may go on now. `Some(wait)`: the identity is over
     /// its rate; try again after `wait`.
-    pub fn check(&self, key: &Arc<str>, bytes: usize) -> Option<Duration> {
+    pub fn check(&self, key: &RateKey, bytes: usize) -> Option<Duration> {
         let now = DefaultClock::default().now();
         if let Some(limiter) = &self.messages {
             if let Err(not_until) = limiter.check_key(key) {
@@ -100,7 +108,8 @@ mod tests {
             s
         };
         let rates = Rates::new(&settings(10));
-        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let a = RateKey::Identity("a".into());
+        let b = RateKey::Anonymous("a".into());
         for _ in 0..3 {
             assert_eq!(rates.check(&a, 10), None, "within the burst");
         }
@@ -109,7 +118,11 @@ mod tests {
             wait > Duration::ZERO && wait <= Duration::from_millis(100),
             "{wait:?}"
         );
-        assert_eq!(rates.check(&b, 10), None, "another identity is not slowed");
+        assert_eq!(
+            rates.check(&b, 10),
+            None,
+            "an anonymous client id of the same name is not slowed"
+        );
         let none = Rates::new(&settings(0));
         for _ in 0..1000 {
             assert_eq!(none.check(&a, 1 << 20), None);

@@ -5,12 +5,11 @@
 
 pub mod acl;
 pub mod passwords;
+mod throttle;
 pub mod tls;
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use metrics::{counter, gauge};
 use rustls_pki_types::CertificateDer;
@@ -38,15 +37,6 @@ pub struct Rules {
     pub tls: Option<TlsContext>,
 }
 
-/// Failed logins from one source address past this many are slowed down.
-const FREE_FAILURES: u32 = 5;
-/// Longest a login from such an address waits before it is checked.
-const MAX_PENALTY: Duration = Duration::from_secs(5);
-/// An address's failures are forgotten this long after its last one.
-const FORGET_FAILURES: Duration = Duration::from_secs(600);
-/// Addresses with failures remembered at most; past it the oldest are forgotten.
-const MAX_FAILING_ADDRESSES: usize = 100_000;
-
 pub struct Security {
     auth: AuthSettings,
     tls: Option<TlsSettings>,
@@ -55,12 +45,7 @@ pub struct Security {
     current: watch::Sender<Arc<Rules>>,
     /// Password checks at a time: hashing is CPU and (argon2) memory heavy.
     verifying: Semaphore,
-    failures: Mutex<HashMap<IpAddr, Failures>>,
-}
-
-struct Failures {
-    count: u32,
-    last: Instant,
+    throttle: throttle::LoginThrottle,
 }
 
 /// How a listener admits clients.
@@ -80,7 +65,7 @@ pub struct Presented<'a> {
 }
 
 /// Who a connection is, and the proof, re-checked when the rules change.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Identity {
     /// `None` for an anonymous client.
     pub name: Option<Arc<str>>,
@@ -93,9 +78,11 @@ pub struct Identity {
 pub enum Refusal {
     /// Unknown user or wrong password: 0x86 (3.1.1: return code 4).
     BadCredentials,
-    /// No identity where one is needed, or a certificate without the configured name:
-    /// 0x87 (3.1.1: return code 5).
+    /// No identity where one is needed: 0x87 (3.1.1: return code 5).
     NotAuthorized,
+    /// A client certificate without a usable name in the configured field (it must be
+    /// one topic level): 0x87 (3.1.1: return code 5).
+    NoCertificateIdentity,
 }
 
 impl Identity {
@@ -144,7 +131,7 @@ impl Security {
             tls,
             defaults,
             verifying: Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
-            failures: Mutex::new(HashMap::new()),
+            throttle: throttle::LoginThrottle::default(),
         };
         let rules = security.read()?;
         security.current.send_replace(Arc::new(rules));
@@ -200,11 +187,13 @@ impl Security {
         self.current.subscribe()
     }
 
-    /// Decides who a CONNECT is, or refuses it. A certificate's identity is enough where
-    /// the listener says so; otherwise a user name must come with the right password;
-    /// with neither, the client is anonymous, where the listener allows that.
+    /// Decides who a CONNECT is under `rules`, or refuses it. A certificate's identity is
+    /// enough where the listener says so; otherwise a user name must come with the right
+    /// password; with neither, the client is anonymous, where the listener allows that
+    /// (where there is no password file, a user name is then only a name).
     pub async fn authenticate(
         &self,
+        rules: &Arc<Rules>,
         door: Door,
         presented: Presented<'_>,
         address: IpAddr,
@@ -213,30 +202,26 @@ impl Security {
             .certificates
             .filter(|chain| !chain.is_empty())
             .map(<[_]>::to_vec);
-        if let (Some(chain), true) = (&certificates, door.certificate_is_identity) {
-            let name = tls::identity(&chain[0], door.identity_field);
-            let name = name.ok_or(Refusal::NotAuthorized)?;
-            return Ok(Identity {
-                name: Some(name.into()),
-                password_entry: None,
-                certificates,
-            });
-        }
-        let Some(username) = presented.username else {
-            if door.allow_anonymous {
-                return Ok(Identity {
-                    certificates,
-                    ..Identity::anonymous()
-                });
-            }
-            return Err(Refusal::NotAuthorized);
+        let mut identity = Identity {
+            certificates,
+            ..Identity::anonymous()
         };
-        let penalty = self.penalty(address);
+        if let (Some(chain), true) = (&identity.certificates, door.certificate_is_identity) {
+            let name = tls::identity(&chain[0], door.identity_field);
+            identity.name = Some(name.ok_or(Refusal::NoCertificateIdentity)?.into());
+            return Ok(identity);
+        }
+        let username = match presented.username {
+            Some(name) if rules.passwords.is_some() || !door.allow_anonymous => name,
+            _ if door.allow_anonymous => return Ok(identity),
+            _ => return Err(Refusal::NotAuthorized),
+        };
+        let penalty = self.throttle.attempt(address);
         if !penalty.is_zero() {
             counter!("sluice_login_delayed_total").increment(1);
             tokio::time::sleep(penalty).await;
         }
-        let rules = self.current();
+        let rules = rules.clone();
         let password = presented.password.unwrap_or_default().to_owned();
         let user = username.to_owned();
         let entry = {
@@ -252,49 +237,10 @@ impl Security {
             .ok()
             .flatten()
         };
-        match entry {
-            Some(entry) => Ok(Identity {
-                name: Some(username.into()),
-                password_entry: Some(entry),
-                certificates,
-            }),
-            None => {
-                self.failed(address);
-                Err(Refusal::BadCredentials)
-            }
-        }
-    }
-
-    /// How long a login from `address` waits: nothing until it has failed
-    /// `FREE_FAILURES` times lately, then doubling up to `MAX_PENALTY`.
-    fn penalty(&self, address: IpAddr) -> Duration {
-        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        match failures.get(&address) {
-            Some(f) if f.count > FREE_FAILURES && f.last.elapsed() < FORGET_FAILURES => {
-                let doublings = (f.count - FREE_FAILURES - 1).min(10);
-                (Duration::from_millis(100) * (1 << doublings)).min(MAX_PENALTY)
-            }
-            _ => Duration::ZERO,
-        }
-    }
-
-    fn failed(&self, address: IpAddr) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.len() >= MAX_FAILING_ADDRESSES {
-            failures.retain(|_, f| f.last.elapsed() < FORGET_FAILURES);
-            if failures.len() >= MAX_FAILING_ADDRESSES {
-                failures.clear();
-            }
-        }
-        let now = Instant::now();
-        let f = failures.entry(address).or_insert(Failures {
-            count: 0,
-            last: now,
-        });
-        if now.duration_since(f.last) >= FORGET_FAILURES {
-            f.count = 0;
-        }
-        f.count += 1;
-        f.last = now;
+        let entry = entry.ok_or(Refusal::BadCredentials)?;
+        self.throttle.succeeded(address);
+        identity.name = Some(username.into());
+        identity.password_entry = Some(entry);
+        Ok(identity)
     }
 }
