@@ -56,6 +56,11 @@ openssl s_time -connect "127.0.0.1:$TLS_PORT" -new -time 10 \
   -CAfile "$CERTS/ca.pem" -cert "$CERTS/bench-gateway.pem" -key "$CERTS/bench-gateway.key" 2>&1 |
   tee "$DATA/handshakes.out" | grep -E "connections in|connections/user sec" || true
 
+# CPU seconds sluice has used so far (user + system), from /proc.
+sluice_cpu() {
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$(cat "$DATA/sluice.pid")/stat"
+}
+
 echo "load: $SENSORS sensors, $RATE readings/s in all, QoS 1, ${DURATION}s each"
 for transport in plain tls; do
   args=(--addr "127.0.0.1:$MQTT_PORT" --topic-root sensors)
@@ -66,9 +71,11 @@ for transport in plain tls; do
   # A short warm-up so both runs meet an already-connected, already-producing gateway.
   "$ROOT/target/release/sluice-sim" "${args[@]}" --sensors "$SENSORS" --rate "$RATE" \
     --duration 5 --prefix "warm-$transport" --progress 0 >/dev/null
+  before=$(sluice_cpu)
   "$ROOT/target/release/sluice-sim" "${args[@]}" --sensors "$SENSORS" --rate "$RATE" \
     --duration "$DURATION" --prefix "$transport" --progress 10 \
     --json "$DATA/$transport.json" >"$DATA/$transport.out"
+  echo "$before $(sluice_cpu)" >"$DATA/$transport.cpu"
   echo "--- $transport"
   cat "$DATA/$transport.out"
 done
@@ -76,11 +83,14 @@ python3 - "$DATA" <<'PY'
 import json, re, sys
 d = sys.argv[1]
 text = open(f"{d}/handshakes.out").read()
-m = re.search(r"(\d+) connections in ([\d.]+)s", text)
+# s_time's "N connections in T real seconds": the wall clock, client and server on one machine.
+m = re.search(r"(\d+) connections in (\d+) real seconds", text)
 if m:
-    print(f"\nTLS handshakes with a client certificate: {int(m.group(1)) / float(m.group(2)):.0f}/s")
-print("\n| transport | acked/s | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|")
+    print(f"\nTLS handshakes with a client certificate (new sessions, openssl s_time on the same machine): {int(m.group(1)) / float(m.group(2)):.0f}/s")
+print("\n| transport | acked/s | p50 ms | p99 ms | max ms | sluice CPU ms per 1,000 publishes |\n|---|---|---|---|---|---|")
 for t in ("plain", "tls"):
     r = json.load(open(f"{d}/{t}.json")); l = r["ack_latency_ms"]
-    print(f"| {t} | {r['acked_per_second']:.0f} | {l['p50']:.2f} | {l['p99']:.2f} | {l['max']:.2f} |")
+    before, after = map(float, open(f"{d}/{t}.cpu").read().split())
+    cpu = (after - before) * 1000 / (r["acked"] / 1000)
+    print(f"| {t} | {r['acked_per_second']:.0f} | {l['p50']:.2f} | {l['p99']:.2f} | {l['max']:.2f} | {cpu:.1f} |")
 PY
