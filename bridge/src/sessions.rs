@@ -83,6 +83,13 @@ pub struct Claim {
     pub foreign: bool,
 }
 
+impl Claim {
+    /// Whether the session outlives this connection in rumqttd.
+    pub fn persistent(&self) -> bool {
+        self.lifetime != Lifetime::Connection
+    }
+}
+
 /// The filters a session's clients were granted. rumqttd keeps a persistent session's
 /// subscriptions across connections, so they are kept with the session and re-checked
 /// when the rules change.
@@ -155,23 +162,29 @@ impl Sessions {
     }
 
     /// Ends a client id's session in rumqttd (its subscriptions and queued messages) and
-    /// forgets its QoS 2 state and grants; its connections, if any, go on.
-    pub async fn end(&self, client_id: &str) {
-        let ending = {
-            let mut live = self.live();
-            let Some(s) = live.get_mut(client_id) else {
-                return;
-            };
-            s.qos2.lock().unwrap_or_else(|p| p.into_inner()).clear();
-            s.granted.lock().unwrap_or_else(|p| p.into_inner()).clear();
-            s.ending.clone()
+    /// forgets its QoS 2 state and grants; its connections, if any, go on. False when
+    /// rumqttd did not answer: nothing is forgotten then.
+    pub async fn end(&self, client_id: &str) -> bool {
+        let Some(ending) = self.live().get(client_id).map(|s| s.ending.clone()) else {
+            return true;
         };
         let _ending = ending.lock().await;
-        match tokio::time::timeout(END_TIMEOUT, self.end_in_broker(client_id)).await {
-            Ok(Ok(())) => tracing::debug!(client_id, "session ended"),
-            Ok(Err(e)) => tracing::warn!(client_id, error = %e, "could not end a session"),
-            Err(_) => tracing::warn!(client_id, "ending a session timed out"),
+        let ended = match tokio::time::timeout(END_TIMEOUT, self.end_in_broker(client_id)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(client_id, error = %e, "could not end a session");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(client_id, "ending a session timed out");
+                false
+            }
+        };
+        if let Some(s) = self.live().get(client_id).filter(|_| ended) {
+            s.qos2.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            s.granted.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
+        ended
     }
 
     /// Called when a connection ends. A clean session is forgotten; an MQTT 5 persistent

@@ -24,6 +24,8 @@ pub const PINGRESP: u8 = 13;
 /// PINGREQ and PINGRESP, whole.
 pub const PINGREQ_PACKET: [u8; 2] = [PINGREQ << 4, 0];
 pub const PINGRESP_PACKET: [u8; 2] = [PINGRESP << 4, 0];
+/// DISCONNECT, normal (both levels): the will is dropped.
+pub const DISCONNECT_PACKET: [u8; 2] = [0xE0, 0];
 
 /// The protocol level a client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -489,35 +491,47 @@ pub fn read_unsubscribe(frame: &Frame, level: Level) -> Result<Vec<String>, Wire
 
 /// The SUBSCRIBE with only the filters `granted` marks, for rumqttd (properties kept).
 pub fn subscribe_only(frame: &Frame, level: Level, granted: &[bool]) -> Result<Bytes, WireError> {
-    let keep = |i: usize| granted.get(i).copied().unwrap_or(false);
+    let bad = |e: &dyn std::fmt::Display| malformed("SUBSCRIBE", e);
     let mut out = BytesMut::new();
     match level {
         Level::V5 => {
-            let mut s = v5::Subscribe::read(frame.v5_header(), frame.bytes.clone())
-                .map_err(|e| malformed("SUBSCRIBE", e))?;
-            s.filters = s
-                .filters
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| keep(*i))
-                .map(|(_, f)| f)
-                .collect();
-            s.write(&mut out).map_err(|e| malformed("SUBSCRIBE", e))?;
+            let mut s =
+                v5::Subscribe::read(frame.v5_header(), frame.bytes.clone()).map_err(|e| bad(&e))?;
+            s.filters = only_granted(s.filters, granted);
+            s.write(&mut out).map_err(|e| bad(&e))?;
         }
         Level::V311 => {
             let mut s = v4::v4::Subscribe::read(frame.v4_header(), frame.bytes.clone())
-                .map_err(|e| malformed("SUBSCRIBE", e))?;
-            s.filters = s
-                .filters
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| keep(*i))
-                .map(|(_, f)| f)
-                .collect();
-            s.write(&mut out).map_err(|e| malformed("SUBSCRIBE", e))?;
+                .map_err(|e| bad(&e))?;
+            s.filters = only_granted(s.filters, granted);
+            s.write(&mut out).map_err(|e| bad(&e))?;
         }
     }
     Ok(out.freeze())
+}
+
+/// The items `granted` marks, in order.
+fn only_granted<T>(items: Vec<T>, granted: &[bool]) -> Vec<T> {
+    let marks = granted.iter().copied().chain(std::iter::repeat(false));
+    items
+        .into_iter()
+        .zip(marks)
+        .filter(|(_, g)| *g)
+        .map(|(item, _)| item)
+        .collect()
+}
+
+/// One answer per filter: `theirs` (rumqttd's, for the granted ones) in the granted
+/// places, `refused` in the others.
+fn with_refusals<C: Clone>(theirs: Vec<C>, granted: &[bool], refused: C) -> Vec<C> {
+    let mut theirs = theirs.into_iter();
+    granted
+        .iter()
+        .map(|&g| match g {
+            true => theirs.next().unwrap_or_else(|| refused.clone()),
+            false => refused.clone(),
+        })
+        .collect()
 }
 
 /// The SUBACK for a SUBSCRIBE of which only the `granted` filters went to rumqttd: its
@@ -529,50 +543,35 @@ pub fn suback_with_refusals(
     level: Level,
     granted: &[bool],
 ) -> Result<Bytes, WireError> {
+    let bad = |e: &dyn std::fmt::Display| malformed("SUBACK", e);
     let mut out = BytesMut::new();
     match level {
         Level::V5 => {
             let mut ack = match upstream {
-                Some(f) => v5::SubAck::read(f.v5_header(), f.bytes.clone())
-                    .map_err(|e| malformed("SUBACK", e))?,
+                Some(f) => v5::SubAck::read(f.v5_header(), f.bytes.clone()).map_err(|e| bad(&e))?,
                 None => v5::SubAck {
                     pkid,
                     return_codes: Vec::new(),
                     properties: None,
                 },
             };
-            let mut theirs = std::mem::take(&mut ack.return_codes).into_iter();
-            ack.return_codes = granted
-                .iter()
-                .map(|&g| match g {
-                    true => theirs
-                        .next()
-                        .unwrap_or(v5::SubscribeReasonCode::Unspecified),
-                    false => v5::SubscribeReasonCode::NotAuthorized,
-                })
-                .collect();
-            ack.write(&mut out).map_err(|e| malformed("SUBACK", e))?;
+            let refused = v5::SubscribeReasonCode::NotAuthorized;
+            ack.return_codes = with_refusals(ack.return_codes, granted, refused);
+            ack.write(&mut out).map_err(|e| bad(&e))?;
         }
         Level::V311 => {
             let mut ack = match upstream {
-                Some(f) => v4::v4::SubAck::read(f.v4_header(), f.bytes.clone())
-                    .map_err(|e| malformed("SUBACK", e))?,
+                Some(f) => {
+                    v4::v4::SubAck::read(f.v4_header(), f.bytes.clone()).map_err(|e| bad(&e))?
+                }
                 None => v4::v4::SubAck {
                     pkid,
                     return_codes: Vec::new(),
                 },
             };
-            let mut theirs = std::mem::take(&mut ack.return_codes).into_iter();
-            ack.return_codes = granted
-                .iter()
-                .map(|&g| match g {
-                    true => theirs
-                        .next()
-                        .unwrap_or(v4::v4::SubscribeReasonCode::Failure),
-                    false => v4::v4::SubscribeReasonCode::Failure,
-                })
-                .collect();
-            ack.write(&mut out).map_err(|e| malformed("SUBACK", e))?;
+            let refused = v4::v4::SubscribeReasonCode::Failure;
+            ack.return_codes = with_refusals(ack.return_codes, granted, refused);
+            ack.write(&mut out).map_err(|e| bad(&e))?;
         }
     }
     Ok(out.freeze())
@@ -729,6 +728,46 @@ mod tests {
             next_frame(&mut buf, usize::MAX),
             Err(WireError::MalformedLength)
         ));
+    }
+
+    #[test]
+    fn refused_filters_are_left_out_and_answered_in_their_places() {
+        use v4::v4::{SubAck, Subscribe as Sub, SubscribeFilter, SubscribeReasonCode as Code};
+        let filters = ["sensors/a/+", "#", "sensors/a/t"];
+        let mut wire = BytesMut::new();
+        Sub {
+            pkid: 7,
+            filters: filters
+                .iter()
+                .map(|f| SubscribeFilter::new(f.to_string(), v4::QoS::AtLeastOnce))
+                .collect(),
+        }
+        .write(&mut wire)
+        .unwrap();
+        let frame = &frames(&wire)[0];
+        assert_eq!(read_subscribe(frame, Level::V311).unwrap().filters, filters);
+        let granted = [true, false, true];
+        let only = subscribe_only(frame, Level::V311, &granted).unwrap();
+        let sent = read_subscribe(&frames(&only)[0], Level::V311).unwrap();
+        assert_eq!(
+            (sent.pkid, sent.filters),
+            (7, vec![filters[0].to_owned(), filters[2].to_owned()])
+        );
+        let mut theirs = BytesMut::new();
+        SubAck::new(
+            7,
+            vec![
+                Code::Success(v4::QoS::AtLeastOnce),
+                Code::Success(v4::QoS::AtMostOnce),
+            ],
+        )
+        .write(&mut theirs)
+        .unwrap();
+        let merged =
+            suback_with_refusals(Some(&frames(&theirs)[0]), 7, Level::V311, &granted).unwrap();
+        assert_eq!(&merged[..], &[0x90, 5, 0, 7, 1, 0x80, 0]);
+        let none = suback_with_refusals(None, 9, Level::V5, &[false]).unwrap();
+        assert_eq!(&none[..], &[0x90, 4, 0, 9, 0, 0x87]);
     }
 
     #[test]

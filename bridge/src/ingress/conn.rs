@@ -168,6 +168,13 @@ impl Conn {
             };
             let _ = tokio::time::timeout(FLUSH_TIMEOUT, flush).await;
         }
+        // A client whose rights were withdrawn leaves no will behind: its relay ends with a
+        // DISCONNECT (success), which tells rumqttd to drop the will.
+        if matches!(result, Err(ConnError::Revoked)) {
+            self.state
+                .to_broker
+                .extend_from_slice(&wire::DISCONNECT_PACKET);
+        }
         // What the device sent before it closed (its last publishes, its DISCONNECT) still
         // goes to rumqttd. Dropping the broker socket without a DISCONNECT makes rumqttd
         // publish the will.

@@ -484,6 +484,10 @@ impl Ingress {
                 Refusal::NotAuthorized => ("not_authorized", Reason::NotAuthorized),
                 Refusal::NoCertificateIdentity => ("certificate_identity", Reason::NotAuthorized),
             })?;
+        // The handshake used the certificates in force then; a reload since may distrust it.
+        if !identity.still_valid(rules) {
+            return Err(("revoked", Reason::NotAuthorized));
+        }
         let who = Who {
             identity: identity.name.as_deref(),
             client_id: &connect.client_id,
@@ -512,8 +516,9 @@ impl Ingress {
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .any(|f| !rules.acl.allows(who, Access::Subscribe, f));
-        if claim.foreign || stale {
-            self.sessions.end(&connect.client_id).await;
+        if (claim.foreign || stale) && !self.sessions.end(&connect.client_id).await {
+            self.sessions.closed(claim);
+            return Err(("session_not_ended", Reason::ServerUnavailable));
         }
         Ok((identity, claim))
     }
