@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 
 use crate::settings::IngressSettings;
@@ -49,16 +49,16 @@ impl Rates {
     /// `None`: the publish of `bytes` may go on now. `Some(wait)`: the identity is over
     /// its rate; try again after `wait`.
     pub fn check(&self, key: &RateKey, bytes: usize) -> Option<Duration> {
-        let now = DefaultClock::default().now();
+        // The clock is read only when a limit is hit: this runs on every publish.
         if let Some(limiter) = &self.messages {
             if let Err(not_until) = limiter.check_key(key) {
-                return Some(not_until.wait_time_from(now));
+                return Some(not_until.wait_time_from(limiter.clock().now()));
             }
         }
         let limiter = self.bytes.as_ref()?;
         let n = NonZeroU32::new(u32::try_from(bytes).unwrap_or(u32::MAX))?;
         match limiter.check_key_n(key, n) {
-            Ok(Err(not_until)) => Some(not_until.wait_time_from(now)),
+            Ok(Err(not_until)) => Some(not_until.wait_time_from(limiter.clock().now())),
             // Ok, or more than any burst (settings keep bursts above the packet size).
             _ => None,
         }
