@@ -28,6 +28,10 @@ ensure_deps() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+    if [[ " ${pkgs[*]} " == *" mosquitto "* ]]; then
+      # Only its mosquitto_passwd is wanted: the broker the package starts would hold 1883.
+      { systemctl disable --now mosquitto || service mosquitto stop; } >/dev/null 2>&1 || true
+    fi
   fi
   if ! command -v tansu >/dev/null || [ "$(tansu --version 2>/dev/null)" != "tansu $TANSU_VERSION" ]; then
     log "installing tansu $TANSU_VERSION (Kafka-compatible broker; about 10 minutes, once)"
