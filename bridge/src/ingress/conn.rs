@@ -62,6 +62,9 @@ pub(super) struct Conn {
     pub identity: Identity,
     /// The rules in force, told of every reload.
     pub rules: watch::Receiver<Arc<security::Rules>>,
+    /// The rules this connection was last checked against: what each publish and
+    /// subscription is decided by, without touching the shared channel.
+    pub current: Arc<security::Rules>,
     /// What the client's rate is counted under.
     pub rate_key: super::rate::RateKey,
     /// The filters granted to the session, re-checked on a reload.
@@ -368,7 +371,7 @@ impl Conn {
                     None => break,
                 },
             };
-            self.state.heard = Instant::now();
+            self.state.heard = now;
             if frame.packet_type() == wire::PUBLISH {
                 if let Some(wait) = self.ingress.rates.check(&self.rate_key, frame.bytes.len()) {
                     if self.settings().disconnect_over_rate {
@@ -540,8 +543,7 @@ impl Conn {
     }
 
     fn may_publish(&self, topic: &str) -> bool {
-        self.ingress
-            .may_publish(&self.rules.borrow(), self.who(), topic)
+        self.ingress.may_publish(&self.current, self.who(), topic)
     }
 
     /// Relays a SUBSCRIBE's granted filters to rumqttd; the others are answered "not
@@ -549,7 +551,7 @@ impl Conn {
     fn subscribe(&mut self, frame: &Frame) -> Result<(), ConnError> {
         let subscribe = wire::read_subscribe(frame, self.level)?;
         let granted: Vec<bool> = {
-            let rules = self.rules.borrow();
+            let rules = &self.current;
             let who = self.who();
             subscribe
                 .filters
@@ -589,6 +591,7 @@ impl Conn {
     /// longer allowed is disconnected (MQTT 5: 0x87). Publishes meet the new ACL as they come.
     fn recheck(&mut self) -> Result<(), ConnError> {
         let rules = self.rules.borrow_and_update().clone();
+        self.current = rules.clone();
         let who = self.who();
         let allowed = self.identity.still_valid(&rules)
             && self

@@ -548,12 +548,14 @@ impl Ingress {
         let keep_alive = (connect.keep_alive > 0)
             .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
         let client_id: Arc<str> = connect.client_id.into();
+        let current = session.rules.borrow().clone();
         let rate_key = match &session.identity.name {
             Some(name) => rate::RateKey::Identity(name.clone()),
             None => rate::RateKey::Anonymous(client_id.clone()),
         };
         conn::Conn {
             level: connect.level,
+            current,
             rules: session.rules,
             identity: session.identity,
             granted: session.granted,
