@@ -6,7 +6,7 @@
 //! A session belongs to the identity that opened it: another cannot take its client id,
 //! except an identity taking its own name, which ends the other's session first.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
 use crate::ack::Qos2Received;
+pub use crate::ingress::deliver::Granted;
 use crate::wire;
 
 /// Ending a session in rumqttd gives up after this; connections of that client id wait
@@ -59,9 +60,9 @@ pub enum Lifetime {
 impl Lifetime {
     pub fn of(connect: &wire::Connect) -> Lifetime {
         match (connect.clean, connect.session_expiry) {
-            (true, _) => Lifetime::Connection,
-            (false, Some(u32::MAX)) | (false, None) => Lifetime::Forever,
-            (false, Some(s)) => Lifetime::Seconds(s),
+            (true, None | Some(0)) => Lifetime::Connection,
+            (false, None) | (_, Some(u32::MAX)) => Lifetime::Forever,
+            (_, Some(s)) => Lifetime::Seconds(s),
         }
     }
 }
@@ -78,9 +79,10 @@ pub struct Claim {
     pub qos2: Qos2Received,
     /// The filters its clients were granted.
     pub granted: Granted,
-    /// The session was another identity's until now: end it in rumqttd (`end`) before
-    /// relaying, or its subscriptions and queued messages would be inherited.
-    pub foreign: bool,
+    /// The session must start afresh in rumqttd (`end` it before relaying): it was another
+    /// identity's until now, or an MQTT 5 clean start asks for a new session that outlives
+    /// its connection, which rumqttd would take for the old one resumed.
+    pub fresh: bool,
 }
 
 impl Claim {
@@ -88,12 +90,15 @@ impl Claim {
     pub fn persistent(&self) -> bool {
         self.lifetime != Lifetime::Connection
     }
-}
 
-/// The filters a session's clients were granted. rumqttd keeps a persistent session's
-/// subscriptions across connections, so they are kept with the session and re-checked
-/// when the rules change.
-pub type Granted = Arc<Mutex<HashSet<String>>>;
+    /// MQTT 5: the client set another session expiry interval at DISCONNECT.
+    pub fn set_expiry(&mut self, seconds: u32) {
+        self.lifetime = match seconds {
+            u32::MAX => Lifetime::Forever,
+            s => Lifetime::Seconds(s),
+        };
+    }
+}
 
 impl Sessions {
     pub fn new(broker_v5: Option<SocketAddr>) -> Sessions {
@@ -111,7 +116,7 @@ impl Sessions {
 
     /// Called before a connection's CONNECT goes to rumqttd: cancels a pending expiry and
     /// waits for the end of one under way, so the new connection never meets a half-ended
-    /// session. A clean connection starts with no QoS 2 state. `Err` when the client id's
+    /// session. A clean connection starts with no QoS 2 state or subscriptions. `Err` when the client id's
     /// session belongs to another identity, unless the client id is the new identity's own
     /// name (or empty, which only clean sessions use).
     pub async fn opened(
@@ -119,9 +124,10 @@ impl Sessions {
         client_id: &str,
         lifetime: Lifetime,
         owner: Option<&Arc<str>>,
+        clean: bool,
     ) -> Result<Claim, Taken> {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
-        let (ending, qos2, granted, foreign) = {
+        let (ending, qos2, granted, fresh) = {
             let mut live = self.live();
             let foreign = !client_id.is_empty()
                 && live
@@ -130,6 +136,7 @@ impl Sessions {
             if foreign && owner.is_none_or(|o| &**o != client_id) {
                 return Err(Taken);
             }
+            let resumed = live.contains_key(client_id);
             let s = live.entry(client_id.to_owned()).or_insert_with(|| Session {
                 owner: owner.cloned(),
                 connections: 0,
@@ -144,12 +151,13 @@ impl Sessions {
             if let Some(expiry) = s.expiry.take() {
                 expiry.abort();
             }
-            if lifetime == Lifetime::Connection || foreign {
+            if clean || foreign {
                 s.qos2 = Qos2Received::default();
                 s.granted = Granted::default();
             }
             s.owner = owner.cloned();
-            (s.ending.clone(), s.qos2.clone(), s.granted.clone(), foreign)
+            let fresh = foreign || (resumed && clean && lifetime != Lifetime::Connection);
+            (s.ending.clone(), s.qos2.clone(), s.granted.clone(), fresh)
         };
         drop(ending.lock().await);
         Ok(Claim {
@@ -157,7 +165,7 @@ impl Sessions {
             lifetime,
             qos2,
             granted,
-            foreign,
+            fresh,
         })
     }
 
@@ -277,13 +285,13 @@ mod tests {
     async fn a_returning_client_cancels_its_expiry_and_generations_never_repeat() {
         let sessions = Arc::new(Sessions::new(Some("127.0.0.1:1".parse().unwrap())));
         let first = sessions
-            .opened("c", Lifetime::Seconds(3600), None)
+            .opened("c", Lifetime::Seconds(3600), None, false)
             .await
             .unwrap();
         sessions.closed(first);
         let pending = sessions.live()["c"].expiry.clone().expect("expiry pending");
         let again = sessions
-            .opened("c", Lifetime::Seconds(3600), None)
+            .opened("c", Lifetime::Seconds(3600), None, false)
             .await
             .unwrap();
         tokio::task::yield_now().await;
@@ -292,7 +300,7 @@ mod tests {
         sessions.closed(again);
         // A clean connection forgets the session entirely; a new one gets a new generation.
         let clean = sessions
-            .opened("c", Lifetime::Connection, None)
+            .opened("c", Lifetime::Connection, None, true)
             .await
             .unwrap();
         assert!(sessions.live()["c"].generation > generation);
@@ -303,17 +311,23 @@ mod tests {
     #[tokio::test]
     async fn qos2_state_survives_a_persistent_reconnect_and_not_a_clean_one() {
         let sessions = Arc::new(Sessions::new(None));
-        let a = sessions.opened("d", Lifetime::Forever, None).await.unwrap();
+        let a = sessions
+            .opened("d", Lifetime::Forever, None, false)
+            .await
+            .unwrap();
         a.qos2
             .lock()
             .unwrap()
             .insert(5, tokio::sync::watch::channel(None).1);
         sessions.closed(a);
-        let b = sessions.opened("d", Lifetime::Forever, None).await.unwrap();
+        let b = sessions
+            .opened("d", Lifetime::Forever, None, false)
+            .await
+            .unwrap();
         assert!(b.qos2.lock().unwrap().contains_key(&5));
         sessions.closed(b);
         let c = sessions
-            .opened("d", Lifetime::Connection, None)
+            .opened("d", Lifetime::Connection, None, true)
             .await
             .unwrap();
         assert!(c.qos2.lock().unwrap().is_empty());
@@ -325,19 +339,19 @@ mod tests {
         let sessions = Arc::new(Sessions::new(None));
         let (a, b): (Arc<str>, Arc<str>) = ("dev-a".into(), "dev-b".into());
         let first = sessions
-            .opened("c1", Lifetime::Forever, Some(&a))
+            .opened("c1", Lifetime::Forever, Some(&a), false)
             .await
             .unwrap();
         assert_eq!(
             sessions
-                .opened("c1", Lifetime::Connection, Some(&b))
+                .opened("c1", Lifetime::Connection, Some(&b), true)
                 .await
                 .err(),
             Some(Taken)
         );
         assert_eq!(
             sessions
-                .opened("c1", Lifetime::Connection, None)
+                .opened("c1", Lifetime::Connection, None, true)
                 .await
                 .err(),
             Some(Taken)
@@ -345,17 +359,17 @@ mod tests {
         sessions.closed(first);
         // A persistent session stays bound after its connection ends.
         assert!(sessions
-            .opened("c1", Lifetime::Forever, Some(&b))
+            .opened("c1", Lifetime::Forever, Some(&b), false)
             .await
             .is_err());
         let again = sessions
-            .opened("c1", Lifetime::Connection, Some(&a))
+            .opened("c1", Lifetime::Connection, Some(&a), true)
             .await
             .unwrap();
         sessions.closed(again);
         // Ended by a clean session: the client id is free again.
         let other = sessions
-            .opened("c1", Lifetime::Connection, Some(&b))
+            .opened("c1", Lifetime::Connection, Some(&b), true)
             .await
             .unwrap();
         sessions.closed(other);

@@ -103,9 +103,22 @@ pub struct IngressSettings {
     /// Past the rate, disconnect instead (MQTT 5: DISCONNECT 0x96).
     #[serde(default)]
     pub disconnect_over_rate: bool,
+    /// The longest keep alive a client may use, in seconds (0: any, keep alive 0 included).
+    /// MQTT 5 clients asking for more, or for 0, are told this one in CONNACK (server keep
+    /// alive); 3.1.1 clients are refused (return code 2), as mosquitto's max_keepalive.
+    #[serde(default)]
+    pub max_keep_alive: u16,
+    /// Subscriptions a session may hold; past it a SUBSCRIBE's new filters are refused
+    /// (MQTT 5: SUBACK 0x97; 3.1.1: 0x80).
+    #[serde(default = "default_max_subscriptions_per_session")]
+    pub max_subscriptions_per_session: usize,
     /// A second listener, with TLS.
     #[serde(default)]
     pub tls: Option<crate::security::tls::TlsSettings>,
+}
+
+fn default_max_subscriptions_per_session() -> usize {
+    1000
 }
 
 /// Who may connect and what they may do: files re-read on SIGHUP.

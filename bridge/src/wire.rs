@@ -18,8 +18,10 @@ pub const PUBCOMP: u8 = 7;
 pub const SUBSCRIBE: u8 = 8;
 pub const SUBACK: u8 = 9;
 pub const UNSUBSCRIBE: u8 = 10;
+pub const UNSUBACK: u8 = 11;
 pub const PINGREQ: u8 = 12;
 pub const PINGRESP: u8 = 13;
+pub const DISCONNECT: u8 = 14;
 
 /// PINGREQ and PINGRESP, whole.
 pub const PINGREQ_PACKET: [u8; 2] = [PINGREQ << 4, 0];
@@ -59,6 +61,8 @@ impl Qos {
 #[repr(u8)]
 pub enum Reason {
     Success = 0x00,
+    /// UNSUBACK: the client had no such subscription.
+    NoSubscriptionExisted = 0x11,
     MalformedPacket = 0x81,
     ProtocolError = 0x82,
     ImplementationSpecificError = 0x83,
@@ -69,12 +73,14 @@ pub enum Reason {
     ServerShuttingDown = 0x8B,
     BadAuthenticationMethod = 0x8C,
     KeepAliveTimeout = 0x8D,
+    TopicFilterInvalid = 0x8F,
     TopicNameInvalid = 0x90,
     PacketIdentifierNotFound = 0x92,
     ReceiveMaximumExceeded = 0x93,
     TopicAliasInvalid = 0x94,
     PacketTooLarge = 0x95,
     MessageRateTooHigh = 0x96,
+    QuotaExceeded = 0x97,
     PayloadFormatInvalid = 0x99,
     ConnectionRateExceeded = 0x9F,
 }
@@ -124,6 +130,11 @@ impl Frame {
             Some(&[hi, lo]) => Ok(u16::from_be_bytes([hi, lo])),
             _ => Err(malformed("acknowledgement", "no packet identifier")),
         }
+    }
+
+    /// The reason code of an MQTT 5 PUBACK, PUBREC or PUBCOMP (success when left out).
+    pub fn ack_reason(&self) -> u8 {
+        self.bytes.get(self.header_len + 2).copied().unwrap_or(0)
     }
 
     fn v4_header(&self) -> v4::FixedHeader {
@@ -179,9 +190,13 @@ pub struct Connect {
     pub keep_alive: u16,
     /// MQTT 5: whether the client accepts reason strings on acknowledgements (default yes).
     pub problem_info: bool,
-    /// MQTT 5: seconds a persistent session (clean start 0) outlives its connection;
-    /// `None` for a clean start and for MQTT 3.1.1, whose sessions never expire.
+    /// MQTT 5: seconds the session outlives the connection (0 when left out); `None` for
+    /// MQTT 3.1.1, whose persistent sessions never expire.
     pub session_expiry: Option<u32>,
+    /// MQTT 5: QoS 1 and 2 publishes the client takes at once (65,535 when left out).
+    pub receive_maximum: u16,
+    /// MQTT 5: the largest packet the client takes.
+    pub max_packet_size: Option<u32>,
     pub username: Option<String>,
     pub password: Option<String>,
     /// MQTT 5 enhanced authentication, which Sluice does not offer.
@@ -249,6 +264,8 @@ pub fn read_connect(frame: &Frame) -> Result<Connect, WireError> {
                 keep_alive: c.keep_alive,
                 problem_info: true,
                 session_expiry: None,
+                receive_maximum: u16::MAX,
+                max_packet_size: None,
             })
         }
         5 => {
@@ -271,22 +288,47 @@ pub fn read_connect(frame: &Frame) -> Result<Connect, WireError> {
                 clean: c.clean_start,
                 keep_alive: c.keep_alive,
                 problem_info: props.request_problem_info.is_none_or(|v| v != 0),
-                session_expiry: (!c.clean_start)
-                    .then(|| props.session_expiry_interval.unwrap_or(0)),
+                session_expiry: Some(props.session_expiry_interval.unwrap_or(0)),
+                receive_maximum: props.receive_maximum.filter(|&m| m > 0).unwrap_or(u16::MAX),
+                max_packet_size: props.max_packet_size,
             })
         }
         other => Err(WireError::UnsupportedLevel(other)),
     }
 }
 
-/// The CONNECT with another keep alive, for rumqttd: the ingress keeps the device's keep
-/// alive itself. Only for a frame `read_connect` accepted ("MQTT" name, level 4/5).
-pub fn with_keep_alive(frame: &Frame, seconds: u16) -> Bytes {
-    let mut bytes = BytesMut::from(&frame.bytes[..]);
-    // Protocol name (2 + 4 bytes), level, flags, then the keep alive.
-    let at = frame.header_len + 8;
-    bytes[at..at + 2].copy_from_slice(&seconds.to_be_bytes());
-    bytes.freeze()
+/// The CONNECT as rumqttd gets it: another keep alive (the ingress keeps the device's
+/// itself); for MQTT 5, `clean_start` as Sluice decides it (a clean start with a session
+/// expiry is a fresh session rumqttd must keep), and no topic alias maximum, receive
+/// maximum or packet size (what rumqttd sends the client passes the ingress, which keeps
+/// those; rumqttd's own topic aliases name a filter, not a topic). Only for a frame
+/// `read_connect` accepted ("MQTT" name, level 4/5).
+pub fn connect_for_broker(
+    frame: &Frame,
+    level: Level,
+    keep_alive: u16,
+    clean_start: bool,
+) -> Result<Bytes, WireError> {
+    if level == Level::V311 {
+        let mut bytes = BytesMut::from(&frame.bytes[..]);
+        // Protocol name (2 + 4 bytes), level, flags, then the keep alive.
+        let at = frame.header_len + 8;
+        bytes[at..at + 2].copy_from_slice(&keep_alive.to_be_bytes());
+        return Ok(bytes.freeze());
+    }
+    let (mut c, will, login) = v5::Connect::read(frame.v5_header(), frame.bytes.clone())
+        .map_err(|e| malformed("CONNECT", e))?;
+    c.keep_alive = keep_alive;
+    c.clean_start = clean_start;
+    if let Some(p) = c.properties.as_mut() {
+        p.topic_alias_max = None;
+        p.receive_maximum = None;
+        p.max_packet_size = None;
+    }
+    let mut out = BytesMut::new();
+    c.write(&will, &login, &mut out)
+        .map_err(|e| malformed("CONNECT", e))?;
+    Ok(out.freeze())
 }
 
 /// An MQTT 5 CONNECT with clean start for `client_id`: what, followed by a DISCONNECT,
@@ -317,8 +359,13 @@ pub struct ServerLimits {
 /// and shared subscriptions and subscription identifiers, which rumqttd has (measured by
 /// `conformance.rs`).
 /// rumqttd's own values (e.g. a topic alias maximum it does not implement) are replaced;
-/// an assigned client identifier is kept.
-pub fn connack_v5(frame: &Frame, limits: ServerLimits) -> Result<Bytes, WireError> {
+/// an assigned client identifier is kept. `server_keep_alive`: the keep alive Sluice holds
+/// the client to, when not the one it asked for.
+pub fn connack_v5(
+    frame: &Frame,
+    limits: ServerLimits,
+    server_keep_alive: Option<u16>,
+) -> Result<Bytes, WireError> {
     let mut ack = v5::ConnAck::read(frame.v5_header(), frame.bytes.clone())
         .map_err(|e| malformed("CONNACK", e))?;
     if ack.code == v5::ConnectReturnCode::Success {
@@ -348,6 +395,7 @@ pub fn connack_v5(frame: &Frame, limits: ServerLimits) -> Result<Bytes, WireErro
         p.wildcard_subscription_available = Some(1);
         p.shared_subscription_available = Some(1);
         p.subscription_identifiers_available = Some(1);
+        p.server_keep_alive = server_keep_alive;
         ack.properties = Some(p);
     }
     let mut out = BytesMut::new();
@@ -362,6 +410,7 @@ pub struct Publish {
     pub qos: Qos,
     /// Set on a retransmission.
     pub dup: bool,
+    pub retain: bool,
     pub pkid: u16,
     pub payload: Bytes,
     /// MQTT 5 content type, which names the payload's format.
@@ -393,6 +442,7 @@ fn qos(q: impl Into<u8>) -> Qos {
 
 fn read_publish_any(frame: &Frame, level: Level) -> Result<Publish, WireError> {
     let dup = frame.bytes[0] & 0x08 != 0;
+    let retain = frame.bytes[0] & 0x01 != 0;
     if level == Level::V5 {
         let p = v5::Publish::read(frame.v5_header(), frame.bytes.clone())
             .map_err(|e| malformed("PUBLISH", e))?;
@@ -403,6 +453,7 @@ fn read_publish_any(frame: &Frame, level: Level) -> Result<Publish, WireError> {
             topic,
             qos: qos(p.qos as u8),
             dup,
+            retain,
             pkid: p.pkid,
             payload: p.payload,
             content_type: props.content_type,
@@ -418,6 +469,7 @@ fn read_publish_any(frame: &Frame, level: Level) -> Result<Publish, WireError> {
             topic: p.topic,
             qos: qos(p.qos as u8),
             dup,
+            retain,
             pkid: p.pkid,
             payload: p.payload,
             content_type: None,
@@ -429,25 +481,71 @@ fn read_publish_any(frame: &Frame, level: Level) -> Result<Publish, WireError> {
     }
 }
 
-/// An MQTT 5 PUBLISH with its topic alias resolved: the full topic, no alias, for rumqttd,
-/// which does not implement client topic aliases.
-pub fn publish_with_topic(frame: &Frame, topic: &str) -> Result<Bytes, WireError> {
-    let mut p = v5::Publish::read(frame.v5_header(), frame.bytes.clone())
-        .map_err(|e| malformed("PUBLISH", e))?;
-    p.topic = Bytes::copy_from_slice(topic.as_bytes());
-    if let Some(props) = p.properties.as_mut() {
+/// An MQTT 5 PUBLISH as rumqttd gets it: with its topic alias resolved (`topic`: the full
+/// topic, no alias, as rumqttd does not implement client topic aliases), and the user
+/// property `stamp_key` as Sluice sets it (`stamp`), never as the client sent it.
+pub fn publish_for_broker(
+    frame: &Frame,
+    topic: Option<&str>,
+    stamp_key: &str,
+    stamp: Option<String>,
+) -> Result<Bytes, WireError> {
+    let mut p = read_delivery(frame)?;
+    let props = p.properties.get_or_insert_with(Default::default);
+    if let Some(topic) = topic {
+        p.topic = Bytes::copy_from_slice(topic.as_bytes());
         props.topic_alias = None;
+    }
+    props.user_properties.retain(|(k, _)| k != stamp_key);
+    if let Some(stamp) = stamp {
+        props.user_properties.push((stamp_key.to_owned(), stamp));
     }
     let mut out = BytesMut::new();
     p.write(&mut out).map_err(|e| malformed("PUBLISH", e))?;
     Ok(out.freeze())
 }
 
-/// A SUBSCRIBE's packet id and topic filters, in order.
+/// An MQTT 5 PUBLISH whole, as rumqttd sends it to a subscriber.
+pub type Delivery = v5::Publish;
+
+pub fn read_delivery(frame: &Frame) -> Result<Delivery, WireError> {
+    v5::Publish::read(frame.v5_header(), frame.bytes.clone()).map_err(|e| malformed("PUBLISH", e))
+}
+
+pub fn delivery_qos(publish: &Delivery) -> Qos {
+    qos(publish.qos as u8)
+}
+
+pub fn encode_delivery(out: &mut BytesMut, publish: &Delivery) -> Result<usize, WireError> {
+    publish.write(out).map_err(|e| malformed("PUBLISH", e))
+}
+
+/// When retained messages are sent at a subscribe (MQTT 5 retain handling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetainHandling {
+    OnEverySubscribe,
+    OnNewSubscribe,
+    Never,
+}
+
+/// One filter of a SUBSCRIBE with its options (MQTT 3.1.1: the defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeFilter {
+    pub path: String,
+    pub qos: Qos,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub retain_handling: RetainHandling,
+}
+
+/// A SUBSCRIBE: its packet id, filters in order, and (MQTT 5) properties.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribe {
     pub pkid: u16,
-    pub filters: Vec<String>,
+    pub filters: Vec<SubscribeFilter>,
+    /// The subscription identifier the client gave these subscriptions.
+    pub identifier: Option<usize>,
+    pub user_properties: Vec<(String, String)>,
 }
 
 pub fn read_subscribe(frame: &Frame, level: Level) -> Result<Subscribe, WireError> {
@@ -455,126 +553,171 @@ pub fn read_subscribe(frame: &Frame, level: Level) -> Result<Subscribe, WireErro
         Level::V5 => {
             let s = v5::Subscribe::read(frame.v5_header(), frame.bytes.clone())
                 .map_err(|e| malformed("SUBSCRIBE", e))?;
-            let filters = s.filters.into_iter().map(|f| f.path).collect();
+            let (identifier, user_properties) = s
+                .properties
+                .map_or((None, Vec::new()), |p| (p.id, p.user_properties));
+            if identifier == Some(0) {
+                return Err(malformed("SUBSCRIBE", "subscription identifier 0"));
+            }
+            let filters = s
+                .filters
+                .into_iter()
+                .map(|f| SubscribeFilter {
+                    path: f.path,
+                    qos: qos(f.qos as u8),
+                    no_local: f.nolocal,
+                    retain_as_published: f.preserve_retain,
+                    retain_handling: match f.retain_forward_rule {
+                        v5::RetainForwardRule::OnEverySubscribe => RetainHandling::OnEverySubscribe,
+                        v5::RetainForwardRule::OnNewSubscribe => RetainHandling::OnNewSubscribe,
+                        v5::RetainForwardRule::Never => RetainHandling::Never,
+                    },
+                })
+                .collect();
             Subscribe {
                 pkid: s.pkid,
                 filters,
+                identifier,
+                user_properties,
             }
         }
         Level::V311 => {
             let s = v4::v4::Subscribe::read(frame.v4_header(), frame.bytes.clone())
                 .map_err(|e| malformed("SUBSCRIBE", e))?;
-            let filters = s.filters.into_iter().map(|f| f.path).collect();
+            let filters = s
+                .filters
+                .into_iter()
+                .map(|f| SubscribeFilter {
+                    path: f.path,
+                    qos: qos(f.qos as u8),
+                    no_local: false,
+                    retain_as_published: false,
+                    retain_handling: RetainHandling::OnEverySubscribe,
+                })
+                .collect();
             Subscribe {
                 pkid: s.pkid,
                 filters,
+                identifier: None,
+                user_properties: Vec::new(),
             }
         }
     })
 }
 
-/// The filters an UNSUBSCRIBE names.
-pub fn read_unsubscribe(frame: &Frame, level: Level) -> Result<Vec<String>, WireError> {
-    Ok(match level {
+/// A SUBSCRIBE of one filter, for rumqttd; MQTT 5 with the subscription identifier
+/// Sluice gave it (rumqttd ignores the other subscription options).
+pub fn encode_subscribe(
+    out: &mut BytesMut,
+    level: Level,
+    pkid: u16,
+    filter: &SubscribeFilter,
+    identifier: usize,
+    user_properties: &[(String, String)],
+) -> Result<(), WireError> {
+    let bad = |e: &dyn std::fmt::Display| malformed("SUBSCRIBE", e);
+    match level {
         Level::V5 => {
-            v5::Unsubscribe::read(frame.v5_header(), frame.bytes.clone())
-                .map_err(|e| malformed("UNSUBSCRIBE", e))?
-                .filters
+            use rumqttc::v5::mqttbytes::QoS;
+            let qos = match filter.qos {
+                Qos::AtMostOnce => QoS::AtMostOnce,
+                Qos::AtLeastOnce => QoS::AtLeastOnce,
+                Qos::ExactlyOnce => QoS::ExactlyOnce,
+            };
+            v5::Subscribe {
+                pkid,
+                filters: vec![v5::Filter::new(filter.path.clone(), qos)],
+                properties: Some(v5::SubscribeProperties {
+                    id: Some(identifier),
+                    user_properties: user_properties.to_vec(),
+                }),
+            }
+            .write(out)
+            .map_err(|e| bad(&e))?;
         }
         Level::V311 => {
-            v4::v4::Unsubscribe::read(frame.v4_header(), frame.bytes.clone())
-                .map_err(|e| malformed("UNSUBSCRIBE", e))?
-                .topics
+            let qos = match filter.qos {
+                Qos::AtMostOnce => v4::QoS::AtMostOnce,
+                Qos::AtLeastOnce => v4::QoS::AtLeastOnce,
+                Qos::ExactlyOnce => v4::QoS::ExactlyOnce,
+            };
+            v4::v4::Subscribe {
+                pkid,
+                filters: vec![v4::v4::SubscribeFilter::new(filter.path.clone(), qos)],
+            }
+            .write(out)
+            .map_err(|e| bad(&e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The filters an UNSUBSCRIBE names, and its packet id.
+pub fn read_unsubscribe(frame: &Frame, level: Level) -> Result<(u16, Vec<String>), WireError> {
+    Ok(match level {
+        Level::V5 => {
+            let u = v5::Unsubscribe::read(frame.v5_header(), frame.bytes.clone())
+                .map_err(|e| malformed("UNSUBSCRIBE", e))?;
+            (u.pkid, u.filters)
+        }
+        Level::V311 => {
+            let u = v4::v4::Unsubscribe::read(frame.v4_header(), frame.bytes.clone())
+                .map_err(|e| malformed("UNSUBSCRIBE", e))?;
+            (u.pkid, u.topics)
         }
     })
 }
 
-/// The SUBSCRIBE with only the filters `granted` marks, for rumqttd (properties kept).
-pub fn subscribe_only(frame: &Frame, level: Level, granted: &[bool]) -> Result<Bytes, WireError> {
-    let bad = |e: &dyn std::fmt::Display| malformed("SUBSCRIBE", e);
-    let mut out = BytesMut::new();
+/// SUBACK: per filter, the QoS granted or why not (3.1.1: failure, 0x80).
+pub fn encode_suback(out: &mut BytesMut, level: Level, pkid: u16, answers: &[Result<Qos, Reason>]) {
+    let codes = answers.iter().map(|a| match (a, level) {
+        (Ok(qos), _) => *qos as u8,
+        (Err(reason), Level::V5) => *reason as u8,
+        (Err(_), Level::V311) => 0x80,
+    });
+    encode_acknowledgement(out, SUBACK, level, pkid, codes);
+}
+
+/// UNSUBACK: MQTT 5 with a reason per filter; 3.1.1 has none.
+pub fn encode_unsuback(out: &mut BytesMut, level: Level, pkid: u16, reasons: &[Reason]) {
+    let codes = reasons.iter().map(|r| *r as u8);
     match level {
-        Level::V5 => {
-            let mut s =
-                v5::Subscribe::read(frame.v5_header(), frame.bytes.clone()).map_err(|e| bad(&e))?;
-            s.filters = only_granted(s.filters, granted);
-            s.write(&mut out).map_err(|e| bad(&e))?;
-        }
-        Level::V311 => {
-            let mut s = v4::v4::Subscribe::read(frame.v4_header(), frame.bytes.clone())
-                .map_err(|e| bad(&e))?;
-            s.filters = only_granted(s.filters, granted);
-            s.write(&mut out).map_err(|e| bad(&e))?;
-        }
+        Level::V5 => encode_acknowledgement(out, UNSUBACK, level, pkid, codes),
+        Level::V311 => encode_acknowledgement(out, UNSUBACK, level, pkid, std::iter::empty()),
     }
-    Ok(out.freeze())
 }
 
-/// The items `granted` marks, in order.
-fn only_granted<T>(items: Vec<T>, granted: &[bool]) -> Vec<T> {
-    let marks = granted.iter().copied().chain(std::iter::repeat(false));
-    items
-        .into_iter()
-        .zip(marks)
-        .filter(|(_, g)| *g)
-        .map(|(item, _)| item)
-        .collect()
-}
-
-/// One answer per filter: `theirs` (rumqttd's, for the granted ones) in the granted
-/// places, `refused` in the others.
-fn with_refusals<C: Clone>(theirs: Vec<C>, granted: &[bool], refused: C) -> Vec<C> {
-    let mut theirs = theirs.into_iter();
-    granted
-        .iter()
-        .map(|&g| match g {
-            true => theirs.next().unwrap_or_else(|| refused.clone()),
-            false => refused.clone(),
-        })
-        .collect()
-}
-
-/// The SUBACK for a SUBSCRIBE of which only the `granted` filters went to rumqttd: its
-/// answers for those (`upstream`, rumqttd's SUBACK; `None` when none went) in their
-/// places, and "not authorised" (3.1.1: failure 0x80; 5: 0x87) for the others.
-pub fn suback_with_refusals(
-    upstream: Option<&Frame>,
-    pkid: u16,
+/// A SUBACK or UNSUBACK: packet id, (MQTT 5) no properties, codes.
+fn encode_acknowledgement(
+    out: &mut BytesMut,
+    kind: u8,
     level: Level,
-    granted: &[bool],
-) -> Result<Bytes, WireError> {
-    let bad = |e: &dyn std::fmt::Display| malformed("SUBACK", e);
-    let mut out = BytesMut::new();
-    match level {
-        Level::V5 => {
-            let mut ack = match upstream {
-                Some(f) => v5::SubAck::read(f.v5_header(), f.bytes.clone()).map_err(|e| bad(&e))?,
-                None => v5::SubAck {
-                    pkid,
-                    return_codes: Vec::new(),
-                    properties: None,
-                },
-            };
-            let refused = v5::SubscribeReasonCode::NotAuthorized;
-            ack.return_codes = with_refusals(ack.return_codes, granted, refused);
-            ack.write(&mut out).map_err(|e| bad(&e))?;
-        }
-        Level::V311 => {
-            let mut ack = match upstream {
-                Some(f) => {
-                    v4::v4::SubAck::read(f.v4_header(), f.bytes.clone()).map_err(|e| bad(&e))?
-                }
-                None => v4::v4::SubAck {
-                    pkid,
-                    return_codes: Vec::new(),
-                },
-            };
-            let refused = v4::v4::SubscribeReasonCode::Failure;
-            ack.return_codes = with_refusals(ack.return_codes, granted, refused);
-            ack.write(&mut out).map_err(|e| bad(&e))?;
+    pkid: u16,
+    codes: impl Iterator<Item = u8>,
+) {
+    let mut body = pkid.to_be_bytes().to_vec();
+    if level == Level::V5 {
+        body.push(0);
+    }
+    body.extend(codes);
+    out.extend_from_slice(&[kind << 4]);
+    let mut len = body.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        out.extend_from_slice(&[if len > 0 { byte | 0x80 } else { byte }]);
+        if len == 0 {
+            break;
         }
     }
-    Ok(out.freeze())
+    out.extend_from_slice(&body);
+}
+
+/// The session expiry interval an MQTT 5 DISCONNECT sets, if it sets one.
+pub fn read_disconnect_expiry(frame: &Frame) -> Result<Option<u32>, WireError> {
+    let d = v5::Disconnect::read(frame.v5_header(), frame.bytes.clone())
+        .map_err(|e| malformed("DISCONNECT", e))?;
+    Ok(d.properties.and_then(|p| p.session_expiry_interval))
 }
 
 fn malformed(packet: &'static str, reason: impl ToString) -> WireError {
@@ -731,43 +874,98 @@ mod tests {
     }
 
     #[test]
-    fn refused_filters_are_left_out_and_answered_in_their_places() {
-        use v4::v4::{SubAck, Subscribe as Sub, SubscribeFilter, SubscribeReasonCode as Code};
-        let filters = ["sensors/a/+", "#", "sensors/a/t"];
+    fn subscribe_options_are_read_and_one_filter_goes_to_rumqttd_with_sluices_identifier() {
+        use rumqttc::v5::mqttbytes::QoS;
         let mut wire = BytesMut::new();
-        Sub {
+        v5::Subscribe {
             pkid: 7,
-            filters: filters
-                .iter()
-                .map(|f| SubscribeFilter::new(f.to_string(), v4::QoS::AtLeastOnce))
-                .collect(),
+            filters: vec![
+                v5::Filter {
+                    path: "a/+".into(),
+                    qos: QoS::AtLeastOnce,
+                    nolocal: true,
+                    preserve_retain: true,
+                    retain_forward_rule: v5::RetainForwardRule::Never,
+                },
+                v5::Filter::new("b/#", QoS::ExactlyOnce),
+            ],
+            properties: Some(v5::SubscribeProperties {
+                id: Some(42),
+                user_properties: vec![("k".into(), "v".into())],
+            }),
         }
         .write(&mut wire)
         .unwrap();
-        let frame = &frames(&wire)[0];
-        assert_eq!(read_subscribe(frame, Level::V311).unwrap().filters, filters);
-        let granted = [true, false, true];
-        let only = subscribe_only(frame, Level::V311, &granted).unwrap();
-        let sent = read_subscribe(&frames(&only)[0], Level::V311).unwrap();
+        let s = read_subscribe(&frames(&wire)[0], Level::V5).unwrap();
+        assert_eq!((s.pkid, s.identifier), (7, Some(42)));
         assert_eq!(
-            (sent.pkid, sent.filters),
-            (7, vec![filters[0].to_owned(), filters[2].to_owned()])
+            s.filters[0],
+            SubscribeFilter {
+                path: "a/+".into(),
+                qos: Qos::AtLeastOnce,
+                no_local: true,
+                retain_as_published: true,
+                retain_handling: RetainHandling::Never,
+            }
         );
-        let mut theirs = BytesMut::new();
-        SubAck::new(
-            7,
-            vec![
-                Code::Success(v4::QoS::AtLeastOnce),
-                Code::Success(v4::QoS::AtMostOnce),
-            ],
-        )
-        .write(&mut theirs)
+        assert_eq!(
+            s.filters[1].retain_handling,
+            RetainHandling::OnEverySubscribe
+        );
+        let mut one = BytesMut::new();
+        encode_subscribe(&mut one, Level::V5, 7, &s.filters[1], 9, &s.user_properties).unwrap();
+        let sent = read_subscribe(&frames(&one)[0], Level::V5).unwrap();
+        assert_eq!((sent.pkid, sent.identifier), (7, Some(9)));
+        assert_eq!(sent.filters.len(), 1);
+        assert_eq!(sent.filters[0].path, "b/#");
+        assert_eq!(sent.user_properties, s.user_properties);
+
+        // Identifier 0 is a protocol error.
+        let mut zero = BytesMut::new();
+        v5::Subscribe {
+            pkid: 1,
+            filters: vec![v5::Filter::new("c", QoS::AtMostOnce)],
+            properties: Some(v5::SubscribeProperties {
+                id: Some(0),
+                user_properties: Vec::new(),
+            }),
+        }
+        .write(&mut zero)
         .unwrap();
-        let merged =
-            suback_with_refusals(Some(&frames(&theirs)[0]), 7, Level::V311, &granted).unwrap();
-        assert_eq!(&merged[..], &[0x90, 5, 0, 7, 1, 0x80, 0]);
-        let none = suback_with_refusals(None, 9, Level::V5, &[false]).unwrap();
-        assert_eq!(&none[..], &[0x90, 4, 0, 9, 0, 0x87]);
+        assert!(read_subscribe(&frames(&zero)[0], Level::V5).is_err());
+    }
+
+    #[test]
+    fn subacks_and_unsubacks_answer_every_filter_in_place() {
+        let answers = [
+            Ok(Qos::AtLeastOnce),
+            Err(Reason::NotAuthorized),
+            Ok(Qos::AtMostOnce),
+        ];
+        let mut out = BytesMut::new();
+        encode_suback(&mut out, Level::V311, 7, &answers);
+        assert_eq!(&out[..], &[0x90, 5, 0, 7, 1, 0x80, 0]);
+        out.clear();
+        encode_suback(&mut out, Level::V5, 9, &answers);
+        assert_eq!(&out[..], &[0x90, 6, 0, 9, 0, 1, 0x87, 0]);
+        let ack = v5::SubAck::read(frames(&out)[0].v5_header(), out.clone().freeze()).unwrap();
+        assert_eq!(ack.return_codes.len(), 3);
+        out.clear();
+        encode_unsuback(
+            &mut out,
+            Level::V5,
+            3,
+            &[Reason::Success, Reason::NoSubscriptionExisted],
+        );
+        assert_eq!(&out[..], &[0xB0, 5, 0, 3, 0, 0, 0x11]);
+        out.clear();
+        encode_unsuback(&mut out, Level::V311, 3, &[Reason::Success]);
+        assert_eq!(&out[..], &[0xB0, 2, 0, 3]);
+        // 200 answers need a two-byte remaining length.
+        out.clear();
+        encode_suback(&mut out, Level::V311, 1, &[Ok(Qos::AtMostOnce); 200]);
+        assert_eq!(&out[..3], &[0x90, (202 % 128) | 0x80, 1]);
+        assert_eq!(frames(&out).len(), 1);
     }
 
     #[test]
@@ -784,13 +982,15 @@ mod tests {
                 keep_alive: 10,
                 problem_info: true,
                 session_expiry: None,
+                receive_maximum: u16::MAX,
+                max_packet_size: None,
                 username: None,
                 password: None,
                 auth_method: None,
                 will_topic: None,
             }
         );
-        let changed = with_keep_alive(&frames(&wire)[0], 65535);
+        let changed = connect_for_broker(&frames(&wire)[0], Level::V311, 65535, true).unwrap();
         let c = read_connect(&frames(&changed)[0]).unwrap();
         assert_eq!((c.keep_alive, c.client_id.as_str()), (65535, "dev-1"));
 
@@ -812,15 +1012,63 @@ mod tests {
                 clean: true,
                 keep_alive: 30,
                 problem_info: true,
-                session_expiry: None,
+                session_expiry: Some(0),
+                receive_maximum: u16::MAX,
+                max_packet_size: None,
                 username: Some("dev-5".into()),
                 password: Some("s3cret".into()),
                 auth_method: None,
                 will_topic: None,
             }
         );
-        let c = read_connect(&frames(&with_keep_alive(&frames(&wire)[0], 7))[0]).unwrap();
+        let c = read_connect(
+            &frames(&connect_for_broker(&frames(&wire)[0], Level::V5, 7, true).unwrap())[0],
+        )
+        .unwrap();
         assert_eq!(c.keep_alive, 7);
+
+        // What rumqttd gets of an MQTT 5 CONNECT: Sluice's clean start, none of the limits
+        // the ingress keeps for it, the rest as the client sent it.
+        let mut wire = BytesMut::new();
+        v5::Connect {
+            keep_alive: 30,
+            client_id: "dev-6".into(),
+            clean_start: true,
+            properties: Some(v5::ConnectProperties {
+                session_expiry_interval: Some(300),
+                receive_maximum: Some(2),
+                max_packet_size: Some(200),
+                topic_alias_max: Some(10),
+                request_response_info: None,
+                request_problem_info: None,
+                user_properties: vec![("k".into(), "v".into())],
+                authentication_method: None,
+                authentication_data: None,
+            }),
+        }
+        .write(&None, &None, &mut wire)
+        .unwrap();
+        let c = read_connect(&frames(&wire)[0]).unwrap();
+        assert_eq!(
+            (c.receive_maximum, c.max_packet_size, c.session_expiry),
+            (2, Some(200), Some(300))
+        );
+        let upstream = connect_for_broker(&frames(&wire)[0], Level::V5, 60, false).unwrap();
+        let f = &frames(&upstream)[0];
+        let (sent, _, _) = v5::Connect::read(f.v5_header(), f.bytes.clone()).unwrap();
+        let p = sent.properties.unwrap();
+        assert_eq!(
+            (sent.clean_start, sent.keep_alive, sent.client_id.as_str()),
+            (false, 60, "dev-6")
+        );
+        assert_eq!(
+            (p.receive_maximum, p.max_packet_size, p.topic_alias_max),
+            (None, None, None)
+        );
+        assert_eq!(
+            (p.session_expiry_interval, p.user_properties.len()),
+            (Some(300), 1)
+        );
 
         // MQTT 3.1 ("MQIsdp", level 3) is not served.
         let mut bad = BytesMut::new();

@@ -10,23 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::raw::{connect, connected, packet, publish, string, Raw, DISCONNECT};
-use common::{db, read_topic, set, wait_rows, Gateway};
-use serde_json::Value;
-
-fn paho(args: &[&str]) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/paho_client.py");
-    let out = Command::new("/usr/bin/python3")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("Debian's python3 with python3-paho-mqtt");
-    assert!(
-        out.status.success(),
-        "paho_client.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("paho_client.py prints JSON")
-}
+use common::{db, paho, read_topic, set, wait_rows, Gateway};
 
 /// mosquitto_sub on this gateway for `secs` seconds; its `topic payload` lines.
 fn mosquitto_sub(gateway: &Gateway, filters: &[&str], secs: u32) -> std::process::Child {
@@ -290,7 +274,7 @@ async fn topic_aliases_resolve_and_properties_reach_kafka_headers() {
             Some("application/json"),
             "{r:?}"
         );
-        let record: Value = serde_json::from_slice(&r.payload).expect("record JSON");
+        let record: serde_json::Value = serde_json::from_slice(&r.payload).expect("record JSON");
         assert_eq!(record["mqtt_topic"], format!("sensors/{dev}/temp"));
     }
 }
@@ -342,46 +326,4 @@ async fn payload_format_indicator_utf8_is_checked_with_a_reason_string() {
     assert_eq!(letters[0].payload, cbor);
     assert_eq!(letters[0].header("reason"), Some("payload_not_utf8"));
     assert_eq!(letters[0].header("mqtt.payload_format"), Some("utf-8"));
-}
-
-/// What MQTT 5 subscribers get from the embedded rumqttd through the device port, measured
-/// with Paho; the README's compatibility table says the same, so a change shows up here.
-#[test]
-fn mqtt5_subscriber_features_are_as_the_readme_says() {
-    let gateway = Gateway::start(None);
-    let seen = paho(&[
-        "subscriber",
-        &gateway.mqtt_port.to_string(),
-        &format!("subs-{}", gateway.id),
-    ]);
-    let want = serde_json::json!({
-        "retained_delivered": true,
-        "retained_flag": true,
-        "expired_retained_delivered": false,
-        "user_properties": true,
-        "content_type": true,
-        "message_expiry_forwarded": true,
-        "subscription_identifier": [42],
-        "no_local_respected": false,
-        "retain_handling_2_respected": false,
-        "shared_deliveries": [2, 2],
-    });
-    assert_eq!(seen, want);
-}
-
-/// MQTT 5 session expiry (rumqttd alone keeps every session forever): expiry 0 ends the
-/// session with the connection; a longer one keeps it, and its queued message, until then.
-#[test]
-fn mqtt5_session_expiry_is_honoured() {
-    let gateway = Gateway::start(None);
-    let port = gateway.mqtt_port.to_string();
-    let session = |expiry: &str, wait: &str| {
-        let id = format!("{}-session-{expiry}-{}", gateway.id, wait.replace('.', "_"));
-        paho(&["session", &port, &id, expiry, wait])
-    };
-    let gone = serde_json::json!({"session_present": [0, 0], "messages": []});
-    let kept = serde_json::json!({"session_present": [0, 1], "messages": ["queued"]});
-    assert_eq!(session("0", "0.5"), gone, "expiry 0");
-    assert_eq!(session("3", "0.5"), kept, "within the expiry");
-    assert_eq!(session("1", "2.5"), gone, "after the expiry");
 }

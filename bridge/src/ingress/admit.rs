@@ -116,6 +116,18 @@ pub fn admit(
             relay,
         };
     };
+    // A retained publish with no payload clears the topic's retained message: it is not
+    // a reading, and subscribers must see it cleared.
+    if publish.retain && publish.payload.is_empty() {
+        counter!("sluice_retained_cleared_total").increment(1);
+        return Admission {
+            destination: Destination::Nothing,
+            detail: None,
+            reason: Reason::Success,
+            policy: route.ack,
+            relay: true,
+        };
+    }
     let policy = route.ack;
     let readings = check_name(&route.device_id, rules.limits).and_then(|()| {
         if publish.utf8 && std::str::from_utf8(&publish.payload).is_err() {

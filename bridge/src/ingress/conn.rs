@@ -5,7 +5,7 @@
 //! holds its own connection up and nobody else's. It also keeps the client inside its
 //! rights: the ACL on every publish and subscription, its rate, and a reload's verdict.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,15 +19,16 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
 use super::admit::{admit, property_headers, Admission, Destination, Rules};
+use super::deliver::{self, Outbox, Stamp};
 use super::{ConnError, DeviceReader, DeviceWriter, Ingress};
 use crate::ack::{AckQueue, Acknowledgement, Delivered, Qos2Received, Waiter};
 use crate::budget::{Budget, BufferShare, Reservation};
 use crate::mapping::AckPolicy;
 use crate::produce::{Outgoing, Ticket};
-use crate::security::acl::{Access, Who};
+use crate::security::acl::{self, Access, Who};
 use crate::security::{self, Identity};
 use crate::sessions::Granted;
-use crate::wire::{self, Frame, Level, Qos, Reason};
+use crate::wire::{self, Frame, Level, Qos, Reason, WireError};
 
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 8 * 1024;
@@ -72,6 +73,12 @@ pub(super) struct Conn {
     pub problem_info: bool,
     /// One and a half times the device's keep alive; `None` when it is 0.
     pub keep_alive: Option<Duration>,
+    /// MQTT 5: the keep alive told in CONNACK, when not the client's own.
+    pub server_keep_alive: Option<u16>,
+    /// MQTT 5: the session expiry interval of the CONNECT.
+    pub session_expiry: Option<u32>,
+    /// MQTT 5: deliveries on their way to the client.
+    pub outbox: Outbox,
     pub dev_rd: DeviceReader,
     pub dev_wr: DeviceWriter,
     /// TLS holds back what it is given until flushed.
@@ -113,8 +120,14 @@ pub(super) struct State {
     held: Option<(Frame, Instant)>,
     /// Written to TLS and not flushed yet.
     unflushed: bool,
-    /// SUBSCRIBEs relayed with some filters refused: which, by packet id, for the SUBACK.
-    partly_refused: HashMap<u16, Vec<bool>>,
+    /// One per PINGREQ sent to rumqttd, answered in order: a SUBACK or UNSUBACK Sluice
+    /// made, due once rumqttd has handled what was sent before (its own answers are not
+    /// relayed), or nothing for a keep-alive ping.
+    barriers: VecDeque<Option<Bytes>>,
+    /// The session has a no-local subscription: the client's publishes are stamped.
+    no_local: bool,
+    /// MQTT 5: the session expiry interval the client set at DISCONNECT.
+    expiry_at_disconnect: Option<u32>,
 }
 
 impl Default for State {
@@ -136,7 +149,9 @@ impl Default for State {
             aliases: HashMap::new(),
             held: None,
             unflushed: false,
-            partly_refused: HashMap::new(),
+            barriers: VecDeque::new(),
+            no_local: false,
+            expiry_at_disconnect: None,
         }
     }
 }
@@ -154,8 +169,17 @@ async fn write_or_flush(
     wr.write_buf(out).await.map(Some)
 }
 
+/// Milliseconds since the Unix epoch: what stamps and message expiry count in.
+fn now_ms() -> u64 {
+    u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0)
+}
+
 impl Conn {
-    pub async fn run(mut self) -> Result<(), ConnError> {
+    /// Serves the connection; then, the session expiry interval an MQTT 5 client set at
+    /// DISCONNECT, if it set one.
+    pub async fn run(mut self) -> (Result<(), ConnError>, Option<u32>) {
+        let no_local = self.subscriptions().any_no_local();
+        self.state.no_local = no_local;
         let result = self.serve().await;
         // Acknowledgements already due go out even when the connection ends in an error,
         // then MQTT 5 clients are told why; a device that does not read gets no more time.
@@ -185,7 +209,11 @@ impl Conn {
             let flush = self.up_wr.write_all(&self.state.to_broker);
             let _ = tokio::time::timeout(FLUSH_TIMEOUT, flush).await;
         }
-        result
+        (result, self.state.expiry_at_disconnect)
+    }
+
+    fn subscriptions(&self) -> std::sync::MutexGuard<'_, deliver::Subscriptions> {
+        self.granted.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn settings(&self) -> &crate::settings::IngressSettings {
@@ -258,7 +286,7 @@ impl Conn {
                 }
                 // Read even when pressed: rumqttd does not read the relay while it cannot
                 // write to it, and `to_device` has its own cap and write timeout.
-                n = self.up_rd.read_buf(&mut self.state.up_in), if self.state.to_device.len() < buffer_cap => {
+                n = self.up_rd.read_buf(&mut self.state.up_in), if self.state.to_device.len() + self.outbox.held_bytes() < buffer_cap => {
                     if n? == 0 {
                         return Ok(());
                     }
@@ -342,6 +370,7 @@ impl Conn {
         // silent for days, so Sluice pings for it.
         if now >= s.last_upstream + ping_interval {
             s.to_broker.extend_from_slice(&wire::PINGREQ_PACKET);
+            s.barriers.push_back(None);
             s.last_upstream = now;
         }
         Ok(())
@@ -384,17 +413,22 @@ impl Conn {
                 }
             }
             match frame.packet_type() {
-                wire::CONNECT => return Err(ConnError::SecondConnect),
+                wire::CONNECT => return Err(ConnError::Protocol("a second CONNECT")),
                 wire::PUBLISH => self.publish(frame).await?,
                 wire::PUBREL => self.release_qos2(frame.packet_id()?),
                 wire::SUBSCRIBE => self.subscribe(&frame)?,
-                wire::UNSUBSCRIBE => {
-                    let filters = wire::read_unsubscribe(&frame, self.level)?;
-                    let mut granted = self.granted.lock().unwrap_or_else(|p| p.into_inner());
-                    for filter in filters {
-                        granted.remove(&filter);
-                    }
-                    drop(granted);
+                wire::UNSUBSCRIBE => self.unsubscribe(&frame)?,
+                wire::PUBACK | wire::PUBCOMP | wire::PUBREC => {
+                    let s = &mut self.state;
+                    let mut out = deliver::Out {
+                        to_device: &mut s.to_device,
+                        to_broker: &mut s.to_broker,
+                    };
+                    self.outbox.client_ack(&frame, now_ms(), &mut out)?;
+                    s.last_upstream = now;
+                }
+                wire::DISCONNECT if self.level == Level::V5 => {
+                    self.disconnecting(&frame)?;
                     self.send_to_broker(&frame.bytes);
                 }
                 // Answered here: rumqttd's keep alive is Sluice's business (see on_timer).
@@ -413,33 +447,48 @@ impl Conn {
         self.state.last_upstream = Instant::now();
     }
 
+    /// MQTT 5, 3.14.2.2.2: a DISCONNECT may change the session expiry interval, except
+    /// from zero.
+    fn disconnecting(&mut self, frame: &Frame) -> Result<(), ConnError> {
+        let Some(expiry) = wire::read_disconnect_expiry(frame)? else {
+            return Ok(());
+        };
+        if expiry > 0 && self.session_expiry.unwrap_or(0) == 0 {
+            return Err(ConnError::Protocol(
+                "a session expiry set at DISCONNECT after 0 at CONNECT",
+            ));
+        }
+        self.state.expiry_at_disconnect = Some(expiry);
+        Ok(())
+    }
+
     /// Relays rumqttd's packets to the device, except those that answer Sluice's own
-    /// packets to rumqttd (acknowledgements of relayed publishes, PINGRESP). An MQTT 5
-    /// CONNACK gets the properties of the device port rather than rumqttd's.
+    /// packets to rumqttd (acknowledgements of relayed publishes, PINGRESP) and those
+    /// Sluice answers itself (SUBACK, UNSUBACK). An MQTT 5 CONNACK gets the properties of
+    /// the device port rather than rumqttd's; MQTT 5 deliveries go through the outbox.
     fn relay_from_broker(&mut self) -> Result<(), ConnError> {
         while let Some(frame) = wire::next_frame(&mut self.state.up_in, usize::MAX)? {
             match frame.packet_type() {
-                wire::PUBACK | wire::PUBREC | wire::PUBCOMP | wire::PINGRESP => {}
-                wire::SUBACK if !self.state.partly_refused.is_empty() => {
-                    let pkid = frame.packet_id()?;
-                    match self.state.partly_refused.remove(&pkid) {
-                        Some(granted) => {
-                            let ack = wire::suback_with_refusals(
-                                Some(&frame),
-                                pkid,
-                                self.level,
-                                &granted,
-                            )?;
-                            self.state.to_device.extend_from_slice(&ack);
-                        }
-                        None => self.state.to_device.extend_from_slice(&frame.bytes),
+                wire::PUBACK | wire::PUBREC | wire::PUBCOMP | wire::SUBACK | wire::UNSUBACK => {}
+                wire::PINGRESP => {
+                    if let Some(Some(answer)) = self.state.barriers.pop_front() {
+                        self.state.to_device.extend_from_slice(&answer);
                     }
                 }
+                wire::PUBLISH if self.level == Level::V5 => self.deliver(&frame)?,
+                wire::PUBREL
+                    if self
+                        .outbox
+                        .released(frame.packet_id()?, &mut self.state.to_broker) => {}
                 wire::CONNACK if !self.state.connack_seen => {
                     self.state.connack_seen = true;
                     match self.level {
                         Level::V5 => {
-                            let connack = wire::connack_v5(&frame, self.ingress.port)?;
+                            let connack = wire::connack_v5(
+                                &frame,
+                                self.ingress.port,
+                                self.server_keep_alive,
+                            )?;
                             self.state.to_device.extend_from_slice(&connack);
                         }
                         Level::V311 => self.state.to_device.extend_from_slice(&frame.bytes),
@@ -451,6 +500,34 @@ impl Conn {
         Ok(())
     }
 
+    /// A publish rumqttd routes to this MQTT 5 client: the session's subscription options
+    /// applied, then out within the client's limits (`deliver`).
+    fn deliver(&mut self, frame: &Frame) -> Result<(), WireError> {
+        let publish = wire::read_delivery(frame)?;
+        let (qos, pkid) = (wire::delivery_qos(&publish), publish.pkid);
+        let prepared = deliver::prepare(publish, &self.subscriptions(), &self.client_id, now_ms());
+        let s = &mut self.state;
+        let mut out = deliver::Out {
+            to_device: &mut s.to_device,
+            to_broker: &mut s.to_broker,
+        };
+        match prepared {
+            Ok(ready) => self.outbox.push(ready, now_ms(), &mut out),
+            Err(why) => {
+                self.outbox.skip(qos, pkid, why, &mut out);
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends what rumqttd is to handle before `answer` goes to the client, then a PINGREQ
+    /// whose PINGRESP releases it.
+    fn send_before(&mut self, to_broker: &[u8], answer: BytesMut) {
+        self.send_to_broker(to_broker);
+        self.send_to_broker(&wire::PINGREQ_PACKET);
+        self.state.barriers.push_back(Some(answer.freeze()));
+    }
+
     /// One device publish: a retransmission of one still owed an acknowledgement is
     /// absorbed; anything else is admitted and, once the budgets have room, sent on.
     async fn publish(&mut self, frame: Frame) -> Result<(), ConnError> {
@@ -458,10 +535,7 @@ impl Conn {
         let mut publish = wire::read_publish(&frame, self.level)?;
         let (qos, pkid) = (publish.qos, publish.pkid);
         counter!("sluice_publishes_total", "qos" => qos.label()).increment(1);
-        let frame = match publish.topic_alias {
-            Some(alias) => self.resolve_alias(alias, &mut publish, &frame)?,
-            None => frame.bytes,
-        };
+        let frame = self.for_broker(&mut publish, frame)?;
         if qos > Qos::AtMostOnce && self.absorb_retransmission(qos, pkid) {
             counter!("sluice_retransmissions_total").increment(1);
             return Ok(());
@@ -546,43 +620,73 @@ impl Conn {
         self.ingress.may_publish(&self.current, self.who(), topic)
     }
 
-    /// Relays a SUBSCRIBE's granted filters to rumqttd; the others are answered "not
-    /// authorised" in the SUBACK, in their places (3.1.1: 0x80; 5: 0x87).
+    /// Relays a SUBSCRIBE's granted filters to rumqttd, one SUBSCRIBE each (MQTT 5: with the
+    /// subscription identifier Sluice gave it), and answers the SUBACK itself once rumqttd
+    /// has them: the QoS asked for (rumqttd grants it), or why not (MQTT 5: 0x87 not
+    /// authorised, 0x97 over `max_subscriptions_per_session`, 0x8F a malformed filter or a
+    /// `$` one, for which rumqttd would close the connection; 3.1.1: 0x80).
     fn subscribe(&mut self, frame: &Frame) -> Result<(), ConnError> {
         let subscribe = wire::read_subscribe(frame, self.level)?;
-        let granted: Vec<bool> = {
-            let rules = &self.current;
-            let who = self.who();
-            subscribe
-                .filters
-                .iter()
-                .map(|f| rules.acl.allows(who, Access::Subscribe, f))
-                .collect()
-        };
-        let refused = granted.iter().filter(|g| !**g).count();
-        let allowed = subscribe
-            .filters
-            .into_iter()
-            .zip(&granted)
-            .filter(|(_, g)| **g);
-        self.granted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(allowed.map(|(filter, _)| filter));
-        if refused == 0 {
-            self.send_to_broker(&frame.bytes);
-            return Ok(());
+        let max = self.settings().max_subscriptions_per_session;
+        let mut upstream = BytesMut::new();
+        let mut answers = Vec::with_capacity(subscribe.filters.len());
+        let mut subs = self.granted.lock().unwrap_or_else(|p| p.into_inner());
+        for filter in &subscribe.filters {
+            let path = filter.path.as_str();
+            let dollar = path.starts_with('$') && !path.starts_with("$share/");
+            let answer = if dollar || !acl::valid_subscription(path) {
+                Err(Reason::TopicFilterInvalid)
+            } else if filter.no_local && path.starts_with("$share/") {
+                return Err(ConnError::Protocol("no local on a shared subscription"));
+            } else if !self.current.acl.allows(self.who(), Access::Subscribe, path) {
+                counter!("sluice_denied_total", "action" => "subscribe").increment(1);
+                Err(Reason::NotAuthorized)
+            } else if !subs.contains(path) && subs.len() >= max {
+                counter!("sluice_denied_total", "action" => "subscription_quota").increment(1);
+                Err(Reason::QuotaExceeded)
+            } else {
+                let id = subs.add(filter, subscribe.identifier);
+                wire::encode_subscribe(
+                    &mut upstream,
+                    self.level,
+                    subscribe.pkid,
+                    filter,
+                    id,
+                    &subscribe.user_properties,
+                )?;
+                Ok(filter.qos)
+            };
+            answers.push(answer);
         }
-        counter!("sluice_denied_total", "action" => "subscribe").increment(refused as u64);
-        tracing::debug!(client_id = %self.client_id, refused, "subscription denied");
-        if refused == granted.len() {
-            let ack = wire::suback_with_refusals(None, subscribe.pkid, self.level, &granted)?;
-            self.state.to_device.extend_from_slice(&ack);
-        } else {
-            let some = wire::subscribe_only(frame, self.level, &granted)?;
-            self.send_to_broker(&some);
-            self.state.partly_refused.insert(subscribe.pkid, granted);
+        self.state.no_local = subs.any_no_local();
+        drop(subs);
+        if answers.iter().any(Result::is_err) {
+            tracing::debug!(client_id = %self.client_id, ?answers, "subscription refused");
         }
+        let mut suback = BytesMut::new();
+        wire::encode_suback(&mut suback, self.level, subscribe.pkid, &answers);
+        self.send_before(&upstream, suback);
+        Ok(())
+    }
+
+    /// Relays an UNSUBSCRIBE and answers it once rumqttd has handled it (rumqttd sends no
+    /// UNSUBACK for a filter it does not have): MQTT 5 says per filter whether there was
+    /// such a subscription.
+    fn unsubscribe(&mut self, frame: &Frame) -> Result<(), ConnError> {
+        let (pkid, filters) = wire::read_unsubscribe(frame, self.level)?;
+        let mut subs = self.granted.lock().unwrap_or_else(|p| p.into_inner());
+        let reasons: Vec<Reason> = filters
+            .iter()
+            .map(|f| match subs.remove(f) {
+                true => Reason::Success,
+                false => Reason::NoSubscriptionExisted,
+            })
+            .collect();
+        self.state.no_local = subs.any_no_local();
+        drop(subs);
+        let mut unsuback = BytesMut::new();
+        wire::encode_unsuback(&mut unsuback, self.level, pkid, &reasons);
+        self.send_before(&frame.bytes, unsuback);
         Ok(())
     }
 
@@ -595,10 +699,8 @@ impl Conn {
         let who = self.who();
         let allowed = self.identity.still_valid(&rules)
             && self
-                .granted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
+                .subscriptions()
+                .filters()
                 .all(|f| rules.acl.allows(who, Access::Subscribe, f));
         if allowed {
             return Ok(());
@@ -772,14 +874,44 @@ impl Conn {
         })
     }
 
-    /// MQTT 5 topic aliases (3.3.2.3.4): a topic with an alias sets it up, an empty topic
-    /// uses it. rumqttd does not implement them, so it gets the full topic, no alias.
-    fn resolve_alias(
+    /// The publish as rumqttd gets it (MQTT 5): with its topic alias resolved, as rumqttd
+    /// does not implement client topic aliases, and stamped with what subscribers may need
+    /// from it (`deliver::Stamp`). Most readings need neither and pass as they came.
+    fn for_broker(
         &mut self,
-        alias: u16,
         publish: &mut wire::Publish,
-        frame: &Frame,
+        frame: Frame,
     ) -> Result<Bytes, ConnError> {
+        if self.level == Level::V311 {
+            return Ok(frame.bytes);
+        }
+        let aliased = match publish.topic_alias {
+            Some(alias) => {
+                self.resolve_alias(alias, publish)?;
+                Some(publish.topic.as_str())
+            }
+            None => None,
+        };
+        let stamp = Stamp::needed(publish, self.state.no_local, &self.client_id);
+        let forged = publish
+            .user_properties
+            .iter()
+            .any(|(k, _)| k == deliver::STAMP);
+        if aliased.is_none() && stamp.is_none() && !forged {
+            return Ok(frame.bytes);
+        }
+        let stamp = stamp.map(|s| s.encode());
+        Ok(wire::publish_for_broker(
+            &frame,
+            aliased,
+            deliver::STAMP,
+            stamp,
+        )?)
+    }
+
+    /// MQTT 5 topic aliases (3.3.2.3.4): a topic with an alias sets it up, an empty topic
+    /// uses it.
+    fn resolve_alias(&mut self, alias: u16, publish: &mut wire::Publish) -> Result<(), ConnError> {
         if alias == 0 || alias > self.ingress.port.topic_alias_maximum {
             return Err(ConnError::TopicAlias(alias));
         }
@@ -793,6 +925,6 @@ impl Conn {
         } else {
             self.state.aliases.insert(alias, publish.topic.clone());
         }
-        Ok(wire::publish_with_topic(frame, &publish.topic)?)
+        Ok(())
     }
 }

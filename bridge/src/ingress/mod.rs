@@ -7,6 +7,7 @@
 
 mod admit;
 mod conn;
+pub(crate) mod deliver;
 mod rate;
 mod receipts;
 
@@ -54,8 +55,8 @@ pub enum ConnError {
         pkid: u16,
         source: ProduceError,
     },
-    #[error("a second CONNECT on the connection")]
-    SecondConnect,
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
     #[error("silent for {0:?}, 1.5 times its keep alive")]
     KeepAlive(Duration),
     #[error("did not read what it was sent for {0:?}")]
@@ -83,7 +84,7 @@ impl ConnError {
             ConnError::Wire(WireError::TooLarge { .. }) => Reason::PacketTooLarge,
             ConnError::Wire(WireError::WildcardTopic(_)) => Reason::TopicNameInvalid,
             ConnError::Wire(_) => Reason::MalformedPacket,
-            ConnError::SecondConnect => Reason::ProtocolError,
+            ConnError::Protocol(_) => Reason::ProtocolError,
             ConnError::KeepAlive(_) => Reason::KeepAliveTimeout,
             ConnError::ReceiveMaximum(_) => Reason::ReceiveMaximumExceeded,
             ConnError::TopicAlias(_) => Reason::TopicAliasInvalid,
@@ -398,7 +399,7 @@ impl Ingress {
             let now = rules.borrow().clone();
             self.decide(&connect, gate, certificates, peer, &now).await
         };
-        let (identity, claim) = match decided {
+        let (identity, mut claim) = match decided {
             Ok(accepted) => accepted,
             Err((why, reason)) => {
                 counter!("sluice_connections_refused_total", "reason" => why).increment(1);
@@ -426,10 +427,14 @@ impl Ingress {
             qos2: claim.qos2.clone(),
             granted: claim.granted.clone(),
         };
-        let result = self
+        let lifetime = Lifetime::of(&connect);
+        let (result, expiry) = self
             .clone()
-            .relay(connect, first, broker, device, session)
+            .relay(connect, first, broker, device, session, lifetime)
             .await;
+        if let Some(seconds) = expiry {
+            claim.set_expiry(seconds);
+        }
         if matches!(result, Err(ConnError::Revoked)) {
             // rumqttd would keep a persistent session's subscriptions for its return.
             self.sessions.end(&client_id).await;
@@ -470,6 +475,10 @@ impl Ingress {
         if connect.auth_method.is_some() {
             return Err(("auth_method", Reason::BadAuthenticationMethod));
         }
+        // MQTT 3.1.1 has no way to tell a client the keep alive it must use.
+        if connect.level == Level::V311 && self.keep_alive_for(connect.keep_alive).is_some() {
+            return Err(("keep_alive", Reason::ClientIdentifierNotValid));
+        }
         let presented = Presented {
             username: connect.username.as_deref(),
             password: connect.password.as_deref(),
@@ -505,25 +514,35 @@ impl Ingress {
                 &connect.client_id,
                 Lifetime::of(connect),
                 identity.name.as_ref(),
+                connect.clean,
             )
             .await
             .map_err(|_| ("client_id_taken", Reason::NotAuthorized))?;
         // A session taken from another identity, or one whose subscriptions the rules no
-        // longer allow (changed while it was away), is ended in rumqttd before the relay.
+        // longer allow (changed while it was away), is ended in rumqttd before the relay;
+        // so is one a clean start replaces with a new persistent one.
         let stale = claim
             .granted
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
+            .filters()
             .any(|f| !rules.acl.allows(who, Access::Subscribe, f));
-        if (claim.foreign || stale) && !self.sessions.end(&connect.client_id).await {
+        if (claim.fresh || stale) && !self.sessions.end(&connect.client_id).await {
             self.sessions.closed(claim);
             return Err(("session_not_ended", Reason::ServerUnavailable));
         }
         Ok((identity, claim))
     }
 
-    /// Opens the device's relay to rumqttd and serves the connection until either side ends.
+    /// The keep alive a client asking for `asked` is held to instead, if it may not have
+    /// its own (`ingress.max_keep_alive`).
+    fn keep_alive_for(&self, asked: u16) -> Option<u16> {
+        let max = self.settings.max_keep_alive;
+        (max > 0 && (asked == 0 || asked > max)).then_some(max)
+    }
+
+    /// Opens the device's relay to rumqttd and serves the connection until either side
+    /// ends; then, the session expiry interval an MQTT 5 client set at DISCONNECT, if any.
     async fn relay(
         self: Arc<Self>,
         connect: wire::Connect,
@@ -531,22 +550,32 @@ impl Ingress {
         broker: SocketAddr,
         device: Device,
         session: Session,
-    ) -> Result<(), ConnError> {
-        let upstream = TcpStream::connect(broker).await?;
-        upstream.set_nodelay(true)?;
-        let (up_rd, mut up_wr) = upstream.into_split();
-        // The ingress keeps the device's keep alive itself (and tells MQTT 5 clients why it
-        // closes); rumqttd gets a long one, kept up by Sluice's pings, so it never races the
-        // ingress to it, and so a keep alive of 0, which it refuses, is accepted.
-        up_wr
-            .write_all(&wire::with_keep_alive(
-                &first,
-                self.settings.broker_keep_alive_s,
-            ))
-            .await?;
+        lifetime: Lifetime,
+    ) -> (Result<(), ConnError>, Option<u32>) {
+        let opened = async {
+            let upstream = TcpStream::connect(broker).await?;
+            upstream.set_nodelay(true)?;
+            let (up_rd, mut up_wr) = upstream.into_split();
+            // The ingress keeps the device's keep alive itself (and tells MQTT 5 clients why
+            // it closes); rumqttd gets a long one, kept up by Sluice's pings, so it never
+            // races the ingress to it, and so a keep alive of 0, which it refuses, is
+            // accepted. A clean start whose session outlives the connection is, to rumqttd,
+            // a persistent session (the old one was ended in `decide`).
+            let clean = lifetime == Lifetime::Connection;
+            let keep_alive = self.settings.broker_keep_alive_s;
+            let connect = wire::connect_for_broker(&first, connect.level, keep_alive, clean)?;
+            up_wr.write_all(&connect).await?;
+            Ok::<_, ConnError>((up_rd, up_wr))
+        };
+        let (up_rd, up_wr) = match opened.await {
+            Ok(halves) => halves,
+            Err(e) => return (Err(e), None),
+        };
+        let server_keep_alive = self.keep_alive_for(connect.keep_alive);
+        let keep_alive = server_keep_alive.unwrap_or(connect.keep_alive);
         // MQTT 3.1.1, 3.1.2.10 and MQTT 5, 3.1.2.10: one and a half times keep alive.
-        let keep_alive = (connect.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        let keep_alive =
+            (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let client_id: Arc<str> = connect.client_id.into();
         let current = session.rules.borrow().clone();
         let rate_key = match &session.identity.name {
@@ -564,6 +593,9 @@ impl Ingress {
             tls: device.tls,
             problem_info: connect.problem_info,
             keep_alive,
+            server_keep_alive,
+            session_expiry: connect.session_expiry,
+            outbox: deliver::Outbox::new(connect.receive_maximum, connect.max_packet_size),
             dev_rd: device.rd,
             dev_wr: device.wr,
             dev_in: device.unread,

@@ -318,6 +318,11 @@ fn valid_filter(filter: &str) -> bool {
         })
 }
 
+/// Whether a SUBSCRIBE's filter is well formed (a shared one included).
+pub fn valid_subscription(filter: &str) -> bool {
+    strip_share(filter).is_some_and(valid_filter)
+}
+
 /// `$share/<group>/<filter>` -> `<filter>`; `None` if the share is malformed.
 fn strip_share(filter: &str) -> Option<&str> {
     let Some(rest) = filter.strip_prefix("$share/") else {

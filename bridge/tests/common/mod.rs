@@ -531,3 +531,20 @@ pub async fn read_topic(topic: &str, n: usize) -> Vec<KafkaRecord> {
     .await
     .expect("reader")
 }
+
+/// Runs tests/clients/paho_client.py (Debian's python3-paho-mqtt) and returns the JSON it
+/// prints.
+pub fn paho(args: &[&str]) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/paho_client.py");
+    let out = Command::new("/usr/bin/python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("Debian's python3 with python3-paho-mqtt");
+    assert!(
+        out.status.success(),
+        "paho_client.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("paho_client.py prints JSON")
+}

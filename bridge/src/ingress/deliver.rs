@@ -1,0 +1,751 @@
+//! What rumqttd sends a subscriber, made what MQTT 5 promises. rumqttd 0.20 ignores the
+//! subscription options (no local, retain as published, retain handling) and the client's
+//! receive maximum and maximum packet size. So Sluice gives
+//! each subscription its own subscription identifier in rumqttd (every delivery then names
+//! the subscription it is for), stamps relayed publishes with what rumqttd forgets, and
+//! filters, holds and rewrites deliveries on their way to the client.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use metrics::counter;
+
+use crate::wire::{self, Delivery, Qos, RetainHandling, SubscribeFilter, WireError};
+
+/// The user property Sluice adds to what it relays to rumqttd. A client's own is removed on
+/// the way in, so it cannot speak for another, and Sluice's on the way out.
+pub const STAMP: &str = "$sluice";
+
+/// Subscription identifiers are variable byte integers: 1 to 268,435,455.
+const MAX_IDENTIFIER: usize = 268_435_455;
+
+/// A subscription as its client asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// The identifier Sluice gave it in rumqttd.
+    sluice_id: usize,
+    /// The client's own subscription identifier.
+    identifier: Option<usize>,
+    no_local: bool,
+    retain_as_published: bool,
+    /// Whether the retained messages sent for its latest SUBSCRIBE reach the client.
+    replay: bool,
+}
+
+/// A session's subscriptions. rumqttd keeps a persistent session's across connections, so
+/// they are kept with the session (and re-checked when the rules change).
+#[derive(Debug, Default)]
+pub struct Subscriptions {
+    by_filter: HashMap<String, Subscription>,
+    by_id: HashMap<usize, String>,
+    last_id: usize,
+}
+
+/// A session's subscriptions, shared by its connections.
+pub type Granted = Arc<Mutex<Subscriptions>>;
+
+impl Subscriptions {
+    pub fn filters(&self) -> impl Iterator<Item = &str> {
+        self.by_filter.keys().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_filter.len()
+    }
+
+    pub fn contains(&self, filter: &str) -> bool {
+        self.by_filter.contains_key(filter)
+    }
+
+    pub fn any_no_local(&self) -> bool {
+        self.by_filter.values().any(|s| s.no_local)
+    }
+
+    /// Records a subscription (a new one, or new options for one the session has) and
+    /// returns the identifier rumqttd is to know it by.
+    pub fn add(&mut self, filter: &SubscribeFilter, identifier: Option<usize>) -> usize {
+        let existed = self.by_filter.get(&filter.path).map(|s| s.sluice_id);
+        let sluice_id = match existed {
+            Some(id) => id,
+            None => self.next_id(),
+        };
+        let replay = match filter.retain_handling {
+            RetainHandling::OnEverySubscribe => true,
+            RetainHandling::OnNewSubscribe => existed.is_none(),
+            RetainHandling::Never => false,
+        };
+        self.by_id.insert(sluice_id, filter.path.clone());
+        self.by_filter.insert(
+            filter.path.clone(),
+            Subscription {
+                sluice_id,
+                identifier,
+                no_local: filter.no_local,
+                retain_as_published: filter.retain_as_published,
+                replay,
+            },
+        );
+        sluice_id
+    }
+
+    pub fn remove(&mut self, filter: &str) -> bool {
+        match self.by_filter.remove(filter) {
+            Some(s) => {
+                self.by_id.remove(&s.sluice_id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.by_filter.clear();
+        self.by_id.clear();
+    }
+
+    fn next_id(&mut self) -> usize {
+        loop {
+            self.last_id = self.last_id % MAX_IDENTIFIER + 1;
+            if !self.by_id.contains_key(&self.last_id) {
+                return self.last_id;
+            }
+        }
+    }
+
+    fn by_id(&self, id: usize) -> Option<&Subscription> {
+        self.by_id.get(&id).and_then(|f| self.by_filter.get(f))
+    }
+}
+
+/// What rumqttd forgets about a publish, carried through it in the `STAMP` user property:
+/// whether it was retained (retain as published; rumqttd clears the flag) and which client
+/// sent it (no local).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    pub retained: bool,
+    pub origin: String,
+}
+
+impl Stamp {
+    /// The stamp a client's publish needs, if any: only what a subscriber could need, so
+    /// most readings reach rumqttd unchanged.
+    pub fn needed(
+        publish: &wire::Publish,
+        sender_has_no_local: bool,
+        sender: &str,
+    ) -> Option<Stamp> {
+        (publish.retain || sender_has_no_local).then(|| Stamp {
+            retained: publish.retain,
+            origin: sender.to_owned(),
+        })
+    }
+
+    pub fn encode(&self) -> String {
+        format!("{} {}", u8::from(self.retained), self.origin)
+    }
+
+    fn parse(text: &str) -> Option<Stamp> {
+        let (retained, origin) = text.split_once(' ')?;
+        Some(Stamp {
+            retained: retained == "1",
+            origin: origin.to_owned(),
+        })
+    }
+}
+
+/// Why a delivery does not reach the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skipped {
+    /// For a subscription the client has ended.
+    Unsubscribed,
+    /// The client's own publish, on a no-local subscription.
+    NoLocal,
+    /// A retained message sent at subscribe, which the subscription's retain handling
+    /// declines.
+    RetainHandling,
+    /// Its message expiry interval passed while it waited.
+    Expired,
+    /// Larger than the client's maximum packet size.
+    TooLarge,
+}
+
+impl Skipped {
+    fn label(self) -> &'static str {
+        match self {
+            Skipped::Unsubscribed => "unsubscribed",
+            Skipped::NoLocal => "no_local",
+            Skipped::RetainHandling => "retain_handling",
+            Skipped::Expired => "expired",
+            Skipped::TooLarge => "too_large",
+        }
+    }
+}
+
+/// A delivery as the client is to get it, but for its remaining message expiry (rumqttd
+/// counts the time a message waits in it; the time it waits here is counted when it is
+/// sent).
+#[derive(Debug)]
+pub struct Ready {
+    publish: Delivery,
+    /// When its message expiry runs out (ms since the Unix epoch).
+    expires_ms: Option<u64>,
+}
+
+/// Applies the session's subscriptions to a delivery from rumqttd: which one it is for (by
+/// Sluice's identifier), its options, and the client's own identifiers in place of
+/// Sluice's.
+pub fn prepare(
+    mut publish: Delivery,
+    subs: &Subscriptions,
+    me: &str,
+    now_ms: u64,
+) -> Result<Ready, Skipped> {
+    let mut props = publish.properties.take().unwrap_or_default();
+    let mut stamp = None;
+    props.user_properties.retain(|(k, v)| {
+        if k != STAMP {
+            return true;
+        }
+        stamp = Stamp::parse(v);
+        false
+    });
+    let ours = std::mem::take(&mut props.subscription_identifiers);
+    let matched: Vec<&Subscription> = ours.iter().filter_map(|&id| subs.by_id(id)).collect();
+    if !ours.is_empty() && matched.is_empty() {
+        return Err(Skipped::Unsubscribed);
+    }
+    // rumqttd clears the retained flag on what it routes live, so a retained flag is a
+    // retained message sent at subscribe.
+    let at_subscribe = publish.retain;
+    let all =
+        |test: fn(&Subscription) -> bool| !matched.is_empty() && matched.iter().all(|s| test(s));
+    if at_subscribe && all(|s| !s.replay) {
+        return Err(Skipped::RetainHandling);
+    }
+    let mine = stamp.as_ref().is_some_and(|s| s.origin == me);
+    if mine && all(|s| s.no_local) {
+        return Err(Skipped::NoLocal);
+    }
+    let retained = stamp.as_ref().is_some_and(|s| s.retained);
+    publish.retain = at_subscribe || (retained && matched.iter().any(|s| s.retain_as_published));
+    props.subscription_identifiers = matched.iter().filter_map(|s| s.identifier).collect();
+    let expires_ms = props
+        .message_expiry_interval
+        .map(|seconds| now_ms + u64::from(seconds) * 1000);
+    publish.properties = Some(props);
+    Ok(Ready {
+        publish,
+        expires_ms,
+    })
+}
+
+/// Deliveries on their way to one client: at most its receive maximum of QoS 1 and 2 ones
+/// unacknowledged (the rest wait here, in order), none larger than its maximum packet
+/// size, none expired. What the client never gets is acknowledged to rumqttd in its place,
+/// in turn with the client's own acknowledgements, which rumqttd takes only in order.
+#[derive(Debug)]
+pub struct Outbox {
+    receive_maximum: usize,
+    max_packet_size: usize,
+    unacknowledged: HashSet<u16>,
+    held: VecDeque<Ready>,
+    held_bytes: usize,
+    /// PUBACKs and PUBRECs rumqttd waits for, in the order of its deliveries.
+    acks: InOrder,
+    /// PUBCOMPs rumqttd waits for, in the order of the PUBRECs.
+    comps: InOrder,
+}
+
+impl Outbox {
+    pub fn new(receive_maximum: u16, max_packet_size: Option<u32>) -> Outbox {
+        Outbox {
+            receive_maximum: usize::from(receive_maximum),
+            max_packet_size: max_packet_size.map_or(usize::MAX, |m| m as usize),
+            unacknowledged: HashSet::new(),
+            held: VecDeque::new(),
+            held_bytes: 0,
+            acks: InOrder::default(),
+            comps: InOrder::default(),
+        }
+    }
+
+    /// Bytes of deliveries waiting for the client's receive maximum.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
+    }
+
+    /// A delivery goes out now if the client has room and nothing waits before it.
+    pub fn push(&mut self, ready: Ready, now_ms: u64, out: &mut Out<'_>) -> Result<(), WireError> {
+        let qos = wire::delivery_qos(&ready.publish);
+        if qos > Qos::AtMostOnce {
+            self.acks.expect(ready.publish.pkid, Turn::Client);
+        }
+        self.held_bytes += size(&ready.publish);
+        self.held.push_back(ready);
+        self.send_due(now_ms, out)
+    }
+
+    /// rumqttd is answered as if the client had taken the delivery, in its turn.
+    pub fn skip(&mut self, qos: Qos, pkid: u16, why: Skipped, out: &mut Out<'_>) {
+        counter!("sluice_deliveries_skipped_total", "reason" => why.label()).increment(1);
+        let kind = match qos {
+            Qos::AtMostOnce => return,
+            Qos::AtLeastOnce => wire::PUBACK,
+            Qos::ExactlyOnce => wire::PUBREC,
+        };
+        self.acks.expect(pkid, Turn::Sluice { due: true, kind });
+        self.flush_acks(out.to_broker);
+    }
+
+    /// An acknowledgement from the client (PUBACK, PUBREC, PUBCOMP), relayed to rumqttd in
+    /// turn; one that ends a delivery lets the next one go.
+    pub fn client_ack(
+        &mut self,
+        frame: &wire::Frame,
+        now_ms: u64,
+        out: &mut Out<'_>,
+    ) -> Result<(), WireError> {
+        let pkid = frame.packet_id()?;
+        let kind = frame.packet_type();
+        let order = if kind == wire::PUBCOMP {
+            &mut self.comps
+        } else {
+            &mut self.acks
+        };
+        order.answered(pkid);
+        out.to_broker.extend_from_slice(&frame.bytes);
+        let ended = match kind {
+            wire::PUBREC if frame.ack_reason() < 0x80 => {
+                self.comps.expect(pkid, Turn::Client);
+                false
+            }
+            _ => true,
+        };
+        self.flush_acks(out.to_broker);
+        self.comps.flush(out.to_broker, |_, _| {});
+        if ended && self.unacknowledged.remove(&pkid) {
+            self.send_due(now_ms, out)?;
+        }
+        Ok(())
+    }
+
+    /// rumqttd's PUBREL: true when Sluice answers it, for a delivery it took for the client.
+    pub fn released(&mut self, pkid: u16, to_broker: &mut BytesMut) -> bool {
+        let ours = self.comps.due(pkid);
+        self.comps.flush(to_broker, |_, _| {});
+        ours
+    }
+
+    fn flush_acks(&mut self, to_broker: &mut BytesMut) {
+        let comps = &mut self.comps;
+        self.acks.flush(to_broker, |pkid, kind| {
+            if kind == wire::PUBREC {
+                comps.expect(
+                    pkid,
+                    Turn::Sluice {
+                        due: false,
+                        kind: wire::PUBCOMP,
+                    },
+                );
+            }
+        });
+    }
+
+    fn send_due(&mut self, now_ms: u64, out: &mut Out<'_>) -> Result<(), WireError> {
+        while let Some(front) = self.held.front() {
+            let acked = wire::delivery_qos(&front.publish) > Qos::AtMostOnce;
+            if acked && self.unacknowledged.len() >= self.receive_maximum {
+                break;
+            }
+            let Some(Ready {
+                mut publish,
+                expires_ms,
+            }) = self.held.pop_front()
+            else {
+                break;
+            };
+            self.held_bytes -= size(&publish);
+            let (qos, pkid) = (wire::delivery_qos(&publish), publish.pkid);
+            if let Some(expires) = expires_ms {
+                if now_ms >= expires {
+                    self.skip(qos, pkid, Skipped::Expired, out);
+                    continue;
+                }
+                // MQTT 5, 3.3.2.3.3: the interval received less the time it waited.
+                let left = (expires - now_ms).div_ceil(1000);
+                if let Some(p) = publish.properties.as_mut() {
+                    p.message_expiry_interval = Some(u32::try_from(left).unwrap_or(u32::MAX));
+                }
+            }
+            let start = out.to_device.len();
+            wire::encode_delivery(out.to_device, &publish)?;
+            if out.to_device.len() - start > self.max_packet_size {
+                out.to_device.truncate(start);
+                self.skip(qos, pkid, Skipped::TooLarge, out);
+                continue;
+            }
+            if acked {
+                self.unacknowledged.insert(pkid);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the outbox writes: to the client, and to rumqttd.
+pub struct Out<'a> {
+    pub to_device: &'a mut BytesMut,
+    pub to_broker: &'a mut BytesMut,
+}
+
+/// Whose acknowledgement rumqttd waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    Client,
+    /// Sluice's, in the client's place: a packet of `kind`, sent in its turn once `due`.
+    Sluice {
+        due: bool,
+        kind: u8,
+    },
+}
+
+/// Acknowledgements rumqttd takes only in the order of its own packets.
+#[derive(Debug, Default)]
+struct InOrder(VecDeque<(u16, Turn)>);
+
+impl InOrder {
+    fn expect(&mut self, pkid: u16, turn: Turn) {
+        match self.0.iter_mut().find(|(p, _)| *p == pkid) {
+            Some(entry) => entry.1 = turn,
+            None => self.0.push_back((pkid, turn)),
+        }
+    }
+
+    /// The client answered for `pkid` (unknown ids are the client's business).
+    fn answered(&mut self, pkid: u16) {
+        if let Some(at) = self
+            .0
+            .iter()
+            .position(|(p, t)| *p == pkid && *t == Turn::Client)
+        {
+            self.0.remove(at);
+        }
+    }
+
+    /// Sluice's answer for `pkid` may go in its turn; false when it is not Sluice's.
+    fn due(&mut self, pkid: u16) -> bool {
+        for (p, turn) in self.0.iter_mut() {
+            if let (true, Turn::Sluice { due, .. }) = (*p == pkid, turn) {
+                *due = true;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Writes Sluice's answers whose turn has come; `sent` is told of each.
+    fn flush(&mut self, out: &mut BytesMut, mut sent: impl FnMut(u16, u8)) {
+        while let Some(&(pkid, Turn::Sluice { due: true, kind })) = self.0.front() {
+            self.0.pop_front();
+            let [hi, lo] = pkid.to_be_bytes();
+            out.extend_from_slice(&[kind << 4, 2, hi, lo]);
+            sent(pkid, kind);
+        }
+    }
+}
+
+fn size(publish: &Delivery) -> usize {
+    publish.topic.len() + publish.payload.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    use rumqttc::v5::mqttbytes::QoS;
+
+    fn filter(path: &str, no_local: bool, rap: bool, rh: RetainHandling) -> SubscribeFilter {
+        SubscribeFilter {
+            path: path.into(),
+            qos: Qos::AtLeastOnce,
+            no_local,
+            retain_as_published: rap,
+            retain_handling: rh,
+        }
+    }
+
+    /// A delivery as rumqttd sends it: for Sluice's subscription `ids`, with a stamp.
+    fn delivery(
+        pkid: u16,
+        qos: QoS,
+        ids: &[usize],
+        stamp: Option<Stamp>,
+        retain: bool,
+    ) -> Delivery {
+        let mut props = PublishProperties {
+            subscription_identifiers: ids.to_vec(),
+            ..Default::default()
+        };
+        if let Some(s) = stamp {
+            props.user_properties.push((STAMP.into(), s.encode()));
+        }
+        props.user_properties.push(("k".into(), "v".into()));
+        Delivery {
+            dup: false,
+            qos,
+            retain,
+            topic: Bytes::from_static(b"a/b"),
+            pkid,
+            payload: Bytes::from_static(b"x"),
+            properties: Some(props),
+        }
+    }
+
+    fn from(origin: &str, retained: bool) -> Option<Stamp> {
+        Some(Stamp {
+            retained,
+            origin: origin.into(),
+        })
+    }
+
+    #[test]
+    fn subscription_options_are_applied_by_the_subscription_a_delivery_names() {
+        let mut subs = Subscriptions::default();
+        let plain = subs.add(
+            &filter("a/#", false, false, RetainHandling::OnEverySubscribe),
+            Some(7),
+        );
+        let local = subs.add(&filter("a/+", true, true, RetainHandling::Never), None);
+        let d = |ids: &[usize], stamp, retain| delivery(1, QoS::AtLeastOnce, ids, stamp, retain);
+        let ok = |r: Result<Ready, Skipped>| r.expect("delivered").publish;
+
+        // The client's identifier replaces Sluice's; the stamp never reaches the client.
+        let p = ok(prepare(
+            d(&[plain], from("me", false), false),
+            &subs,
+            "me",
+            0,
+        ));
+        let props = p.properties.unwrap();
+        assert_eq!(props.subscription_identifiers, vec![7]);
+        assert_eq!(
+            props.user_properties,
+            vec![("k".to_string(), "v".to_string())]
+        );
+        // No local: the client's own publish is skipped on that subscription only.
+        assert_eq!(
+            prepare(d(&[local], from("me", false), false), &subs, "me", 0).err(),
+            Some(Skipped::NoLocal)
+        );
+        assert!(prepare(d(&[local], from("other", false), false), &subs, "me", 0).is_ok());
+        assert!(prepare(d(&[local, plain], from("me", false), false), &subs, "me", 0).is_ok());
+        // Retain as published, on a live delivery of a retained publish.
+        assert!(ok(prepare(d(&[local], from("x", true), false), &subs, "me", 0)).retain);
+        assert!(!ok(prepare(d(&[plain], from("x", true), false), &subs, "me", 0)).retain);
+        // Retain handling: a retained flag from rumqttd is a message sent at subscribe.
+        assert_eq!(
+            prepare(d(&[local], None, true), &subs, "me", 0).err(),
+            Some(Skipped::RetainHandling)
+        );
+        assert!(ok(prepare(d(&[plain], None, true), &subs, "me", 0)).retain);
+        // Sent only for a new subscription (retain handling 1).
+        let again = filter("a/#", false, false, RetainHandling::OnNewSubscribe);
+        assert_eq!(
+            subs.add(&again, None),
+            plain,
+            "the same filter keeps its identifier"
+        );
+        assert_eq!(
+            prepare(d(&[plain], None, true), &subs, "me", 0).err(),
+            Some(Skipped::RetainHandling)
+        );
+        // After UNSUBSCRIBE, what rumqttd still had on its way is not delivered.
+        assert!(subs.remove("a/+"));
+        assert_eq!(
+            prepare(d(&[local], None, false), &subs, "me", 0).err(),
+            Some(Skipped::Unsubscribed)
+        );
+        assert!(!subs.any_no_local());
+    }
+
+    fn out<'a>(to_device: &'a mut BytesMut, to_broker: &'a mut BytesMut) -> Out<'a> {
+        Out {
+            to_device,
+            to_broker,
+        }
+    }
+
+    fn packets(bytes: &BytesMut) -> Vec<(u8, u16)> {
+        let mut buf = bytes.clone();
+        let mut seen = Vec::new();
+        while let Some(f) = wire::next_frame(&mut buf, usize::MAX).unwrap() {
+            let pkid = match f.packet_type() {
+                wire::PUBLISH => wire::read_delivery(&f).unwrap().pkid,
+                _ => f.packet_id().unwrap(),
+            };
+            seen.push((f.packet_type(), pkid));
+        }
+        seen
+    }
+
+    fn ack(kind: u8, pkid: u16) -> wire::Frame {
+        let [hi, lo] = pkid.to_be_bytes();
+        let mut buf = BytesMut::from(&[kind << 4, 2, hi, lo][..]);
+        wire::next_frame(&mut buf, 16).unwrap().unwrap()
+    }
+
+    fn ready(pkid: u16, qos: QoS, payload: usize, expires_ms: Option<u64>) -> Ready {
+        let mut publish = delivery(pkid, qos, &[], None, false);
+        publish.payload = Bytes::from(vec![b'x'; payload]);
+        Ready {
+            publish,
+            expires_ms,
+        }
+    }
+
+    #[test]
+    fn the_receive_maximum_holds_deliveries_until_the_client_acknowledges() {
+        let (mut dev, mut brk) = (BytesMut::new(), BytesMut::new());
+        let mut outbox = Outbox::new(2, None);
+        for pkid in 1..=3 {
+            outbox
+                .push(
+                    ready(pkid, QoS::AtLeastOnce, 1, None),
+                    0,
+                    &mut out(&mut dev, &mut brk),
+                )
+                .unwrap();
+        }
+        outbox
+            .push(
+                ready(0, QoS::AtMostOnce, 1, None),
+                0,
+                &mut out(&mut dev, &mut brk),
+            )
+            .unwrap();
+        assert_eq!(packets(&dev), [(wire::PUBLISH, 1), (wire::PUBLISH, 2)]);
+        assert!(outbox.held_bytes() > 0);
+        dev.clear();
+        outbox
+            .client_ack(&ack(wire::PUBACK, 1), 0, &mut out(&mut dev, &mut brk))
+            .unwrap();
+        // The QoS 0 one waits behind it, in order.
+        assert_eq!(packets(&dev), [(wire::PUBLISH, 3), (wire::PUBLISH, 0)]);
+        assert_eq!(packets(&brk), [(wire::PUBACK, 1)]);
+        assert_eq!(outbox.held_bytes(), 0);
+    }
+
+    #[test]
+    fn what_the_client_never_gets_is_acknowledged_to_rumqttd_in_turn() {
+        let (mut dev, mut brk) = (BytesMut::new(), BytesMut::new());
+        let mut outbox = Outbox::new(10, Some(100));
+        let mut o = out(&mut dev, &mut brk);
+        outbox
+            .push(ready(1, QoS::AtLeastOnce, 1, None), 0, &mut o)
+            .unwrap();
+        // Too large, then expired: Sluice's PUBACKs wait for the client's for packet 1.
+        outbox
+            .push(ready(2, QoS::AtLeastOnce, 500, None), 0, &mut o)
+            .unwrap();
+        outbox
+            .push(ready(3, QoS::AtLeastOnce, 1, Some(5)), 10, &mut o)
+            .unwrap();
+        outbox.skip(Qos::AtLeastOnce, 4, Skipped::NoLocal, &mut o);
+        assert_eq!(packets(o.to_device), [(wire::PUBLISH, 1)]);
+        assert!(
+            o.to_broker.is_empty(),
+            "nothing overtakes the client's PUBACK"
+        );
+        outbox
+            .client_ack(&ack(wire::PUBACK, 1), 10, &mut o)
+            .unwrap();
+        assert_eq!(
+            packets(o.to_broker),
+            [
+                (wire::PUBACK, 1),
+                (wire::PUBACK, 2),
+                (wire::PUBACK, 3),
+                (wire::PUBACK, 4)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_skipped_qos2_delivery_is_received_and_completed_for_the_client_in_turn() {
+        let (mut dev, mut brk) = (BytesMut::new(), BytesMut::new());
+        let mut outbox = Outbox::new(10, None);
+        let mut o = out(&mut dev, &mut brk);
+        outbox
+            .push(ready(1, QoS::ExactlyOnce, 1, None), 0, &mut o)
+            .unwrap();
+        outbox.skip(Qos::ExactlyOnce, 2, Skipped::NoLocal, &mut o);
+        outbox.client_ack(&ack(wire::PUBREC, 1), 0, &mut o).unwrap();
+        assert_eq!(packets(o.to_broker), [(wire::PUBREC, 1), (wire::PUBREC, 2)]);
+        o.to_broker.clear();
+        // rumqttd releases both; Sluice's PUBCOMP waits for the client's.
+        assert!(!outbox.released(1, o.to_broker), "the client's to answer");
+        assert!(outbox.released(2, o.to_broker));
+        assert!(o.to_broker.is_empty());
+        outbox
+            .client_ack(&ack(wire::PUBCOMP, 1), 0, &mut o)
+            .unwrap();
+        assert_eq!(
+            packets(o.to_broker),
+            [(wire::PUBCOMP, 1), (wire::PUBCOMP, 2)]
+        );
+    }
+
+    #[test]
+    fn a_held_delivery_is_sent_with_the_expiry_it_has_left() {
+        let (mut dev, mut brk) = (BytesMut::new(), BytesMut::new());
+        let mut outbox = Outbox::new(1, None);
+        let mut o = out(&mut dev, &mut brk);
+        outbox
+            .push(ready(1, QoS::AtLeastOnce, 1, None), 0, &mut o)
+            .unwrap();
+        let mut later = ready(2, QoS::AtLeastOnce, 1, Some(60_000));
+        later
+            .publish
+            .properties
+            .as_mut()
+            .unwrap()
+            .message_expiry_interval = Some(60);
+        outbox.push(later, 0, &mut o).unwrap();
+        o.to_device.clear();
+        outbox
+            .client_ack(&ack(wire::PUBACK, 1), 2_500, &mut o)
+            .unwrap();
+        let mut buf = o.to_device.clone();
+        let f = wire::next_frame(&mut buf, usize::MAX).unwrap().unwrap();
+        let p = wire::read_delivery(&f).unwrap().properties.unwrap();
+        assert_eq!(p.message_expiry_interval, Some(58));
+    }
+
+    #[test]
+    fn stamps_round_trip_and_only_what_subscribers_need_is_stamped() {
+        let s = Stamp {
+            retained: true,
+            origin: "dev 1".into(),
+        };
+        assert_eq!(Stamp::parse(&s.encode()), Some(s));
+        let mut publish = wire::Publish {
+            topic: "t".into(),
+            qos: Qos::AtLeastOnce,
+            dup: false,
+            retain: false,
+            pkid: 1,
+            payload: Bytes::new(),
+            content_type: None,
+            utf8: false,
+            topic_alias: None,
+            message_expiry: Some(5),
+            user_properties: Vec::new(),
+        };
+        assert_eq!(Stamp::needed(&publish, false, "d"), None);
+        assert!(Stamp::needed(&publish, true, "d").is_some());
+        publish.retain = true;
+        assert_eq!(Stamp::needed(&publish, false, "d"), from("d", true));
+    }
+}

@@ -1,0 +1,393 @@
+//! The device port as the MQTT broker it also is, for clients that are not sensors:
+//! operators' subscribers, services exchanging requests and replies, retained
+//! configuration. Each test drives it with independent clients (mosquitto_pub/sub -V 5,
+//! Paho Python, rumqttc v5, raw sockets where a test must see every packet) and checks what
+//! they get; the README's compatibility tables name these tests.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::raw::{connect, connected, packet, publish, string, subscribe, Raw, DISCONNECT};
+use common::{db, paho, rows, set, wait_rows, Gateway};
+
+const PUBLISH: u8 = 3;
+const PUBACK: u8 = 0x40;
+
+/// An MQTT 5 CONNECT (clean start) with raw properties.
+fn connect_with(client_id: &str, keep_alive: u16, props: &[u8]) -> Vec<u8> {
+    let mut body = string(b"MQTT");
+    body.extend_from_slice(&[5, 0x02]);
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    body.push(props.len() as u8);
+    body.extend_from_slice(props);
+    body.extend(string(client_id.as_bytes()));
+    packet(0x10, &body)
+}
+
+/// A PUBLISH's packet id (QoS 1 and 2) and payload, as an MQTT 5 client reads it.
+fn publish_body(first: u8, body: &[u8]) -> (u16, Vec<u8>) {
+    let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+    let mut at = 2 + topic_len;
+    let mut pkid = 0;
+    if first & 0x06 != 0 {
+        pkid = u16::from_be_bytes([body[at], body[at + 1]]);
+        at += 2;
+    }
+    let props = usize::from(body[at]); // short property sets in these tests
+    (pkid, body[at + 1 + props..].to_vec())
+}
+
+/// `mosquitto_sub -V 5` for up to `secs` seconds or `count` messages; its `topic payload`
+/// lines.
+fn mosquitto_sub(gateway: &Gateway, filter: &str, count: u32, secs: u32) -> std::process::Child {
+    let child = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &gateway.mqtt_port.to_string()])
+        .args(["-V", "5", "-v", "-q", "2", "-t", filter])
+        .args(["-C", &count.to_string(), "-W", &secs.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub runs");
+    // Time to subscribe before anything is published.
+    std::thread::sleep(Duration::from_millis(800));
+    child
+}
+
+fn lines(child: std::process::Child) -> Vec<String> {
+    let out = child.wait_with_output().expect("mosquitto_sub ends");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The test a generic broker suite starts with: subscribe, publish at QoS 0, 1 and 2 on a
+/// topic no mapping takes, receive three messages; every acknowledgement a success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_traffic_outside_the_mappings_is_served_at_every_qos() {
+    use rumqttc::v5::mqttbytes::v5::{Packet as P5, PubAckReason, PubCompReason, PubRecReason};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let gateway = Gateway::start(None);
+    let topic = format!("chat/{}", gateway.id);
+    let sub = mosquitto_sub(&gateway, &topic, 6, 20);
+    for qos in ["0", "1", "2"] {
+        let status = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &gateway.mqtt_port.to_string()])
+            .args([
+                "-V",
+                "5",
+                "-q",
+                qos,
+                "-t",
+                &topic,
+                "-m",
+                &format!("mosquitto {qos}"),
+            ])
+            .status()
+            .expect("mosquitto_pub runs");
+        assert!(status.success(), "mosquitto_pub -q {qos}");
+    }
+    // rumqttc v5 subscribes and publishes on the same connection.
+    let id = format!("{}-rumqttc", gateway.id);
+    let (client, mut events) =
+        AsyncClient::new(MqttOptions::new(&id, "127.0.0.1", gateway.mqtt_port), 16);
+    client
+        .subscribe(&topic, QoS::ExactlyOnce)
+        .await
+        .expect("queued");
+    let mut got = Vec::new();
+    let mut acks = Vec::new();
+    let mut published = false;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while got.len() < 3 || acks.len() < 2 {
+            match events.poll().await.expect("connected") {
+                Event::Incoming(P5::SubAck(_)) if !published => {
+                    published = true;
+                    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+                        let body = format!("rumqttc {}", qos as u8);
+                        client
+                            .publish(&topic, qos, false, body)
+                            .await
+                            .expect("queued");
+                    }
+                }
+                Event::Incoming(P5::Publish(p)) => {
+                    got.push(String::from_utf8_lossy(&p.payload).into_owned())
+                }
+                Event::Incoming(P5::PubAck(a)) => acks.push(a.reason == PubAckReason::Success),
+                Event::Incoming(P5::PubRec(r)) => assert_eq!(r.reason, PubRecReason::Success),
+                Event::Incoming(P5::PubComp(c)) => acks.push(c.reason == PubCompReason::Success),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("three messages and two acknowledgements within 20 s");
+    got.sort();
+    assert_eq!(got, ["rumqttc 0", "rumqttc 1", "rumqttc 2"]);
+    assert_eq!(acks, [true, true]);
+    let mut seen = lines(sub);
+    seen.sort();
+    let want: Vec<String> = ["mosquitto 0", "mosquitto 1", "mosquitto 2"]
+        .iter()
+        .chain(&["rumqttc 0", "rumqttc 1", "rumqttc 2"])
+        .map(|m| format!("{topic} {m}"))
+        .collect();
+    assert_eq!(seen, want);
+    assert_eq!(rows(&db().await, &gateway.id).await, [], "nothing ingested");
+}
+
+/// What MQTT 5 subscribers get through the device port, measured with Paho: every
+/// subscription option, properties passed through, subscription identifiers per
+/// overlapping subscription. Two rows are rumqttd's (README): a message is delivered at
+/// the subscription's QoS, not the lower of the two, and a second SUBSCRIBE to the same
+/// filter sends no retained messages whatever its retain handling.
+#[test]
+fn mqtt5_subscribers_get_what_their_subscriptions_ask_for() {
+    let gateway = Gateway::start(None);
+    let seen = paho(&[
+        "subscriber",
+        &gateway.mqtt_port.to_string(),
+        &format!("subs-{}", gateway.id),
+    ]);
+    let want = serde_json::json!({
+        "retained_delivered": true,
+        "retained_flag": true,
+        "expired_retained_delivered": false,
+        "user_properties": true,
+        "content_type": true,
+        "message_expiry_forwarded": true,
+        "response_topic": true,
+        "correlation_data": true,
+        "subscription_identifier": [42],
+        "no_local_respected": true,
+        "retain_as_published": [true, false],
+        "overlapping_identifiers": [[1], [2]],
+        "qos0_publish_delivered_at": [2],
+        "retain_handling_2_respected": true,
+        "retained_copies_for_two_subscribes": {"0": 1, "1": 1},
+        "shared_deliveries": [2, 2],
+    });
+    assert_eq!(seen, want);
+}
+
+/// MQTT 5 sessions (rumqttd alone keeps every session forever): expiry 0 ends the session
+/// with the connection; a longer one keeps it, with its queued QoS 1 and 2 messages, until
+/// then; a clean start with an expiry starts a session that outlives its connection; a
+/// DISCONNECT may shorten the expiry; a queued message's own expiry counts while it waits.
+#[test]
+fn mqtt5_sessions_resume_expire_and_start_as_asked() {
+    let gateway = Gateway::start(None);
+    let port = gateway.mqtt_port.to_string();
+    let session = |expiry: &str, wait: &str, how: &str| {
+        let id = format!("{}-{how}-{expiry}-{}", gateway.id, wait.replace('.', "_"));
+        paho(&["session", &port, &id, expiry, wait, how])
+    };
+    let gone = serde_json::json!({"session_present": [0, 0], "messages": []});
+    let kept = serde_json::json!({
+        "session_present": [0, 1],
+        "messages": [["queued-1", 1], ["queued-2", 2]],
+    });
+    assert_eq!(session("0", "0.5", "persistent"), gone, "expiry 0");
+    assert_eq!(session("3", "0.5", "persistent"), kept, "within the expiry");
+    assert_eq!(session("1", "2.5", "persistent"), gone, "after the expiry");
+    assert_eq!(
+        session("300", "0.5", "clean-start"),
+        kept,
+        "clean start, expiry 300"
+    );
+    assert_eq!(
+        session("300", "0.5", "disconnect-0"),
+        gone,
+        "DISCONNECT sets 0"
+    );
+    assert_eq!(session("0", "0.5", "v311"), kept, "MQTT 3.1.1, clean session 0");
+    let expiring = session("300", "2.5", "expiring");
+    assert_eq!(
+        expiring["messages"],
+        serde_json::json!([["long", 1, 58]]),
+        "{expiring}"
+    );
+}
+
+/// Every filter of a SUBSCRIBE and UNSUBSCRIBE is answered in its place; rumqttd would close
+/// the connection for a `$` filter and never answer an UNSUBSCRIBE of a filter it lacks.
+#[test]
+fn subscribe_and_unsubscribe_are_answered_for_every_filter() {
+    let gateway = Gateway::start(None);
+    let codes = paho(&[
+        "filters",
+        &gateway.mqtt_port.to_string(),
+        &format!("filters-{}", gateway.id),
+    ]);
+    let want = serde_json::json!({
+        "suback": [1, 0x8F, 0],
+        "suback_in_time": true,
+        "unsuback": [0, 0x11],
+        "unsuback_in_time": true,
+        "still_connected": true,
+    });
+    assert_eq!(codes, want);
+    // A malformed filter (Paho refuses to send one): 0x8F (3.1.1: 0x80), connection kept.
+    for level in [5, 4] {
+        let mut raw = connected(&gateway, level, &format!("{}-bad{level}", gateway.id), 60);
+        raw.send(&subscribe(level, 3, "a/b#", 1));
+        let refused = if level == 5 { 0x8F } else { 0x80 };
+        let ack = raw.packet();
+        assert_eq!(ack.0, 0x90);
+        assert_eq!(ack.1.last(), Some(&refused), "level {level}: {ack:?}");
+        // 3.1.1: an UNSUBSCRIBE of a filter never subscribed gets its UNSUBACK.
+        let mut body = 4u16.to_be_bytes().to_vec();
+        if level == 5 {
+            body.push(0);
+        }
+        body.extend(string(b"never/subscribed"));
+        raw.send(&packet(0xA2, &body));
+        let unsuback = raw.packet();
+        assert_eq!(unsuback.0, 0xB0, "level {level}");
+        assert_eq!(&unsuback.1[..2], &[0, 4]);
+    }
+}
+
+/// What Sluice sends a client stays within the receive maximum and the maximum packet size
+/// it asked for (rumqttd sends regardless): the rest waits for its PUBACKs, a packet too
+/// large is dropped, and rumqttd is acknowledged in its place, in order (rumqttd closes a
+/// connection whose acknowledgements come out of order).
+#[test]
+fn a_client_is_sent_no_more_than_its_receive_maximum_and_packet_size() {
+    let gateway = Gateway::start(None);
+    let topic = format!("plain/{}", gateway.id);
+    let mut sub = Raw::connect(&gateway);
+    // Receive maximum 2 (0x21), maximum packet size 200 (0x27).
+    let props = [0x21, 0, 2, 0x27, 0, 0, 0, 200];
+    sub.send(&connect_with(&format!("{}-small", gateway.id), 60, &props));
+    assert_eq!(sub.packet().0, 0x20, "CONNACK");
+    sub.send(&subscribe(5, 1, &topic, 1));
+    assert_eq!(sub.packet().0, 0x90, "SUBACK");
+    let mut publisher = connected(&gateway, 5, &format!("{}-pub", gateway.id), 60);
+    let sent: Vec<Vec<u8>> = ["m1", "m2", "BIG", "m3", "m4"]
+        .iter()
+        .map(|m| match *m {
+            "BIG" => vec![b'x'; 500],
+            m => m.as_bytes().to_vec(),
+        })
+        .collect();
+    for (i, payload) in sent.iter().enumerate() {
+        publisher.send(&publish(5, &topic, i as u16 + 1, &[], payload));
+        assert_eq!(
+            publisher.packet(),
+            (PUBACK, vec![0, i as u8 + 1]),
+            "PUBACK, success"
+        );
+    }
+    let mut got = Vec::new();
+    while let Some((first, body)) = sub.next_packet(Duration::from_secs(1)) {
+        assert_eq!(first >> 4, PUBLISH);
+        got.push(publish_body(first, &body));
+    }
+    let payloads = |got: &[(u16, Vec<u8>)]| got.iter().map(|g| g.1.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        payloads(&got),
+        [b"m1".to_vec(), b"m2".to_vec()],
+        "two unacknowledged"
+    );
+    // Each PUBACK lets one more go; the 500-byte one never comes.
+    for _ in 0..3 {
+        let pkid = got[got.len() - 2].0.to_be_bytes();
+        sub.send(&[PUBACK, 2, pkid[0], pkid[1]]);
+        if let Some((first, body)) = sub.next_packet(Duration::from_secs(2)) {
+            got.push(publish_body(first, &body));
+        }
+    }
+    let want: Vec<Vec<u8>> = ["m1", "m2", "m3", "m4"]
+        .iter()
+        .map(|m| m.as_bytes().to_vec())
+        .collect();
+    assert_eq!(payloads(&got), want);
+    sub.send(&[0xC0, 0]);
+    assert_eq!(sub.packet().0, 0xD0, "PINGRESP: the connection is still up");
+    assert_eq!(
+        gateway.metric(r#"sluice_deliveries_skipped_total{reason="too_large"}"#),
+        1.0
+    );
+}
+
+/// `ingress.max_keep_alive`: MQTT 5 clients asking for more (or 0) are told the maximum in
+/// CONNACK; MQTT 3.1.1 clients, which cannot be told, are refused. And a DISCONNECT may
+/// not set a session expiry after a CONNECT with none.
+#[test]
+fn the_server_keep_alive_and_session_expiry_rules_hold() {
+    let gateway = Gateway::start(Some(Box::new(|c: &mut toml::Table| {
+        set(c, &["ingress", "max_keep_alive"], 20);
+    })));
+    let mut v5 = Raw::connect(&gateway);
+    v5.send(&connect_with(&format!("{}-ka", gateway.id), 0, &[]));
+    let (first, body) = v5.packet();
+    assert_eq!((first, body[1]), (0x20, 0), "CONNACK, success");
+    assert!(
+        body.windows(3).any(|w| w == [0x13, 0, 20]),
+        "server keep alive 20 in {body:?}"
+    );
+    let mut v311 = Raw::connect(&gateway);
+    v311.send(&connect(4, &format!("{}-ka4", gateway.id), true, 0, None));
+    assert_eq!(v311.packet(), (0x20, vec![0, 2]), "identifier rejected");
+    let mut fine = connected(&gateway, 4, &format!("{}-ka4-ok", gateway.id), 20);
+    fine.send(&[0xC0, 0]);
+    assert_eq!(fine.packet().0, 0xD0);
+    // DISCONNECT with session expiry 300 (0x11) after none at CONNECT: protocol error.
+    v5.send(&packet(0xE0, &[0, 5, 0x11, 0, 0, 1, 44]));
+    assert_eq!(v5.closed(), [DISCONNECT, 1, 0x82]);
+}
+
+/// Retained messages and wills on a mapped topic. A retained reading is ingested once, when
+/// it is published (what a subscriber is sent at subscribe is no new reading); an empty
+/// retained publish clears it and is no reading either; a will is a message the device never
+/// sent: subscribers get it, Kafka and the table do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_readings_and_wills_on_mapped_topics() {
+    let gateway = Gateway::start(None);
+    let db = db().await;
+    let dev = format!("{}-will", gateway.id);
+    let topic = format!("sensors/{dev}/temp");
+    let watcher = mosquitto_sub(&gateway, &format!("sensors/{dev}/#"), 3, 15);
+    let will = r#"{"value": 99, "ts": 1700000009000}"#;
+    let mut device = Raw::connect(&gateway);
+    device.send(&connect(5, &dev, true, 60, Some((&topic, will))));
+    assert_eq!(device.packet().0, 0x20);
+    let retained = |pkid: u16, payload: &[u8]| {
+        let mut body = string(topic.as_bytes());
+        body.extend_from_slice(&pkid.to_be_bytes());
+        body.push(0);
+        body.extend_from_slice(payload);
+        packet(0x33, &body) // QoS 1, retain
+    };
+    device.send(&retained(1, br#"{"value": 1, "ts": 1700000001000}"#));
+    assert_eq!(device.packet(), (PUBACK, vec![0, 1]));
+    // A late subscriber gets the retained reading; it is not ingested again.
+    let late = mosquitto_sub(&gateway, &topic, 1, 10);
+    assert_eq!(
+        lines(late),
+        [format!(r#"{topic} {{"value": 1, "ts": 1700000001000}}"#)]
+    );
+    device.send(&retained(2, b""));
+    assert_eq!(
+        device.packet(),
+        (PUBACK, vec![0, 2]),
+        "cleared: success, not 0x99"
+    );
+    let after_clear = mosquitto_sub(&gateway, &topic, 1, 2);
+    assert_eq!(lines(after_clear), Vec::<String>::new(), "nothing retained");
+    // The device vanishes: rumqttd publishes its will.
+    drop(device);
+    let seen = lines(watcher);
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen[2], format!("{topic} {will}"));
+    let rows = wait_rows(&db, &dev, 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].value, Some(1.0));
+    assert_eq!(common::rows(&db, &dev).await, rows, "no row from the will");
+    assert_eq!(gateway.metric("sluice_retained_cleared_total"), 1.0);
+}
