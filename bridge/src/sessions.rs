@@ -59,6 +59,10 @@ pub enum Lifetime {
 
 impl Lifetime {
     pub fn of(connect: &wire::Connect) -> Lifetime {
+        // rumqttd refuses an empty client id without a clean start (no session to keep).
+        if connect.client_id.is_empty() {
+            return Lifetime::Connection;
+        }
         match (connect.clean, connect.session_expiry) {
             (true, None | Some(0)) => Lifetime::Connection,
             (false, None) | (_, Some(u32::MAX)) => Lifetime::Forever,

@@ -435,17 +435,18 @@ impl Settings {
         if i.broker_keep_alive_s < 2 {
             return invalid("ingress.broker_keep_alive_s", "must be at least 2");
         }
-        // rumqttd closes a relay whose packet is past its own limit, and a resolved topic
-        // alias (MQTT 5 only) makes a packet up to a 65,535-byte topic longer than the
-        // device sent it.
+        // rumqttd closes a relay whose packet is past its own limit. On MQTT 5 a resolved
+        // topic alias makes a packet up to a 65,535-byte topic longer than the device sent
+        // it, and Sluice's stamp (`ingress::deliver::STAMP_ROOM`) a little longer.
         let alias_room = if i.topic_alias_maximum > 0 { 65_536 } else { 0 };
-        let listeners = [(&self.broker.v4, 0), (&self.broker.v5, alias_room)];
+        let v5_room = alias_room + crate::ingress::deliver::STAMP_ROOM;
+        let listeners = [(&self.broker.v4, 0), (&self.broker.v5, v5_room)];
         for (servers, room) in listeners {
             for server in servers.iter().flat_map(|l| l.values()) {
                 let relayed = i.max_packet_size + room;
                 if server.connections.max_payload_size < relayed {
                     let key = format!("broker listener {} max_payload_size", server.name);
-                    let why = format!("must be at least {relayed} (ingress.max_packet_size, plus 65536 for MQTT 5 topic aliases)");
+                    let why = format!("must be at least {relayed} (ingress.max_packet_size; on MQTT 5 plus 512, and 65536 more with topic aliases)");
                     return invalid(&key, &why);
                 }
             }
@@ -578,12 +579,12 @@ mod tests {
             small_kafka.is_err_and(|e| e.contains("message.max.bytes")),
             "dead letters must fit"
         );
-        // The MQTT 5 listener, which gets resolved topic aliases.
+        // The MQTT 5 listener, which gets resolved topic aliases and stamps.
         let small_broker = load_edited(|t| {
             let at = t
-                .rfind("max_payload_size = 327680")
+                .rfind("max_payload_size = 328192")
                 .expect("the v5 listener");
-            t[..at].to_owned() + &t[at..].replacen("327680", "262144", 1)
+            t[..at].to_owned() + &t[at..].replacen("328192", "327680", 1)
         });
         assert!(
             small_broker.is_err_and(|e| e.contains("max_payload_size")),

@@ -203,6 +203,7 @@ pub struct Connect {
     pub auth_method: Option<String>,
     /// Where the client's will would be published: a publish like any other.
     pub will_topic: Option<String>,
+    pub will_retain: bool,
 }
 
 impl std::fmt::Debug for Connect {
@@ -257,6 +258,7 @@ pub fn read_connect(frame: &Frame) -> Result<Connect, WireError> {
                 username,
                 password,
                 auth_method: None,
+                will_retain: c.last_will.as_ref().is_some_and(|w| w.retain),
                 will_topic: c.last_will.map(|w| w.topic),
                 level: Level::V311,
                 client_id: c.client_id,
@@ -271,11 +273,19 @@ pub fn read_connect(frame: &Frame) -> Result<Connect, WireError> {
         5 => {
             let (c, will, login) = v5::Connect::read(frame.v5_header(), frame.bytes.clone())
                 .map_err(|e| malformed("CONNECT", e))?;
+            let will_retain = will.as_ref().is_some_and(|w| w.retain);
             let will_topic = will
                 .map(|w| String::from_utf8(w.topic.to_vec()))
                 .transpose()
                 .map_err(|_| malformed("CONNECT", "will topic is not UTF-8"))?;
             let props = c.properties.unwrap_or_default();
+            // MQTT 5, 3.1.2.11: both are protocol errors at 0.
+            if props.receive_maximum == Some(0) || props.max_packet_size == Some(0) {
+                return Err(malformed(
+                    "CONNECT",
+                    "receive maximum or maximum packet size 0",
+                ));
+            }
             let (username, password) =
                 login.map_or((None, None), |l| credentials(l.username, l.password));
             Ok(Connect {
@@ -283,13 +293,14 @@ pub fn read_connect(frame: &Frame) -> Result<Connect, WireError> {
                 password,
                 auth_method: props.authentication_method,
                 will_topic,
+                will_retain,
                 level: Level::V5,
                 client_id: c.client_id,
                 clean: c.clean_start,
                 keep_alive: c.keep_alive,
                 problem_info: props.request_problem_info.is_none_or(|v| v != 0),
                 session_expiry: Some(props.session_expiry_interval.unwrap_or(0)),
-                receive_maximum: props.receive_maximum.filter(|&m| m > 0).unwrap_or(u16::MAX),
+                receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
                 max_packet_size: props.max_packet_size,
             })
         }
@@ -299,15 +310,17 @@ pub fn read_connect(frame: &Frame) -> Result<Connect, WireError> {
 
 /// The CONNECT as rumqttd gets it: another keep alive (the ingress keeps the device's
 /// itself); for MQTT 5, `clean_start` as Sluice decides it (a clean start with a session
-/// expiry is a fresh session rumqttd must keep), and no topic alias maximum, receive
-/// maximum or packet size (what rumqttd sends the client passes the ingress, which keeps
-/// those; rumqttd's own topic aliases name a filter, not a topic). Only for a frame
-/// `read_connect` accepted ("MQTT" name, level 4/5).
+/// expiry is a fresh session rumqttd must keep), no topic alias maximum, receive maximum
+/// or packet size (what rumqttd sends the client passes the ingress, which keeps those;
+/// rumqttd's own topic aliases name a filter, not a topic), and the will's user property
+/// `stamp_key` as Sluice sets it (`will_stamp`), never as the client sent it. Only for a
+/// frame `read_connect` accepted ("MQTT" name, level 4/5).
 pub fn connect_for_broker(
     frame: &Frame,
     level: Level,
     keep_alive: u16,
     clean_start: bool,
+    (stamp_key, will_stamp): (&str, Option<String>),
 ) -> Result<Bytes, WireError> {
     if level == Level::V311 {
         let mut bytes = BytesMut::from(&frame.bytes[..]);
@@ -316,8 +329,23 @@ pub fn connect_for_broker(
         bytes[at..at + 2].copy_from_slice(&keep_alive.to_be_bytes());
         return Ok(bytes.freeze());
     }
-    let (mut c, will, login) = v5::Connect::read(frame.v5_header(), frame.bytes.clone())
+    let (mut c, mut will, login) = v5::Connect::read(frame.v5_header(), frame.bytes.clone())
         .map_err(|e| malformed("CONNECT", e))?;
+    if let Some(w) = will.as_mut() {
+        let props = w.properties.get_or_insert_with(|| v5::LastWillProperties {
+            delay_interval: None,
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        });
+        props.user_properties.retain(|(k, _)| k != stamp_key);
+        if let Some(stamp) = will_stamp {
+            props.user_properties.push((stamp_key.to_owned(), stamp));
+        }
+    }
     c.keep_alive = keep_alive;
     c.clean_start = clean_start;
     if let Some(p) = c.properties.as_mut() {
@@ -401,6 +429,14 @@ pub fn connack_v5(
     let mut out = BytesMut::new();
     ack.write(&mut out).map_err(|e| malformed("CONNACK", e))?;
     Ok(out.freeze())
+}
+
+/// Whether a CONNACK says the session was resumed.
+pub fn session_present(connack: &Frame) -> bool {
+    connack
+        .bytes
+        .get(connack.header_len)
+        .is_some_and(|flags| flags & 1 == 1)
 }
 
 /// A device's PUBLISH, version-independent.
@@ -545,7 +581,6 @@ pub struct Subscribe {
     pub filters: Vec<SubscribeFilter>,
     /// The subscription identifier the client gave these subscriptions.
     pub identifier: Option<usize>,
-    pub user_properties: Vec<(String, String)>,
 }
 
 pub fn read_subscribe(frame: &Frame, level: Level) -> Result<Subscribe, WireError> {
@@ -553,9 +588,7 @@ pub fn read_subscribe(frame: &Frame, level: Level) -> Result<Subscribe, WireErro
         Level::V5 => {
             let s = v5::Subscribe::read(frame.v5_header(), frame.bytes.clone())
                 .map_err(|e| malformed("SUBSCRIBE", e))?;
-            let (identifier, user_properties) = s
-                .properties
-                .map_or((None, Vec::new()), |p| (p.id, p.user_properties));
+            let identifier = s.properties.and_then(|p| p.id);
             if identifier == Some(0) {
                 return Err(malformed("SUBSCRIBE", "subscription identifier 0"));
             }
@@ -578,7 +611,6 @@ pub fn read_subscribe(frame: &Frame, level: Level) -> Result<Subscribe, WireErro
                 pkid: s.pkid,
                 filters,
                 identifier,
-                user_properties,
             }
         }
         Level::V311 => {
@@ -599,21 +631,19 @@ pub fn read_subscribe(frame: &Frame, level: Level) -> Result<Subscribe, WireErro
                 pkid: s.pkid,
                 filters,
                 identifier: None,
-                user_properties: Vec::new(),
             }
         }
     })
 }
 
 /// A SUBSCRIBE of one filter, for rumqttd; MQTT 5 with the subscription identifier
-/// Sluice gave it (rumqttd ignores the other subscription options).
+/// Sluice gave it (rumqttd ignores the other subscription options and user properties).
 pub fn encode_subscribe(
     out: &mut BytesMut,
     level: Level,
     pkid: u16,
     filter: &SubscribeFilter,
     identifier: usize,
-    user_properties: &[(String, String)],
 ) -> Result<(), WireError> {
     let bad = |e: &dyn std::fmt::Display| malformed("SUBSCRIBE", e);
     match level {
@@ -629,7 +659,7 @@ pub fn encode_subscribe(
                 filters: vec![v5::Filter::new(filter.path.clone(), qos)],
                 properties: Some(v5::SubscribeProperties {
                     id: Some(identifier),
-                    user_properties: user_properties.to_vec(),
+                    user_properties: Vec::new(),
                 }),
             }
             .write(out)
@@ -913,12 +943,11 @@ mod tests {
             RetainHandling::OnEverySubscribe
         );
         let mut one = BytesMut::new();
-        encode_subscribe(&mut one, Level::V5, 7, &s.filters[1], 9, &s.user_properties).unwrap();
+        encode_subscribe(&mut one, Level::V5, 7, &s.filters[1], 9).unwrap();
         let sent = read_subscribe(&frames(&one)[0], Level::V5).unwrap();
         assert_eq!((sent.pkid, sent.identifier), (7, Some(9)));
         assert_eq!(sent.filters.len(), 1);
         assert_eq!(sent.filters[0].path, "b/#");
-        assert_eq!(sent.user_properties, s.user_properties);
 
         // Identifier 0 is a protocol error.
         let mut zero = BytesMut::new();
@@ -988,9 +1017,11 @@ mod tests {
                 password: None,
                 auth_method: None,
                 will_topic: None,
+                will_retain: false,
             }
         );
-        let changed = connect_for_broker(&frames(&wire)[0], Level::V311, 65535, true).unwrap();
+        let changed =
+            connect_for_broker(&frames(&wire)[0], Level::V311, 65535, true, ("$s", None)).unwrap();
         let c = read_connect(&frames(&changed)[0]).unwrap();
         assert_eq!((c.keep_alive, c.client_id.as_str()), (65535, "dev-1"));
 
@@ -1019,10 +1050,13 @@ mod tests {
                 password: Some("s3cret".into()),
                 auth_method: None,
                 will_topic: None,
+                will_retain: false,
             }
         );
         let c = read_connect(
-            &frames(&connect_for_broker(&frames(&wire)[0], Level::V5, 7, true).unwrap())[0],
+            &frames(
+                &connect_for_broker(&frames(&wire)[0], Level::V5, 7, true, ("$s", None)).unwrap(),
+            )[0],
         )
         .unwrap();
         assert_eq!(c.keep_alive, 7);
@@ -1053,7 +1087,8 @@ mod tests {
             (c.receive_maximum, c.max_packet_size, c.session_expiry),
             (2, Some(200), Some(300))
         );
-        let upstream = connect_for_broker(&frames(&wire)[0], Level::V5, 60, false).unwrap();
+        let upstream =
+            connect_for_broker(&frames(&wire)[0], Level::V5, 60, false, ("$s", None)).unwrap();
         let f = &frames(&upstream)[0];
         let (sent, _, _) = v5::Connect::read(f.v5_header(), f.bytes.clone()).unwrap();
         let p = sent.properties.unwrap();
@@ -1069,6 +1104,57 @@ mod tests {
             (p.session_expiry_interval, p.user_properties.len()),
             (Some(300), 1)
         );
+
+        // The will's stamp is Sluice's, whatever the client put there.
+        let mut wire = BytesMut::new();
+        let will = v5::LastWill {
+            topic: Bytes::from_static(b"w"),
+            message: Bytes::from_static(b"gone"),
+            qos: rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+            retain: true,
+            properties: Some(v5::LastWillProperties {
+                delay_interval: None,
+                payload_format_indicator: None,
+                message_expiry_interval: None,
+                content_type: None,
+                response_topic: None,
+                correlation_data: None,
+                user_properties: vec![("$s".into(), "1 victim".into())],
+            }),
+        };
+        v5::Connect {
+            keep_alive: 30,
+            client_id: "dev-7".into(),
+            clean_start: true,
+            properties: None,
+        }
+        .write(&Some(will), &None, &mut wire)
+        .unwrap();
+        assert!(read_connect(&frames(&wire)[0]).unwrap().will_retain);
+        let stamp = ("$s", Some("1 dev-7".to_owned()));
+        let upstream = connect_for_broker(&frames(&wire)[0], Level::V5, 60, true, stamp).unwrap();
+        let f = &frames(&upstream)[0];
+        let (_, will, _) = v5::Connect::read(f.v5_header(), f.bytes.clone()).unwrap();
+        let props = will.unwrap().properties.unwrap();
+        assert_eq!(
+            props.user_properties,
+            vec![("$s".to_string(), "1 dev-7".to_string())]
+        );
+
+        // Receive maximum 0 is a protocol error.
+        let mut wire = BytesMut::new();
+        v5::Connect {
+            keep_alive: 30,
+            client_id: "dev-8".into(),
+            clean_start: true,
+            properties: Some(v5::ConnectProperties {
+                receive_maximum: Some(0),
+                ..v5::ConnectProperties::new()
+            }),
+        }
+        .write(&None, &None, &mut wire)
+        .unwrap();
+        assert!(read_connect(&frames(&wire)[0]).is_err());
 
         // MQTT 3.1 ("MQIsdp", level 3) is not served.
         let mut bad = BytesMut::new();

@@ -15,10 +15,10 @@ use common::{db, paho, rows, set, wait_rows, Gateway};
 const PUBLISH: u8 = 3;
 const PUBACK: u8 = 0x40;
 
-/// An MQTT 5 CONNECT (clean start) with raw properties.
-fn connect_with(client_id: &str, keep_alive: u16, props: &[u8]) -> Vec<u8> {
+/// An MQTT 5 CONNECT with raw properties.
+fn connect_with(client_id: &str, clean: bool, keep_alive: u16, props: &[u8]) -> Vec<u8> {
     let mut body = string(b"MQTT");
-    body.extend_from_slice(&[5, 0x02]);
+    body.extend_from_slice(&[5, if clean { 0x02 } else { 0 }]);
     body.extend_from_slice(&keep_alive.to_be_bytes());
     body.push(props.len() as u8);
     body.extend_from_slice(props);
@@ -203,7 +203,11 @@ fn mqtt5_sessions_resume_expire_and_start_as_asked() {
         gone,
         "DISCONNECT sets 0"
     );
-    assert_eq!(session("0", "0.5", "v311"), kept, "MQTT 3.1.1, clean session 0");
+    assert_eq!(
+        session("0", "0.5", "v311"),
+        kept,
+        "MQTT 3.1.1, clean session 0"
+    );
     let expiring = session("300", "2.5", "expiring");
     assert_eq!(
         expiring["messages"],
@@ -216,7 +220,9 @@ fn mqtt5_sessions_resume_expire_and_start_as_asked() {
 /// the connection for a `$` filter and never answer an UNSUBSCRIBE of a filter it lacks.
 #[test]
 fn subscribe_and_unsubscribe_are_answered_for_every_filter() {
-    let gateway = Gateway::start(None);
+    let gateway = Gateway::start(Some(Box::new(|c: &mut toml::Table| {
+        set(c, &["ingress", "max_subscriptions_per_session"], 3);
+    })));
     let codes = paho(&[
         "filters",
         &gateway.mqtt_port.to_string(),
@@ -249,6 +255,94 @@ fn subscribe_and_unsubscribe_are_answered_for_every_filter() {
         assert_eq!(unsuback.0, 0xB0, "level {level}");
         assert_eq!(&unsuback.1[..2], &[0, 4]);
     }
+    // Four filters against `max_subscriptions_per_session = 3`: the fourth is refused.
+    let mut many = connected(&gateway, 5, &format!("{}-many", gateway.id), 60);
+    let mut body = 5u16.to_be_bytes().to_vec();
+    body.push(0);
+    for f in ["q/1", "q/2", "q/3", "q/4"] {
+        body.extend(string(f.as_bytes()));
+        body.push(1);
+    }
+    many.send(&packet(0x82, &body));
+    assert_eq!(many.packet(), (0x90, vec![0, 5, 0, 1, 1, 1, 0x97]));
+}
+
+/// rumqttd sends a persistent session's unfinished deliveries again on reconnect, and takes
+/// acknowledgements only in its order: Sluice's in the client's place (here, for the
+/// client's own QoS 2 publish on its no-local subscription) wait behind those the client
+/// owes from its previous connection.
+#[test]
+fn a_resumed_session_gets_its_unfinished_deliveries_and_stays_in_step() {
+    let gateway = Gateway::start(None);
+    let id = format!("{}-resumed", gateway.id);
+    let topic = format!("plain/{}", gateway.id);
+    let expiry = [0x11, 0, 0, 1, 44]; // session expiry 300 s
+    let mut first = Raw::connect(&gateway);
+    first.send(&connect_with(&id, true, 60, &expiry));
+    assert_eq!(first.packet().0, 0x20);
+    // QoS 2, no local.
+    let mut body = 1u16.to_be_bytes().to_vec();
+    body.push(0);
+    body.extend(string(topic.as_bytes()));
+    body.push(0x06);
+    first.send(&packet(0x82, &body));
+    assert_eq!(first.packet(), (0x90, vec![0, 1, 0, 2]));
+    let mut other = connected(&gateway, 5, &format!("{}-other", gateway.id), 60);
+    let qos2 = |pkid: u16, payload: &[u8]| {
+        let mut body = string(topic.as_bytes());
+        body.extend_from_slice(&pkid.to_be_bytes());
+        body.push(0);
+        body.extend_from_slice(payload);
+        packet(0x34, &body)
+    };
+    other.send(&qos2(1, b"one"));
+    assert_eq!(other.packet().0, 0x50, "PUBREC");
+    let (first_byte, delivered) = first.packet();
+    let (pkid, payload) = publish_body(first_byte, &delivered);
+    assert_eq!(payload, b"one");
+    // PUBREC, then the connection is lost before rumqttd's PUBREL is answered.
+    let [hi, lo] = pkid.to_be_bytes();
+    first.send(&[0x50, 2, hi, lo]);
+    std::thread::sleep(Duration::from_millis(300));
+    drop(first);
+    let mut again = Raw::connect(&gateway);
+    again.send(&connect_with(&id, false, 60, &expiry));
+    let (connack, flags) = again.packet();
+    assert_eq!((connack, flags[0]), (0x20, 1), "session present");
+    assert_eq!(
+        again.packet(),
+        (0x62, vec![hi, lo]),
+        "rumqttd's PUBREL again"
+    );
+    // The client's own QoS 2 publish: not sent back to it (no local), so Sluice answers
+    // rumqttd for it, after the client's PUBCOMP. (rumqttd repeats its PUBREL; the client
+    // gets it once.)
+    again.send(&qos2(9, b"mine"));
+    let mut seen = Vec::new();
+    while let Some(p) = again.next_packet(Duration::from_secs(1)) {
+        seen.push(p);
+    }
+    assert_eq!(
+        seen,
+        [(0x50, vec![0, 9])],
+        "PUBREC for its publish, nothing else"
+    );
+    again.send(&[0x62, 2, 0, 9]);
+    assert_eq!(
+        again.packet(),
+        (0x70, vec![0, 9]),
+        "PUBCOMP for its publish"
+    );
+    again.send(&[0x70, 2, hi, lo]);
+    // Still in step with rumqttd: the next delivery comes.
+    other.send(&qos2(2, b"two"));
+    assert_eq!(other.packet().0, 0x50, "PUBREC");
+    let (first_byte, delivered) = again.packet();
+    assert_eq!(publish_body(first_byte, &delivered).1, b"two");
+    assert_eq!(
+        gateway.metric(r#"sluice_deliveries_skipped_total{reason="no_local"}"#),
+        1.0
+    );
 }
 
 /// What Sluice sends a client stays within the receive maximum and the maximum packet size
@@ -262,7 +356,12 @@ fn a_client_is_sent_no_more_than_its_receive_maximum_and_packet_size() {
     let mut sub = Raw::connect(&gateway);
     // Receive maximum 2 (0x21), maximum packet size 200 (0x27).
     let props = [0x21, 0, 2, 0x27, 0, 0, 0, 200];
-    sub.send(&connect_with(&format!("{}-small", gateway.id), 60, &props));
+    sub.send(&connect_with(
+        &format!("{}-small", gateway.id),
+        true,
+        60,
+        &props,
+    ));
     assert_eq!(sub.packet().0, 0x20, "CONNACK");
     sub.send(&subscribe(5, 1, &topic, 1));
     assert_eq!(sub.packet().0, 0x90, "SUBACK");
@@ -323,7 +422,7 @@ fn the_server_keep_alive_and_session_expiry_rules_hold() {
         set(c, &["ingress", "max_keep_alive"], 20);
     })));
     let mut v5 = Raw::connect(&gateway);
-    v5.send(&connect_with(&format!("{}-ka", gateway.id), 0, &[]));
+    v5.send(&connect_with(&format!("{}-ka", gateway.id), true, 0, &[]));
     let (first, body) = v5.packet();
     assert_eq!((first, body[1]), (0x20, 0), "CONNACK, success");
     assert!(

@@ -79,6 +79,8 @@ pub(super) struct Conn {
     pub session_expiry: Option<u32>,
     /// MQTT 5: deliveries on their way to the client.
     pub outbox: Outbox,
+    /// Who this client is in stamps (`deliver::Stamp`): its client id.
+    pub origin: Arc<str>,
     pub dev_rd: DeviceReader,
     pub dev_wr: DeviceWriter,
     /// TLS holds back what it is given until flushed.
@@ -209,6 +211,9 @@ impl Conn {
             let flush = self.up_wr.write_all(&self.state.to_broker);
             let _ = tokio::time::timeout(FLUSH_TIMEOUT, flush).await;
         }
+        let granted = self.granted.clone();
+        self.outbox
+            .park(&mut granted.lock().unwrap_or_else(|p| p.into_inner()));
         (result, self.state.expiry_at_disconnect)
     }
 
@@ -242,7 +247,7 @@ impl Conn {
             let s = &mut self.state;
             // Only what waits to be written counts: it drains by writing, or its device is
             // closed at the write timeout, so the limit is always released again.
-            let held = s.to_device.len() + s.to_broker.len();
+            let held = s.to_device.len() + s.to_broker.len() + self.outbox.held_bytes();
             // Past the process-wide limit, connections holding more than a small share stop
             // reading until there is room; devices that hold little are still served.
             s.pressed = self.buffers.set(held) && held > PRESSED_SHARE;
@@ -286,7 +291,7 @@ impl Conn {
                 }
                 // Read even when pressed: rumqttd does not read the relay while it cannot
                 // write to it, and `to_device` has its own cap and write timeout.
-                n = self.up_rd.read_buf(&mut self.state.up_in), if self.state.to_device.len() + self.outbox.held_bytes() < buffer_cap => {
+                n = self.up_rd.read_buf(&mut self.state.up_in), if self.state.to_device.len() < buffer_cap => {
                     if n? == 0 {
                         return Ok(());
                     }
@@ -490,6 +495,11 @@ impl Conn {
                                 self.server_keep_alive,
                             )?;
                             self.state.to_device.extend_from_slice(&connack);
+                            if wire::session_present(&frame) {
+                                let mut restore = BytesMut::new();
+                                self.subscriptions().restore(&mut restore)?;
+                                self.send_to_broker(&restore);
+                            }
                         }
                         Level::V311 => self.state.to_device.extend_from_slice(&frame.bytes),
                     }
@@ -505,7 +515,7 @@ impl Conn {
     fn deliver(&mut self, frame: &Frame) -> Result<(), WireError> {
         let publish = wire::read_delivery(frame)?;
         let (qos, pkid) = (wire::delivery_qos(&publish), publish.pkid);
-        let prepared = deliver::prepare(publish, &self.subscriptions(), &self.client_id, now_ms());
+        let prepared = deliver::prepare(publish, &self.subscriptions(), &self.origin, now_ms());
         let s = &mut self.state;
         let mut out = deliver::Out {
             to_device: &mut s.to_device,
@@ -627,7 +637,15 @@ impl Conn {
     /// `$` one, for which rumqttd would close the connection; 3.1.1: 0x80).
     fn subscribe(&mut self, frame: &Frame) -> Result<(), ConnError> {
         let subscribe = wire::read_subscribe(frame, self.level)?;
+        if subscribe
+            .filters
+            .iter()
+            .any(|f| f.no_local && f.path.starts_with("$share/"))
+        {
+            return Err(ConnError::Protocol("no local on a shared subscription"));
+        }
         let max = self.settings().max_subscriptions_per_session;
+        let who = self.who();
         let mut upstream = BytesMut::new();
         let mut answers = Vec::with_capacity(subscribe.filters.len());
         let mut subs = self.granted.lock().unwrap_or_else(|p| p.into_inner());
@@ -636,9 +654,7 @@ impl Conn {
             let dollar = path.starts_with('$') && !path.starts_with("$share/");
             let answer = if dollar || !acl::valid_subscription(path) {
                 Err(Reason::TopicFilterInvalid)
-            } else if filter.no_local && path.starts_with("$share/") {
-                return Err(ConnError::Protocol("no local on a shared subscription"));
-            } else if !self.current.acl.allows(self.who(), Access::Subscribe, path) {
+            } else if !self.current.acl.allows(who, Access::Subscribe, path) {
                 counter!("sluice_denied_total", "action" => "subscribe").increment(1);
                 Err(Reason::NotAuthorized)
             } else if !subs.contains(path) && subs.len() >= max {
@@ -646,14 +662,7 @@ impl Conn {
                 Err(Reason::QuotaExceeded)
             } else {
                 let id = subs.add(filter, subscribe.identifier);
-                wire::encode_subscribe(
-                    &mut upstream,
-                    self.level,
-                    subscribe.pkid,
-                    filter,
-                    id,
-                    &subscribe.user_properties,
-                )?;
+                wire::encode_subscribe(&mut upstream, self.level, subscribe.pkid, filter, id)?;
                 Ok(filter.qos)
             };
             answers.push(answer);
@@ -892,7 +901,7 @@ impl Conn {
             }
             None => None,
         };
-        let stamp = Stamp::needed(publish, self.state.no_local, &self.client_id);
+        let stamp = Stamp::needed(publish, self.state.no_local, &self.origin);
         let forged = publish
             .user_properties
             .iter()

@@ -5,17 +5,23 @@
 //! the subscription it is for), stamps relayed publishes with what rumqttd forgets, and
 //! filters, holds and rewrites deliveries on their way to the client.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use metrics::counter;
 
-use crate::wire::{self, Delivery, Qos, RetainHandling, SubscribeFilter, WireError};
+use crate::security::acl;
+use crate::wire::{self, Delivery, Level, Qos, RetainHandling, SubscribeFilter, WireError};
 
-/// The user property Sluice adds to what it relays to rumqttd. A client's own is removed on
-/// the way in, so it cannot speak for another, and Sluice's on the way out.
+/// The user property Sluice adds to what it relays to rumqttd (publishes, wills). A
+/// client's own is removed on the way in, so it cannot speak for another, and Sluice's on
+/// the way out.
 pub const STAMP: &str = "$sluice";
+
+/// The most a stamp adds to a packet: the property, its key, and a 256-byte client id.
+pub const STAMP_ROOM: usize = 512;
 
 /// Subscription identifiers are variable byte integers: 1 to 268,435,455.
 const MAX_IDENTIFIER: usize = 268_435_455;
@@ -25,6 +31,7 @@ const MAX_IDENTIFIER: usize = 268_435_455;
 pub struct Subscription {
     /// The identifier Sluice gave it in rumqttd.
     sluice_id: usize,
+    qos: Qos,
     /// The client's own subscription identifier.
     identifier: Option<usize>,
     no_local: bool,
@@ -34,12 +41,14 @@ pub struct Subscription {
 }
 
 /// A session's subscriptions. rumqttd keeps a persistent session's across connections, so
-/// they are kept with the session (and re-checked when the rules change).
+/// they are kept with the session (and re-checked when the rules change), and so is the
+/// order in which rumqttd awaits PUBCOMPs, which outlives a connection too.
 #[derive(Debug, Default)]
 pub struct Subscriptions {
     by_filter: HashMap<String, Subscription>,
     by_id: HashMap<usize, String>,
     last_id: usize,
+    awaiting_pubcomp: InOrder,
 }
 
 /// A session's subscriptions, shared by its connections.
@@ -80,6 +89,7 @@ impl Subscriptions {
             filter.path.clone(),
             Subscription {
                 sluice_id,
+                qos: filter.qos,
                 identifier,
                 no_local: filter.no_local,
                 retain_as_published: filter.retain_as_published,
@@ -100,8 +110,36 @@ impl Subscriptions {
     }
 
     pub fn clear(&mut self) {
-        self.by_filter.clear();
-        self.by_id.clear();
+        *self = Subscriptions {
+            last_id: self.last_id,
+            ..Subscriptions::default()
+        };
+    }
+
+    /// SUBSCRIBEs giving rumqttd back Sluice's identifiers, which it forgets when a
+    /// persistent session reconnects (it keeps the filters: nothing is sent again).
+    pub fn restore(&self, out: &mut BytesMut) -> Result<(), WireError> {
+        for (path, s) in &self.by_filter {
+            let filter = SubscribeFilter {
+                path: path.clone(),
+                qos: s.qos,
+                no_local: s.no_local,
+                retain_as_published: s.retain_as_published,
+                retain_handling: RetainHandling::Never,
+            };
+            wire::encode_subscribe(out, Level::V5, 1, &filter, s.sluice_id)?;
+        }
+        Ok(())
+    }
+
+    /// The subscriptions matching a topic, for a delivery that names none (one rumqttd sends
+    /// before its identifiers are restored).
+    fn matching(&self, topic: &str) -> Vec<&Subscription> {
+        self.by_filter
+            .iter()
+            .filter(|(filter, _)| acl::filter_matches(filter, topic))
+            .map(|(_, s)| s)
+            .collect()
     }
 
     fn next_id(&mut self) -> usize {
@@ -141,6 +179,14 @@ impl Stamp {
         })
     }
 
+    /// The stamp a will needs: a retained will keeps its flag for retain as published.
+    pub fn will(retain: bool, sender: &str) -> Option<Stamp> {
+        retain.then(|| Stamp {
+            retained: true,
+            origin: sender.to_owned(),
+        })
+    }
+
     pub fn encode(&self) -> String {
         format!("{} {}", u8::from(self.retained), self.origin)
     }
@@ -154,6 +200,16 @@ impl Stamp {
     }
 }
 
+/// Who a client is in stamps: its client id, or for one with none (rumqttd assigns it one)
+/// a name no client id can be, as rumqttd refuses client ids with `#`.
+pub fn origin(client_id: &str) -> Arc<str> {
+    static ANONYMOUS: AtomicU64 = AtomicU64::new(0);
+    match client_id {
+        "" => format!("#{}", ANONYMOUS.fetch_add(1, Ordering::Relaxed)).into(),
+        id => id.into(),
+    }
+}
+
 /// Why a delivery does not reach the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skipped {
@@ -161,6 +217,9 @@ pub enum Skipped {
     Unsubscribed,
     /// The client's own publish, on a no-local subscription.
     NoLocal,
+    /// A QoS 0 delivery while the client's queue is full (it does not read, or holds
+    /// back its acknowledgements).
+    QueueFull,
     /// A retained message sent at subscribe, which the subscription's retain handling
     /// declines.
     RetainHandling,
@@ -175,6 +234,7 @@ impl Skipped {
         match self {
             Skipped::Unsubscribed => "unsubscribed",
             Skipped::NoLocal => "no_local",
+            Skipped::QueueFull => "queue_full",
             Skipped::RetainHandling => "retain_handling",
             Skipped::Expired => "expired",
             Skipped::TooLarge => "too_large",
@@ -211,7 +271,10 @@ pub fn prepare(
         false
     });
     let ours = std::mem::take(&mut props.subscription_identifiers);
-    let matched: Vec<&Subscription> = ours.iter().filter_map(|&id| subs.by_id(id)).collect();
+    let matched: Vec<&Subscription> = match ours.is_empty() {
+        true => subs.matching(&String::from_utf8_lossy(&publish.topic)),
+        false => ours.iter().filter_map(|&id| subs.by_id(id)).collect(),
+    };
     if !ours.is_empty() && matched.is_empty() {
         return Err(Skipped::Unsubscribed);
     }
@@ -243,31 +306,54 @@ pub fn prepare(
 /// Deliveries on their way to one client: at most its receive maximum of QoS 1 and 2 ones
 /// unacknowledged (the rest wait here, in order), none larger than its maximum packet
 /// size, none expired. What the client never gets is acknowledged to rumqttd in its place,
-/// in turn with the client's own acknowledgements, which rumqttd takes only in order.
+/// in turn with the client's own acknowledgements, which rumqttd takes only in order. The
+/// QoS 1 and 2 ones waiting are bounded by rumqttd's own in-flight window; QoS 0 ones are
+/// dropped past `held_cap` bytes.
 #[derive(Debug)]
 pub struct Outbox {
     receive_maximum: usize,
     max_packet_size: usize,
-    unacknowledged: HashSet<u16>,
+    held_cap: usize,
+    /// Packet ids of QoS 1 and 2 deliveries the client has not finished (rumqttd may reuse
+    /// a QoS 2 one's id once it has the client's PUBREC, so an id may be here twice).
+    unacknowledged: VecDeque<u16>,
     held: VecDeque<Ready>,
     held_bytes: usize,
     /// PUBACKs and PUBRECs rumqttd waits for, in the order of its deliveries.
     acks: InOrder,
     /// PUBCOMPs rumqttd waits for, in the order of the PUBRECs.
     comps: InOrder,
+    /// rumqttd's PUBRELs relayed to the client on this connection and not yet completed:
+    /// rumqttd repeats one of a resumed session, which the client must not complete twice.
+    relayed: Vec<u16>,
 }
 
 impl Outbox {
-    pub fn new(receive_maximum: u16, max_packet_size: Option<u32>) -> Outbox {
+    /// `subs`: the session's, whose PUBCOMP order this connection takes over (`park`
+    /// hands it back).
+    pub fn new(
+        receive_maximum: u16,
+        max_packet_size: Option<u32>,
+        held_cap: usize,
+        subs: &mut Subscriptions,
+    ) -> Outbox {
         Outbox {
             receive_maximum: usize::from(receive_maximum),
             max_packet_size: max_packet_size.map_or(usize::MAX, |m| m as usize),
-            unacknowledged: HashSet::new(),
+            held_cap,
+            unacknowledged: VecDeque::new(),
             held: VecDeque::new(),
             held_bytes: 0,
             acks: InOrder::default(),
-            comps: InOrder::default(),
+            comps: std::mem::take(&mut subs.awaiting_pubcomp),
+            relayed: Vec::new(),
         }
+    }
+
+    /// At the end of the connection: what rumqttd still awaits PUBCOMPs for, in order, is
+    /// the session's (rumqttd sends those PUBRELs again when the client is back).
+    pub fn park(&mut self, subs: &mut Subscriptions) {
+        subs.awaiting_pubcomp = std::mem::take(&mut self.comps);
     }
 
     /// Bytes of deliveries waiting for the client's receive maximum.
@@ -279,7 +365,10 @@ impl Outbox {
     pub fn push(&mut self, ready: Ready, now_ms: u64, out: &mut Out<'_>) -> Result<(), WireError> {
         let qos = wire::delivery_qos(&ready.publish);
         if qos > Qos::AtMostOnce {
-            self.acks.expect(ready.publish.pkid, Turn::Client);
+            self.acks.push(ready.publish.pkid, Turn::Client);
+        } else if self.held_bytes >= self.held_cap {
+            self.skip(qos, ready.publish.pkid, Skipped::QueueFull, out);
+            return Ok(());
         }
         self.held_bytes += size(&ready.publish);
         self.held.push_back(ready);
@@ -294,12 +383,13 @@ impl Outbox {
             Qos::AtLeastOnce => wire::PUBACK,
             Qos::ExactlyOnce => wire::PUBREC,
         };
-        self.acks.expect(pkid, Turn::Sluice { due: true, kind });
+        self.acks.take_over(pkid, kind);
         self.flush_acks(out.to_broker);
     }
 
-    /// An acknowledgement from the client (PUBACK, PUBREC, PUBCOMP), relayed to rumqttd in
-    /// turn; one that ends a delivery lets the next one go.
+    /// An acknowledgement from the client (PUBACK, PUBREC, PUBCOMP). It goes to rumqttd at
+    /// once (a client's own come in order); Sluice's behind it follow in their turn. One
+    /// that ends a delivery lets the next one go.
     pub fn client_ack(
         &mut self,
         frame: &wire::Frame,
@@ -308,31 +398,47 @@ impl Outbox {
     ) -> Result<(), WireError> {
         let pkid = frame.packet_id()?;
         let kind = frame.packet_type();
-        let order = if kind == wire::PUBCOMP {
-            &mut self.comps
-        } else {
-            &mut self.acks
+        let order = match kind {
+            wire::PUBCOMP => &mut self.comps,
+            _ => &mut self.acks,
         };
         order.answered(pkid);
+        if kind == wire::PUBCOMP {
+            self.relayed.retain(|&p| p != pkid);
+        }
         out.to_broker.extend_from_slice(&frame.bytes);
-        let ended = match kind {
-            wire::PUBREC if frame.ack_reason() < 0x80 => {
-                self.comps.expect(pkid, Turn::Client);
-                false
-            }
-            _ => true,
-        };
+        // rumqttd sends PUBREL after any PUBREC, an error one too, and waits for a PUBCOMP.
+        if kind == wire::PUBREC {
+            self.comps.push(pkid, Turn::Client);
+        }
         self.flush_acks(out.to_broker);
         self.comps.flush(out.to_broker, |_, _| {});
-        if ended && self.unacknowledged.remove(&pkid) {
+        let ended = kind != wire::PUBREC || frame.ack_reason() >= 0x80;
+        let at = self.unacknowledged.iter().position(|&p| p == pkid);
+        if let Some(at) = at.filter(|_| ended) {
+            self.unacknowledged.remove(at);
             self.send_due(now_ms, out)?;
         }
         Ok(())
     }
 
-    /// rumqttd's PUBREL: true when Sluice answers it, for a delivery it took for the client.
+    /// rumqttd's PUBREL: true when Sluice answers it (for a delivery it took for the
+    /// client) or drops it (a repeat of one the client has). Any other is the client's to
+    /// answer, in its turn (one of an earlier connection of the session included).
     pub fn released(&mut self, pkid: u16, to_broker: &mut BytesMut) -> bool {
-        let ours = self.comps.due(pkid);
+        if self.relayed.contains(&pkid) {
+            return true;
+        }
+        let ours = match self.comps.release(pkid) {
+            Some(ours) => ours,
+            None => {
+                self.comps.push(pkid, Turn::Client);
+                false
+            }
+        };
+        if !ours {
+            self.relayed.push(pkid);
+        }
         self.comps.flush(to_broker, |_, _| {});
         ours
     }
@@ -341,13 +447,11 @@ impl Outbox {
         let comps = &mut self.comps;
         self.acks.flush(to_broker, |pkid, kind| {
             if kind == wire::PUBREC {
-                comps.expect(
-                    pkid,
-                    Turn::Sluice {
-                        due: false,
-                        kind: wire::PUBCOMP,
-                    },
-                );
+                let turn = Turn::Sluice {
+                    due: false,
+                    kind: wire::PUBCOMP,
+                };
+                comps.push(pkid, turn);
             }
         });
     }
@@ -365,7 +469,7 @@ impl Outbox {
             else {
                 break;
             };
-            self.held_bytes -= size(&publish);
+            self.held_bytes = self.held_bytes.saturating_sub(size(&publish));
             let (qos, pkid) = (wire::delivery_qos(&publish), publish.pkid);
             if let Some(expires) = expires_ms {
                 if now_ms >= expires {
@@ -386,7 +490,7 @@ impl Outbox {
                 continue;
             }
             if acked {
-                self.unacknowledged.insert(pkid);
+                self.unacknowledged.push_back(pkid);
             }
         }
         Ok(())
@@ -410,38 +514,52 @@ enum Turn {
     },
 }
 
-/// Acknowledgements rumqttd takes only in the order of its own packets.
+/// Acknowledgements rumqttd takes only in the order of its own packets. Packet ids repeat
+/// (rumqttd reuses them), so an id always means its oldest entry still waiting.
 #[derive(Debug, Default)]
 struct InOrder(VecDeque<(u16, Turn)>);
 
 impl InOrder {
-    fn expect(&mut self, pkid: u16, turn: Turn) {
-        match self.0.iter_mut().find(|(p, _)| *p == pkid) {
-            Some(entry) => entry.1 = turn,
-            None => self.0.push_back((pkid, turn)),
+    fn push(&mut self, pkid: u16, turn: Turn) {
+        self.0.push_back((pkid, turn));
+    }
+
+    /// Sluice answers in the client's place: for a delivery the client was to answer, or
+    /// for one it never saw (at the back, in rumqttd's order).
+    fn take_over(&mut self, pkid: u16, kind: u8) {
+        let turn = Turn::Sluice { due: true, kind };
+        match self.waiting(pkid) {
+            Some(entry) if entry.1 == Turn::Client => entry.1 = turn,
+            _ => self.push(pkid, turn),
         }
     }
 
     /// The client answered for `pkid` (unknown ids are the client's business).
     fn answered(&mut self, pkid: u16) {
-        if let Some(at) = self
-            .0
-            .iter()
-            .position(|(p, t)| *p == pkid && *t == Turn::Client)
-        {
+        let waiting = |(p, t): &(u16, Turn)| *p == pkid && *t == Turn::Client;
+        if let Some(at) = self.0.iter().position(waiting) {
             self.0.remove(at);
         }
     }
 
-    /// Sluice's answer for `pkid` may go in its turn; false when it is not Sluice's.
-    fn due(&mut self, pkid: u16) -> bool {
-        for (p, turn) in self.0.iter_mut() {
-            if let (true, Turn::Sluice { due, .. }) = (*p == pkid, turn) {
+    /// rumqttd asks for `pkid`'s answer: `Some(true)` when it is Sluice's (now due),
+    /// `Some(false)` the client's, `None` when nothing waits for it.
+    fn release(&mut self, pkid: u16) -> Option<bool> {
+        let entry = self.waiting(pkid)?;
+        match &mut entry.1 {
+            Turn::Client => Some(false),
+            Turn::Sluice { due, .. } => {
                 *due = true;
-                return true;
+                Some(true)
             }
         }
-        false
+    }
+
+    /// The oldest entry for `pkid` not yet due.
+    fn waiting(&mut self, pkid: u16) -> Option<&mut (u16, Turn)> {
+        self.0
+            .iter_mut()
+            .find(|(p, t)| *p == pkid && !matches!(t, Turn::Sluice { due: true, .. }))
     }
 
     /// Writes Sluice's answers whose turn has come; `sent` is told of each.
@@ -608,7 +726,7 @@ mod tests {
     #[test]
     fn the_receive_maximum_holds_deliveries_until_the_client_acknowledges() {
         let (mut dev, mut brk) = (BytesMut::new(), BytesMut::new());
-        let mut outbox = Outbox::new(2, None);
+        let mut outbox = Outbox::new(2, None, 1 << 20, &mut Subscriptions::default());
         for pkid in 1..=3 {
             outbox
                 .push(
@@ -640,7 +758,7 @@ mod tests {
     #[test]
     fn what_the_client_never_gets_is_acknowledged_to_rumqttd_in_turn() {
         let (mut dev, mut brk) = (BytesMut::new(), BytesMut::new());
-        let mut outbox = Outbox::new(10, Some(100));
+        let mut outbox = Outbox::new(10, Some(100), 1 << 20, &mut Subscriptions::default());
         let mut o = out(&mut dev, &mut brk);
         outbox
             .push(ready(1, QoS::AtLeastOnce, 1, None), 0, &mut o)
@@ -675,7 +793,7 @@ mod tests {
     #[test]
     fn a_skipped_qos2_delivery_is_received_and_completed_for_the_client_in_turn() {
         let (mut dev, mut brk) = (BytesMut::new(), BytesMut::new());
-        let mut outbox = Outbox::new(10, None);
+        let mut outbox = Outbox::new(10, None, 1 << 20, &mut Subscriptions::default());
         let mut o = out(&mut dev, &mut brk);
         outbox
             .push(ready(1, QoS::ExactlyOnce, 1, None), 0, &mut o)
@@ -700,7 +818,7 @@ mod tests {
     #[test]
     fn a_held_delivery_is_sent_with_the_expiry_it_has_left() {
         let (mut dev, mut brk) = (BytesMut::new(), BytesMut::new());
-        let mut outbox = Outbox::new(1, None);
+        let mut outbox = Outbox::new(1, None, 1 << 20, &mut Subscriptions::default());
         let mut o = out(&mut dev, &mut brk);
         outbox
             .push(ready(1, QoS::AtLeastOnce, 1, None), 0, &mut o)
@@ -721,6 +839,73 @@ mod tests {
         let f = wire::next_frame(&mut buf, usize::MAX).unwrap().unwrap();
         let p = wire::read_delivery(&f).unwrap().properties.unwrap();
         assert_eq!(p.message_expiry_interval, Some(58));
+    }
+
+    #[test]
+    fn pubcomp_order_survives_refusals_and_reconnects() {
+        let (mut dev, mut brk) = (BytesMut::new(), BytesMut::new());
+        let mut subs = Subscriptions::default();
+        let mut outbox = Outbox::new(10, None, 1 << 20, &mut subs);
+        let mut o = out(&mut dev, &mut brk);
+        // The client refuses delivery 1 (PUBREC 0x80); rumqttd still sends PUBREL for it.
+        outbox
+            .push(ready(1, QoS::ExactlyOnce, 1, None), 0, &mut o)
+            .unwrap();
+        outbox.skip(Qos::ExactlyOnce, 2, Skipped::NoLocal, &mut o);
+        let mut refusal = BytesMut::from(&[wire::PUBREC << 4, 3, 0, 1, 0x80][..]);
+        let refusal = wire::next_frame(&mut refusal, 16).unwrap().unwrap();
+        outbox.client_ack(&refusal, 0, &mut o).unwrap();
+        o.to_broker.clear();
+        assert!(!outbox.released(1, o.to_broker));
+        assert!(outbox.released(2, o.to_broker));
+        assert!(o.to_broker.is_empty(), "behind the client's PUBCOMP for 1");
+        // The connection ends first: the next one takes the order over, and rumqttd's
+        // repeated PUBREL for 1 reaches the client once.
+        outbox.park(&mut subs);
+        let mut next = Outbox::new(10, None, 1 << 20, &mut subs);
+        assert!(!next.released(1, o.to_broker), "the client's");
+        assert!(next.released(1, o.to_broker), "a repeat, dropped");
+        assert!(o.to_broker.is_empty());
+        next.client_ack(&ack(wire::PUBCOMP, 1), 0, &mut o).unwrap();
+        assert_eq!(
+            packets(o.to_broker),
+            [(wire::PUBCOMP, 1), (wire::PUBCOMP, 2)]
+        );
+    }
+
+    #[test]
+    fn qos0_deliveries_past_the_cap_are_dropped_and_unnamed_ones_matched_by_topic() {
+        let (mut dev, mut brk) = (BytesMut::new(), BytesMut::new());
+        let mut subs = Subscriptions::default();
+        let mut outbox = Outbox::new(1, None, 4, &mut subs);
+        let mut o = out(&mut dev, &mut brk);
+        outbox
+            .push(ready(1, QoS::AtLeastOnce, 8, None), 0, &mut o)
+            .unwrap();
+        outbox
+            .push(ready(2, QoS::AtLeastOnce, 8, None), 0, &mut o)
+            .unwrap();
+        outbox
+            .push(ready(0, QoS::AtMostOnce, 8, None), 0, &mut o)
+            .unwrap();
+        assert_eq!(packets(o.to_device), [(wire::PUBLISH, 1)]);
+        assert_eq!(
+            outbox.held_bytes(),
+            3 + 8,
+            "the QoS 1 one waits, the QoS 0 one is dropped"
+        );
+        // A delivery rumqttd sends before Sluice's identifiers are restored names none: the
+        // subscriptions matching its topic decide.
+        subs.add(&filter("a/+", true, false, RetainHandling::Never), Some(5));
+        let unnamed = delivery(3, QoS::AtLeastOnce, &[], from("me", false), false);
+        assert_eq!(
+            prepare(unnamed.clone(), &subs, "me", 0).err(),
+            Some(Skipped::NoLocal)
+        );
+        let theirs = prepare(unnamed, &subs, "you", 0)
+            .expect("delivered")
+            .publish;
+        assert_eq!(theirs.properties.unwrap().subscription_identifiers, vec![5]);
     }
 
     #[test]

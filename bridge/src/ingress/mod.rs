@@ -552,6 +552,7 @@ impl Ingress {
         session: Session,
         lifetime: Lifetime,
     ) -> (Result<(), ConnError>, Option<u32>) {
+        let origin = deliver::origin(&connect.client_id);
         let opened = async {
             let upstream = TcpStream::connect(broker).await?;
             upstream.set_nodelay(true)?;
@@ -563,7 +564,10 @@ impl Ingress {
             // a persistent session (the old one was ended in `decide`).
             let clean = lifetime == Lifetime::Connection;
             let keep_alive = self.settings.broker_keep_alive_s;
-            let connect = wire::connect_for_broker(&first, connect.level, keep_alive, clean)?;
+            let will = deliver::Stamp::will(connect.will_retain, &origin).map(|s| s.encode());
+            let stamp = (deliver::STAMP, will);
+            let connect =
+                wire::connect_for_broker(&first, connect.level, keep_alive, clean, stamp)?;
             up_wr.write_all(&connect).await?;
             Ok::<_, ConnError>((up_rd, up_wr))
         };
@@ -576,6 +580,12 @@ impl Ingress {
         // MQTT 3.1.1, 3.1.2.10 and MQTT 5, 3.1.2.10: one and a half times keep alive.
         let keep_alive =
             (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let outbox = deliver::Outbox::new(
+            connect.receive_maximum,
+            connect.max_packet_size,
+            self.settings.max_buffered_bytes_per_connection,
+            &mut session.granted.lock().unwrap_or_else(|p| p.into_inner()),
+        );
         let client_id: Arc<str> = connect.client_id.into();
         let current = session.rules.borrow().clone();
         let rate_key = match &session.identity.name {
@@ -595,7 +605,8 @@ impl Ingress {
             keep_alive,
             server_keep_alive,
             session_expiry: connect.session_expiry,
-            outbox: deliver::Outbox::new(connect.receive_maximum, connect.max_packet_size),
+            outbox,
+            origin,
             dev_rd: device.rd,
             dev_wr: device.wr,
             dev_in: device.unread,

@@ -318,6 +318,17 @@ fn valid_filter(filter: &str) -> bool {
         })
 }
 
+/// Whether a subscription filter (a shared one included) matches a topic.
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    let none = Subst {
+        identity: None,
+        client: None,
+    };
+    strip_share(filter)
+        .and_then(|f| parse_filter(f, false).ok())
+        .is_some_and(|levels| matches(&levels, &none, topic))
+}
+
 /// Whether a SUBSCRIBE's filter is well formed (a shared one included).
 pub fn valid_subscription(filter: &str) -> bool {
     strip_share(filter).is_some_and(valid_filter)
