@@ -246,8 +246,10 @@ impl Conn {
             let max_owed = self.settings().max_inflight_per_connection;
             let s = &mut self.state;
             // Only what waits to be written counts: it drains by writing, or its device is
-            // closed at the write timeout, so the limit is always released again.
-            let held = s.to_device.len() + s.to_broker.len() + self.outbox.held_bytes();
+            // closed at the write timeout, so the limit is always released again. (What the
+            // outbox holds drains by the client's acknowledgements, which must be read; it is
+            // bounded by rumqttd's in-flight window and the per-connection cap instead.)
+            let held = s.to_device.len() + s.to_broker.len();
             // Past the process-wide limit, connections holding more than a small share stop
             // reading until there is room; devices that hold little are still served.
             s.pressed = self.buffers.set(held) && held > PRESSED_SHARE;

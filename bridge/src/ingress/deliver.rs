@@ -357,7 +357,8 @@ impl Outbox {
     }
 
     /// Bytes of deliveries waiting for the client's receive maximum.
-    pub fn held_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn held_bytes(&self) -> usize {
         self.held_bytes
     }
 

@@ -562,7 +562,7 @@ impl Ingress {
             // races the ingress to it, and so a keep alive of 0, which it refuses, is
             // accepted. A clean start whose session outlives the connection is, to rumqttd,
             // a persistent session (the old one was ended in `decide`).
-            let clean = lifetime == Lifetime::Connection;
+            let clean = connect.clean && lifetime == Lifetime::Connection;
             let keep_alive = self.settings.broker_keep_alive_s;
             let will = deliver::Stamp::will(connect.will_retain, &origin).map(|s| s.encode());
             let stamp = (deliver::STAMP, will);
