@@ -6,11 +6,11 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::raw::{connect, connected, packet, publish, string, subscribe, Raw, DISCONNECT};
-use common::{db, paho, rows, set, wait_rows, Gateway};
+use common::{db, lines, mosquitto_sub, paho, rows, set, wait_rows, Gateway};
 
 const PUBLISH: u8 = 3;
 const PUBACK: u8 = 0x40;
@@ -39,27 +39,13 @@ fn publish_body(first: u8, body: &[u8]) -> (u16, Vec<u8>) {
     (pkid, body[at + 1 + props..].to_vec())
 }
 
-/// `mosquitto_sub -V 5` for up to `secs` seconds or `count` messages; its `topic payload`
-/// lines.
-fn mosquitto_sub(gateway: &Gateway, filter: &str, count: u32, secs: u32) -> std::process::Child {
-    let child = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &gateway.mqtt_port.to_string()])
-        .args(["-V", "5", "-v", "-q", "2", "-t", filter])
-        .args(["-C", &count.to_string(), "-W", &secs.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub runs");
-    // Time to subscribe before anything is published.
-    std::thread::sleep(Duration::from_millis(800));
-    child
-}
-
-fn lines(child: std::process::Child) -> Vec<String> {
-    let out = child.wait_with_output().expect("mosquitto_sub ends");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
+/// `mosquitto_sub -V 5 -q 2` on one filter, for up to `count` messages or `secs` seconds.
+fn mosquitto_sub5(gateway: &Gateway, filter: &str, count: u32, secs: u32) -> std::process::Child {
+    let (count, secs) = (count.to_string(), secs.to_string());
+    let args = [
+        "-V", "5", "-q", "2", "-t", filter, "-C", &count, "-W", &secs,
+    ];
+    mosquitto_sub(gateway, &args)
 }
 
 /// The test a generic broker suite starts with: subscribe, publish at QoS 0, 1 and 2 on a
@@ -71,7 +57,7 @@ async fn broker_traffic_outside_the_mappings_is_served_at_every_qos() {
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
     let gateway = Gateway::start(None);
     let topic = format!("chat/{}", gateway.id);
-    let sub = mosquitto_sub(&gateway, &topic, 6, 20);
+    let sub = mosquitto_sub5(&gateway, &topic, 6, 20);
     for qos in ["0", "1", "2"] {
         let status = Command::new("mosquitto_pub")
             .args(["-h", "127.0.0.1", "-p", &gateway.mqtt_port.to_string()])
@@ -450,7 +436,7 @@ async fn retained_readings_and_wills_on_mapped_topics() {
     let db = db().await;
     let dev = format!("{}-will", gateway.id);
     let topic = format!("sensors/{dev}/temp");
-    let watcher = mosquitto_sub(&gateway, &format!("sensors/{dev}/#"), 3, 15);
+    let watcher = mosquitto_sub5(&gateway, &format!("sensors/{dev}/#"), 3, 15);
     let will = r#"{"value": 99, "ts": 1700000009000}"#;
     let mut device = Raw::connect(&gateway);
     device.send(&connect(5, &dev, true, 60, Some((&topic, will))));
@@ -465,7 +451,7 @@ async fn retained_readings_and_wills_on_mapped_topics() {
     device.send(&retained(1, br#"{"value": 1, "ts": 1700000001000}"#));
     assert_eq!(device.packet(), (PUBACK, vec![0, 1]));
     // A late subscriber gets the retained reading; it is not ingested again.
-    let late = mosquitto_sub(&gateway, &topic, 1, 10);
+    let late = mosquitto_sub5(&gateway, &topic, 1, 10);
     assert_eq!(
         lines(late),
         [format!(r#"{topic} {{"value": 1, "ts": 1700000001000}}"#)]
@@ -476,7 +462,7 @@ async fn retained_readings_and_wills_on_mapped_topics() {
         (PUBACK, vec![0, 2]),
         "cleared: success, not 0x99"
     );
-    let after_clear = mosquitto_sub(&gateway, &topic, 1, 2);
+    let after_clear = mosquitto_sub5(&gateway, &topic, 1, 2);
     assert_eq!(lines(after_clear), Vec::<String>::new(), "nothing retained");
     // The device vanishes: rumqttd publishes its will.
     drop(device);

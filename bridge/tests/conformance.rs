@@ -6,48 +6,17 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::raw::{connect, connected, packet, publish, string, Raw, DISCONNECT};
-use common::{db, paho, read_topic, set, wait_rows, Gateway};
-
-/// mosquitto_sub on this gateway for `secs` seconds; its `topic payload` lines.
-fn mosquitto_sub(gateway: &Gateway, filters: &[&str], secs: u32) -> std::process::Child {
-    let mut c = Command::new("mosquitto_sub");
-    c.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &gateway.mqtt_port.to_string(),
-        "-v",
-    ]);
-    c.args(["-W", &secs.to_string()]);
-    for f in filters {
-        c.args(["-t", f]);
-    }
-    let child = c
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub runs");
-    // Give it time to subscribe before anything is published.
-    std::thread::sleep(Duration::from_millis(800));
-    child
-}
-
-fn lines(child: std::process::Child) -> Vec<String> {
-    let out = child.wait_with_output().expect("mosquitto_sub ends");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
+use common::{db, lines, mosquitto_sub, paho, read_topic, set, wait_rows, Gateway};
 
 #[test]
 fn silent_devices_are_closed_after_one_and_a_half_keep_alives_and_their_will_published() {
     let gateway = Gateway::start(None);
     let will_topic = format!("wills/{}/silent", gateway.id);
-    let sub = mosquitto_sub(&gateway, &[&will_topic], 6);
+    let sub = mosquitto_sub(&gateway, &["-t", &will_topic, "-W", "6"]);
 
     // MQTT 3.1.1, keep alive 1 s, then silence.
     let mut silent = Raw::connect(&gateway);
@@ -93,8 +62,8 @@ fn silent_devices_are_closed_after_one_and_a_half_keep_alives_and_their_will_pub
 fn wildcards_at_the_first_level_never_match_dollar_topics() {
     let gateway = Gateway::start(None);
     let id = &gateway.id;
-    let all = mosquitto_sub(&gateway, &["#"], 4);
-    let first_level = mosquitto_sub(&gateway, &[&format!("+/{id}")], 4);
+    let all = mosquitto_sub(&gateway, &["-t", "#", "-W", "4"]);
+    let first_level = mosquitto_sub(&gateway, &["-t", &format!("+/{id}"), "-W", "4"]);
     for topic in [
         format!("$SYS/{id}"),
         format!("$x/{id}"),

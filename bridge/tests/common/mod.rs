@@ -548,3 +548,31 @@ pub fn paho(args: &[&str]) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).expect("paho_client.py prints JSON")
 }
+
+/// `mosquitto_sub -v` on this gateway with `args` (`-t FILTER`, `-V 5`, `-C N`, `-W S`...),
+/// given time to subscribe before it is returned; `lines` collects what it printed.
+pub fn mosquitto_sub(gateway: &Gateway, args: &[&str]) -> Child {
+    let child = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &gateway.mqtt_port.to_string(),
+            "-v",
+        ])
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub runs");
+    std::thread::sleep(Duration::from_millis(800));
+    child
+}
+
+/// The `topic payload` lines a `mosquitto_sub` printed, once it has ended.
+pub fn lines(child: Child) -> Vec<String> {
+    let out = child.wait_with_output().expect("mosquitto_sub ends");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
