@@ -266,9 +266,9 @@ fn a_resumed_session_gets_its_unfinished_deliveries_and_stays_in_step() {
     let mut first = Raw::connect(&gateway);
     first.send(&connect_with(&id, true, 60, &expiry));
     assert_eq!(first.packet().0, 0x20);
-    // QoS 2, no local.
+    // QoS 2, no local, subscription identifier 7 (0x0B).
     let mut body = 1u16.to_be_bytes().to_vec();
-    body.push(0);
+    body.extend_from_slice(&[2, 0x0B, 7]);
     body.extend(string(topic.as_bytes()));
     body.push(0x06);
     first.send(&packet(0x82, &body));
@@ -301,8 +301,7 @@ fn a_resumed_session_gets_its_unfinished_deliveries_and_stays_in_step() {
         "rumqttd's PUBREL again"
     );
     // The client's own QoS 2 publish: not sent back to it (no local), so Sluice answers
-    // rumqttd for it, after the client's PUBCOMP. (rumqttd repeats its PUBREL; the client
-    // gets it once.)
+    // rumqttd for it (rumqttd reuses packet id 1 for it), after the client's PUBCOMP.
     again.send(&qos2(9, b"mine"));
     let mut seen = Vec::new();
     while let Some(p) = again.next_packet(Duration::from_secs(1)) {
@@ -320,11 +319,22 @@ fn a_resumed_session_gets_its_unfinished_deliveries_and_stays_in_step() {
         "PUBCOMP for its publish"
     );
     again.send(&[0x70, 2, hi, lo]);
-    // Still in step with rumqttd: the next delivery comes.
-    other.send(&qos2(2, b"two"));
-    assert_eq!(other.packet().0, 0x50, "PUBREC");
-    let (first_byte, delivered) = again.packet();
-    assert_eq!(publish_body(first_byte, &delivered).1, b"two");
+    // Still in step with rumqttd: the next deliveries come, with the client's
+    // subscription identifier (rumqttd forgot it; Sluice gave it back), and complete.
+    for (n, payload) in [(2u16, &b"two"[..]), (3, b"three")] {
+        other.send(&qos2(n, payload));
+        assert_eq!(other.packet().0, 0x50, "PUBREC");
+        let (first_byte, delivered) = again.packet();
+        assert_eq!(publish_body(first_byte, &delivered).1, payload);
+        assert!(delivered.windows(2).any(|w| w == [0x0B, 7]), "identifier 7");
+        let (pkid, _) = publish_body(first_byte, &delivered);
+        let [hi, lo] = pkid.to_be_bytes();
+        again.send(&[0x50, 2, hi, lo]);
+        assert_eq!(again.packet(), (0x62, vec![hi, lo]), "PUBREL");
+        again.send(&[0x70, 2, hi, lo]);
+    }
+    again.send(&[0xC0, 0]);
+    assert_eq!(again.packet().0, 0xD0, "PINGRESP: still connected");
     assert_eq!(
         gateway.metric(r#"sluice_deliveries_skipped_total{reason="no_local"}"#),
         1.0

@@ -37,6 +37,9 @@ const READ_CHUNK: usize = 8 * 1024;
 /// together hold more than `ingress.max_buffered_bytes_total`.
 const PRESSED_SHARE: usize = 64 * 1024;
 
+/// SUBSCRIBEs and UNSUBSCRIBEs awaiting rumqttd's answer before the device is read again.
+const MAX_BARRIERS: usize = 64;
+
 /// How long what is due may take to leave when a connection ends.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -266,7 +269,8 @@ impl Conn {
                 && s.held.is_none()
                 && s.acks.len() < max_owed
                 && s.to_broker.len() < buffer_cap
-                && s.to_device.len() < buffer_cap;
+                && s.to_device.len() < buffer_cap
+                && s.barriers.len() < MAX_BARRIERS;
             if !reading_device {
                 // Not reading is Sluice's choice, not the device's silence.
                 s.heard = Instant::now();
@@ -425,7 +429,8 @@ impl Conn {
                 wire::PUBREL => self.release_qos2(frame.packet_id()?),
                 wire::SUBSCRIBE => self.subscribe(&frame)?,
                 wire::UNSUBSCRIBE => self.unsubscribe(&frame)?,
-                wire::PUBACK | wire::PUBCOMP | wire::PUBREC => {
+                // MQTT 5 deliveries pass the outbox; 3.1.1 ones are relayed as they are.
+                wire::PUBACK | wire::PUBCOMP | wire::PUBREC if self.level == Level::V5 => {
                     let s = &mut self.state;
                     let mut out = deliver::Out {
                         to_device: &mut s.to_device,
@@ -483,10 +488,17 @@ impl Conn {
                     }
                 }
                 wire::PUBLISH if self.level == Level::V5 => self.deliver(&frame)?,
-                wire::PUBREL
-                    if self
+                wire::PUBREL if self.level == Level::V5 => {
+                    let ours = self
                         .outbox
-                        .released(frame.packet_id()?, &mut self.state.to_broker) => {}
+                        .released(frame.packet_id()?, &mut self.state.to_broker);
+                    if !ours {
+                        self.state.to_device.extend_from_slice(&frame.bytes);
+                    }
+                    if self.outbox.backlog() {
+                        return Err(ConnError::Backlog(deliver::MAX_AWAITED));
+                    }
+                }
                 wire::CONNACK if !self.state.connack_seen => {
                     self.state.connack_seen = true;
                     match self.level {

@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use metrics::counter;
 
 use crate::security::acl;
@@ -303,30 +303,34 @@ pub fn prepare(
     })
 }
 
-/// Deliveries on their way to one client: at most its receive maximum of QoS 1 and 2 ones
-/// unacknowledged (the rest wait here, in order), none larger than its maximum packet
-/// size, none expired. What the client never gets is acknowledged to rumqttd in its place,
-/// in turn with the client's own acknowledgements, which rumqttd takes only in order. The
-/// QoS 1 and 2 ones waiting are bounded by rumqttd's own in-flight window; QoS 0 ones are
+/// Deliveries on their way to one MQTT 5 client: at most its receive maximum of QoS 1 and
+/// 2 ones unacknowledged (the rest wait here, in order), none larger than its maximum
+/// packet size, none expired. What the client never gets is acknowledged to rumqttd in its
+/// place. rumqttd takes PUBACKs and PUBRECs only in the order of its deliveries and PUBCOMPs
+/// only in the order of the PUBRECs (else it drops the connection), and it reuses packet
+/// ids, so every answer, the client's too, goes to rumqttd in its turn, matched by position.
+/// QoS 1 and 2 deliveries waiting are bounded by rumqttd's in-flight window; QoS 0 ones are
 /// dropped past `held_cap` bytes.
 #[derive(Debug)]
 pub struct Outbox {
     receive_maximum: usize,
     max_packet_size: usize,
     held_cap: usize,
-    /// Packet ids of QoS 1 and 2 deliveries the client has not finished (rumqttd may reuse
-    /// a QoS 2 one's id once it has the client's PUBREC, so an id may be here twice).
-    unacknowledged: VecDeque<u16>,
+    /// QoS 1 and 2 deliveries sent and not finished by the client.
+    unacknowledged: usize,
     held: VecDeque<Ready>,
     held_bytes: usize,
     /// PUBACKs and PUBRECs rumqttd waits for, in the order of its deliveries.
     acks: InOrder,
     /// PUBCOMPs rumqttd waits for, in the order of the PUBRECs.
     comps: InOrder,
-    /// rumqttd's PUBRELs relayed to the client on this connection and not yet completed:
-    /// rumqttd repeats one of a resumed session, which the client must not complete twice.
-    relayed: Vec<u16>,
 }
+
+/// PUBCOMPs rumqttd may wait for: past this a client that never completes is disconnected.
+pub const MAX_AWAITED: usize = 1000;
+
+/// What a delivery waiting in the outbox is counted as, beside its topic and payload.
+const HELD_OVERHEAD: usize = 256;
 
 impl Outbox {
     /// `subs`: the session's, whose PUBCOMP order this connection takes over (`park`
@@ -341,19 +345,25 @@ impl Outbox {
             receive_maximum: usize::from(receive_maximum),
             max_packet_size: max_packet_size.map_or(usize::MAX, |m| m as usize),
             held_cap,
-            unacknowledged: VecDeque::new(),
+            unacknowledged: 0,
             held: VecDeque::new(),
             held_bytes: 0,
             acks: InOrder::default(),
             comps: std::mem::take(&mut subs.awaiting_pubcomp),
-            relayed: Vec::new(),
         }
     }
 
-    /// At the end of the connection: what rumqttd still awaits PUBCOMPs for, in order, is
-    /// the session's (rumqttd sends those PUBRELs again when the client is back).
+    /// At the end of the connection: the PUBCOMPs rumqttd still waits for are the
+    /// session's. rumqttd sends their PUBRELs again, in order, when the client is back, and
+    /// every one is answered again (what was not sent yet never reached it); deliveries not
+    /// acknowledged are sent again, so their turns go.
     pub fn park(&mut self, subs: &mut Subscriptions) {
-        subs.awaiting_pubcomp = std::mem::take(&mut self.comps);
+        let mut comps = std::mem::take(&mut self.comps);
+        for a in &mut comps.0 {
+            a.asked = false;
+            a.answer = None;
+        }
+        subs.awaiting_pubcomp = comps;
     }
 
     /// Bytes of deliveries waiting for the client's receive maximum.
@@ -362,11 +372,16 @@ impl Outbox {
         self.held_bytes
     }
 
+    /// Whether the client has left more unfinished than any client should.
+    pub fn backlog(&self) -> bool {
+        self.comps.0.len() > MAX_AWAITED
+    }
+
     /// A delivery goes out now if the client has room and nothing waits before it.
     pub fn push(&mut self, ready: Ready, now_ms: u64, out: &mut Out<'_>) -> Result<(), WireError> {
         let qos = wire::delivery_qos(&ready.publish);
         if qos > Qos::AtMostOnce {
-            self.acks.push(ready.publish.pkid, Turn::Client);
+            self.acks.push(ready.publish.pkid, Owner::Client, true);
         } else if self.held_bytes >= self.held_cap {
             self.skip(qos, ready.publish.pkid, Skipped::QueueFull, out);
             return Ok(());
@@ -384,13 +399,13 @@ impl Outbox {
             Qos::AtLeastOnce => wire::PUBACK,
             Qos::ExactlyOnce => wire::PUBREC,
         };
-        self.acks.take_over(pkid, kind);
+        self.acks.take_over(pkid, answer(kind, pkid));
         self.flush_acks(out.to_broker);
     }
 
-    /// An acknowledgement from the client (PUBACK, PUBREC, PUBCOMP). It goes to rumqttd at
-    /// once (a client's own come in order); Sluice's behind it follow in their turn. One
-    /// that ends a delivery lets the next one go.
+    /// An acknowledgement from the client (PUBACK, PUBREC, PUBCOMP), for rumqttd in its
+    /// turn. One for nothing this connection was sent, or rumqttd asked for, is dropped:
+    /// rumqttd would close the connection for it. One that ends a delivery lets the next go.
     pub fn client_ack(
         &mut self,
         frame: &wire::Frame,
@@ -403,64 +418,48 @@ impl Outbox {
             wire::PUBCOMP => &mut self.comps,
             _ => &mut self.acks,
         };
-        order.answered(pkid);
-        if kind == wire::PUBCOMP {
-            self.relayed.retain(|&p| p != pkid);
-        }
-        out.to_broker.extend_from_slice(&frame.bytes);
-        // rumqttd sends PUBREL after any PUBREC, an error one too, and waits for a PUBCOMP.
-        if kind == wire::PUBREC {
-            self.comps.push(pkid, Turn::Client);
+        if !order.answered(pkid, frame.bytes.clone()) {
+            tracing::debug!(pkid, kind, "acknowledgement for nothing awaited, dropped");
+            return Ok(());
         }
         self.flush_acks(out.to_broker);
-        self.comps.flush(out.to_broker, |_, _| {});
+        self.comps.flush(out.to_broker);
+        // MQTT 5, 4.9: a delivery counts until its PUBACK, its PUBCOMP, or a PUBREC refusing it.
         let ended = kind != wire::PUBREC || frame.ack_reason() >= 0x80;
-        let at = self.unacknowledged.iter().position(|&p| p == pkid);
-        if let Some(at) = at.filter(|_| ended) {
-            self.unacknowledged.remove(at);
+        if ended {
+            self.unacknowledged = self.unacknowledged.saturating_sub(1);
             self.send_due(now_ms, out)?;
         }
         Ok(())
     }
 
-    /// rumqttd's PUBREL: true when Sluice answers it (for a delivery it took for the
-    /// client) or drops it (a repeat of one the client has). Any other is the client's to
-    /// answer, in its turn (one of an earlier connection of the session included).
+    /// rumqttd's PUBREL, for the oldest PUBREC it has not released: true when Sluice
+    /// answers it (a delivery the client never got, or refused), false when it is the
+    /// client's to answer.
     pub fn released(&mut self, pkid: u16, to_broker: &mut BytesMut) -> bool {
-        if self.relayed.contains(&pkid) {
-            return true;
-        }
-        let ours = match self.comps.release(pkid) {
-            Some(ours) => ours,
-            None => {
-                self.comps.push(pkid, Turn::Client);
-                false
-            }
-        };
-        if !ours {
-            self.relayed.push(pkid);
-        }
-        self.comps.flush(to_broker, |_, _| {});
+        let ours = self.comps.asked(pkid);
+        self.comps.flush(to_broker);
         ours
     }
 
+    /// Writes the PUBACKs and PUBRECs whose turn has come; each PUBREC's PUBCOMP is awaited
+    /// next, Sluice's when the client refused the delivery or never got it.
     fn flush_acks(&mut self, to_broker: &mut BytesMut) {
-        let comps = &mut self.comps;
-        self.acks.flush(to_broker, |pkid, kind| {
-            if kind == wire::PUBREC {
-                let turn = Turn::Sluice {
-                    due: false,
-                    kind: wire::PUBCOMP,
-                };
-                comps.push(pkid, turn);
+        while let Some(a) = self.acks.pop_answered() {
+            let (owner, answer) = (a.owner, a.answer.unwrap_or_default());
+            to_broker.extend_from_slice(&answer);
+            if answer.first().is_some_and(|b| b >> 4 == wire::PUBREC) {
+                let refused = answer.get(4).is_some_and(|&r| r >= 0x80);
+                let owner = if refused { Owner::Sluice } else { owner };
+                self.comps.push(a.pkid, owner, false);
             }
-        });
+        }
     }
 
     fn send_due(&mut self, now_ms: u64, out: &mut Out<'_>) -> Result<(), WireError> {
         while let Some(front) = self.held.front() {
             let acked = wire::delivery_qos(&front.publish) > Qos::AtMostOnce;
-            if acked && self.unacknowledged.len() >= self.receive_maximum {
+            if acked && self.unacknowledged >= self.receive_maximum {
                 break;
             }
             let Some(Ready {
@@ -491,7 +490,7 @@ impl Outbox {
                 continue;
             }
             if acked {
-                self.unacknowledged.push_back(pkid);
+                self.unacknowledged += 1;
             }
         }
         Ok(())
@@ -504,78 +503,118 @@ pub struct Out<'a> {
     pub to_broker: &'a mut BytesMut,
 }
 
-/// Whose acknowledgement rumqttd waits for.
+/// Who answers rumqttd for a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Turn {
+enum Owner {
     Client,
-    /// Sluice's, in the client's place: a packet of `kind`, sent in its turn once `due`.
-    Sluice {
-        due: bool,
-        kind: u8,
-    },
+    Sluice,
 }
 
-/// Acknowledgements rumqttd takes only in the order of its own packets. Packet ids repeat
-/// (rumqttd reuses them), so an id always means its oldest entry still waiting.
+/// One acknowledgement rumqttd waits for.
+#[derive(Debug, Clone)]
+struct Awaited {
+    pkid: u16,
+    owner: Owner,
+    /// rumqttd asked for it: its PUBREL, for a PUBCOMP (a delivery asks for its PUBACK or
+    /// PUBREC at once).
+    asked: bool,
+    /// The packet rumqttd gets in its turn, once given.
+    answer: Option<Bytes>,
+}
+
+/// Acknowledgements rumqttd takes only in order, each matched to the oldest that fits:
+/// packet ids repeat.
 #[derive(Debug, Default)]
-struct InOrder(VecDeque<(u16, Turn)>);
+struct InOrder(VecDeque<Awaited>);
 
 impl InOrder {
-    fn push(&mut self, pkid: u16, turn: Turn) {
-        self.0.push_back((pkid, turn));
+    fn push(&mut self, pkid: u16, owner: Owner, asked: bool) {
+        self.0.push_back(Awaited {
+            pkid,
+            owner,
+            asked,
+            answer: None,
+        });
     }
 
-    /// Sluice answers in the client's place: for a delivery the client was to answer, or
-    /// for one it never saw (at the back, in rumqttd's order).
-    fn take_over(&mut self, pkid: u16, kind: u8) {
-        let turn = Turn::Sluice { due: true, kind };
-        match self.waiting(pkid) {
-            Some(entry) if entry.1 == Turn::Client => entry.1 = turn,
-            _ => self.push(pkid, turn),
-        }
-    }
-
-    /// The client answered for `pkid` (unknown ids are the client's business).
-    fn answered(&mut self, pkid: u16) {
-        let waiting = |(p, t): &(u16, Turn)| *p == pkid && *t == Turn::Client;
-        if let Some(at) = self.0.iter().position(waiting) {
-            self.0.remove(at);
-        }
-    }
-
-    /// rumqttd asks for `pkid`'s answer: `Some(true)` when it is Sluice's (now due),
-    /// `Some(false)` the client's, `None` when nothing waits for it.
-    fn release(&mut self, pkid: u16) -> Option<bool> {
-        let entry = self.waiting(pkid)?;
-        match &mut entry.1 {
-            Turn::Client => Some(false),
-            Turn::Sluice { due, .. } => {
-                *due = true;
-                Some(true)
+    /// Sluice answers a delivery in the client's place (the one just pushed for `pkid`, or
+    /// one the client never saw).
+    fn take_over(&mut self, pkid: u16, answer: Bytes) {
+        let mine =
+            |a: &&mut Awaited| a.pkid == pkid && a.owner == Owner::Client && a.answer.is_none();
+        match self.0.iter_mut().rev().find(mine) {
+            Some(a) => {
+                a.owner = Owner::Sluice;
+                a.answer = Some(answer);
             }
+            None => self.0.push_back(Awaited {
+                pkid,
+                owner: Owner::Sluice,
+                asked: true,
+                answer: Some(answer),
+            }),
         }
     }
 
-    /// The oldest entry for `pkid` not yet due.
-    fn waiting(&mut self, pkid: u16) -> Option<&mut (u16, Turn)> {
-        self.0
-            .iter_mut()
-            .find(|(p, t)| *p == pkid && !matches!(t, Turn::Sluice { due: true, .. }))
-    }
-
-    /// Writes Sluice's answers whose turn has come; `sent` is told of each.
-    fn flush(&mut self, out: &mut BytesMut, mut sent: impl FnMut(u16, u8)) {
-        while let Some(&(pkid, Turn::Sluice { due: true, kind })) = self.0.front() {
-            self.0.pop_front();
-            let [hi, lo] = pkid.to_be_bytes();
-            out.extend_from_slice(&[kind << 4, 2, hi, lo]);
-            sent(pkid, kind);
+    /// The client's answer for the oldest of its own that rumqttd asked for; false when
+    /// there is none.
+    fn answered(&mut self, pkid: u16, answer: Bytes) -> bool {
+        let fits = |a: &&mut Awaited| {
+            a.pkid == pkid && a.owner == Owner::Client && a.asked && a.answer.is_none()
+        };
+        match self.0.iter_mut().find(fits) {
+            Some(a) => {
+                a.answer = Some(answer);
+                true
+            }
+            None => false,
         }
     }
+
+    /// rumqttd asks for the oldest answer it has not asked for yet: true when it is
+    /// Sluice's (given now). One nothing was recorded for is the client's.
+    fn asked(&mut self, pkid: u16) -> bool {
+        let Some(a) = self.0.iter_mut().find(|a| !a.asked) else {
+            self.push(pkid, Owner::Client, true);
+            return false;
+        };
+        if a.pkid != pkid {
+            tracing::warn!(
+                pkid,
+                expected = a.pkid,
+                "rumqttd released another packet id than awaited"
+            );
+        }
+        a.asked = true;
+        if a.owner == Owner::Sluice {
+            a.answer = Some(answer(wire::PUBCOMP, a.pkid));
+        }
+        a.owner == Owner::Sluice
+    }
+
+    fn pop_answered(&mut self) -> Option<Awaited> {
+        match self.0.front() {
+            Some(a) if a.answer.is_some() => self.0.pop_front(),
+            _ => None,
+        }
+    }
+
+    /// Writes the answers whose turn has come.
+    fn flush(&mut self, out: &mut BytesMut) {
+        while let Some(a) = self.pop_answered() {
+            out.extend_from_slice(&a.answer.unwrap_or_default());
+        }
+    }
+}
+
+/// A success PUBACK, PUBREC or PUBCOMP.
+fn answer(kind: u8, pkid: u16) -> Bytes {
+    let [hi, lo] = pkid.to_be_bytes();
+    Bytes::copy_from_slice(&[kind << 4, 2, hi, lo])
 }
 
 fn size(publish: &Delivery) -> usize {
-    publish.topic.len() + publish.payload.len()
+    HELD_OVERHEAD + publish.topic.len() + publish.payload.len()
 }
 
 #[cfg(test)]
@@ -848,29 +887,66 @@ mod tests {
         let mut subs = Subscriptions::default();
         let mut outbox = Outbox::new(10, None, 1 << 20, &mut subs);
         let mut o = out(&mut dev, &mut brk);
-        // The client refuses delivery 1 (PUBREC 0x80); rumqttd still sends PUBREL for it.
+        // Delivery 1 the client receives; 2 it never gets; 3 it refuses (PUBREC 0x80), after
+        // which its PUBREL is Sluice's to answer too.
         outbox
             .push(ready(1, QoS::ExactlyOnce, 1, None), 0, &mut o)
             .unwrap();
         outbox.skip(Qos::ExactlyOnce, 2, Skipped::NoLocal, &mut o);
-        let mut refusal = BytesMut::from(&[wire::PUBREC << 4, 3, 0, 1, 0x80][..]);
+        outbox
+            .push(ready(3, QoS::ExactlyOnce, 1, None), 0, &mut o)
+            .unwrap();
+        outbox.client_ack(&ack(wire::PUBREC, 1), 0, &mut o).unwrap();
+        let mut refusal = BytesMut::from(&[wire::PUBREC << 4, 3, 0, 3, 0x80][..]);
         let refusal = wire::next_frame(&mut refusal, 16).unwrap().unwrap();
         outbox.client_ack(&refusal, 0, &mut o).unwrap();
+        assert_eq!(
+            packets(o.to_broker),
+            [(wire::PUBREC, 1), (wire::PUBREC, 2), (wire::PUBREC, 3)]
+        );
         o.to_broker.clear();
-        assert!(!outbox.released(1, o.to_broker));
+        assert!(!outbox.released(1, o.to_broker), "the client's");
         assert!(outbox.released(2, o.to_broker));
+        assert!(outbox.released(3, o.to_broker));
         assert!(o.to_broker.is_empty(), "behind the client's PUBCOMP for 1");
-        // The connection ends first: the next one takes the order over, and rumqttd's
-        // repeated PUBREL for 1 reaches the client once.
+        // The connection ends first: rumqttd sends all three PUBRELs again, and the next
+        // connection answers them in the same order.
         outbox.park(&mut subs);
         let mut next = Outbox::new(10, None, 1 << 20, &mut subs);
-        assert!(!next.released(1, o.to_broker), "the client's");
-        assert!(next.released(1, o.to_broker), "a repeat, dropped");
+        assert!(!next.released(1, o.to_broker));
+        assert!(next.released(2, o.to_broker));
+        assert!(next.released(3, o.to_broker));
+        // A PUBCOMP for nothing rumqttd asked for is dropped, not relayed.
+        next.client_ack(&ack(wire::PUBCOMP, 7), 0, &mut o).unwrap();
         assert!(o.to_broker.is_empty());
         next.client_ack(&ack(wire::PUBCOMP, 1), 0, &mut o).unwrap();
         assert_eq!(
             packets(o.to_broker),
-            [(wire::PUBCOMP, 1), (wire::PUBCOMP, 2)]
+            [(wire::PUBCOMP, 1), (wire::PUBCOMP, 2), (wire::PUBCOMP, 3)]
+        );
+    }
+
+    #[test]
+    fn reused_packet_ids_are_matched_by_turn() {
+        let (mut dev, mut brk) = (BytesMut::new(), BytesMut::new());
+        let mut outbox = Outbox::new(10, None, 1 << 20, &mut Subscriptions::default());
+        let mut o = out(&mut dev, &mut brk);
+        // QoS 2 delivery 1 is received by the client; rumqttd reuses id 1 for a delivery the
+        // client never gets before the first one is complete.
+        outbox
+            .push(ready(1, QoS::ExactlyOnce, 1, None), 0, &mut o)
+            .unwrap();
+        outbox.client_ack(&ack(wire::PUBREC, 1), 0, &mut o).unwrap();
+        outbox.skip(Qos::ExactlyOnce, 1, Skipped::NoLocal, &mut o);
+        assert!(!outbox.released(1, o.to_broker), "the first: the client's");
+        assert!(outbox.released(1, o.to_broker), "the second: Sluice's");
+        o.to_broker.clear();
+        outbox
+            .client_ack(&ack(wire::PUBCOMP, 1), 0, &mut o)
+            .unwrap();
+        assert_eq!(
+            packets(o.to_broker),
+            [(wire::PUBCOMP, 1), (wire::PUBCOMP, 1)]
         );
     }
 
@@ -892,7 +968,7 @@ mod tests {
         assert_eq!(packets(o.to_device), [(wire::PUBLISH, 1)]);
         assert_eq!(
             outbox.held_bytes(),
-            3 + 8,
+            HELD_OVERHEAD + 3 + 8,
             "the QoS 1 one waits, the QoS 0 one is dropped"
         );
         // A delivery rumqttd sends before Sluice's identifiers are restored names none: the

@@ -75,6 +75,8 @@ pub enum ConnError {
     Revoked,
     #[error("over its rate and ingress.disconnect_over_rate is set")]
     RateTooHigh,
+    #[error("more than {0} QoS 2 deliveries left incomplete")]
+    Backlog(usize),
 }
 
 impl ConnError {
@@ -91,6 +93,7 @@ impl ConnError {
             ConnError::ShuttingDown => Reason::ServerShuttingDown,
             ConnError::Revoked => Reason::NotAuthorized,
             ConnError::RateTooHigh => Reason::MessageRateTooHigh,
+            ConnError::Backlog(_) => Reason::QuotaExceeded,
             _ => return None,
         })
     }
