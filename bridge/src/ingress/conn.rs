@@ -214,6 +214,16 @@ impl Conn {
             let flush = self.up_wr.write_all(&self.state.to_broker);
             let _ = tokio::time::timeout(FLUSH_TIMEOUT, flush).await;
         }
+        // A revoked client's session is ended next, by connecting to rumqttd as it: wait
+        // until rumqttd has let this relay go, as a second link of one client id racing
+        // the first can leave rumqttd refusing that client id for good.
+        if matches!(result, Err(ConnError::Revoked)) {
+            let released = async {
+                let mut sink = [0u8; 1024];
+                while matches!(self.up_rd.read(&mut sink).await, Ok(n) if n > 0) {}
+            };
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, released).await;
+        }
         let granted = self.granted.clone();
         self.outbox
             .park(&mut granted.lock().unwrap_or_else(|p| p.into_inner()));
