@@ -615,7 +615,9 @@ impl Conn {
             limits: &self.ingress.limits,
             unmapped: self.ingress.settings.unmapped,
         };
-        let admission = admit(&rules, publish, &self.client_id, properties, received_at);
+        let heard = publish.retain || deliver::anyone_subscribed();
+        let mut admission = admit(&rules, publish, &self.client_id, properties, received_at);
+        admission.relay &= heard;
         let publish = Admitted {
             admission,
             qos,

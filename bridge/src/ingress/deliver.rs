@@ -6,7 +6,7 @@
 //! filters, holds and rewrites deliveries on their way to the client.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -54,6 +54,16 @@ pub struct Subscriptions {
 /// A session's subscriptions, shared by its connections.
 pub type Granted = Arc<Mutex<Subscriptions>>;
 
+/// Subscriptions all sessions in this process hold: while there are none, a publish that is
+/// not retained has nobody to reach in rumqttd and is not relayed to it at all (a loopback
+/// round trip saved per reading).
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether any session holds a subscription rumqttd could route a publish to.
+pub fn anyone_subscribed() -> bool {
+    HELD.load(Ordering::Relaxed) > 0
+}
+
 impl Subscriptions {
     pub fn filters(&self) -> impl Iterator<Item = &str> {
         self.by_filter.keys().map(String::as_str)
@@ -85,6 +95,9 @@ impl Subscriptions {
             RetainHandling::Never => false,
         };
         self.by_id.insert(sluice_id, filter.path.clone());
+        if existed.is_none() {
+            HELD.fetch_add(1, Ordering::Relaxed);
+        }
         self.by_filter.insert(
             filter.path.clone(),
             Subscription {
@@ -103,6 +116,7 @@ impl Subscriptions {
         match self.by_filter.remove(filter) {
             Some(s) => {
                 self.by_id.remove(&s.sluice_id);
+                HELD.fetch_sub(1, Ordering::Relaxed);
                 true
             }
             None => false,
@@ -110,10 +124,10 @@ impl Subscriptions {
     }
 
     pub fn clear(&mut self) {
-        *self = Subscriptions {
-            last_id: self.last_id,
-            ..Subscriptions::default()
-        };
+        HELD.fetch_sub(self.by_filter.len(), Ordering::Relaxed);
+        self.by_filter.clear();
+        self.by_id.clear();
+        self.awaiting_pubcomp = InOrder::default();
     }
 
     /// SUBSCRIBEs giving rumqttd back Sluice's identifiers, which it forgets when a
@@ -153,6 +167,12 @@ impl Subscriptions {
 
     fn by_id(&self, id: usize) -> Option<&Subscription> {
         self.by_id.get(&id).and_then(|f| self.by_filter.get(f))
+    }
+}
+
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        HELD.fetch_sub(self.by_filter.len(), Ordering::Relaxed);
     }
 }
 
