@@ -436,6 +436,32 @@ fn the_server_keep_alive_and_session_expiry_rules_hold() {
     assert_eq!(v5.closed(), [DISCONNECT, 1, 0x82]);
 }
 
+/// What a client gets for the MQTT 5 protocol errors Sluice now checks for rumqttd: no local
+/// on a shared subscription (DISCONNECT 0x82) and a receive maximum of 0 in CONNECT (closed
+/// without a CONNACK); a bystander keeps being served.
+#[test]
+fn subscriber_protocol_errors_close_only_that_connection() {
+    let gateway = Gateway::start(None);
+    let mut bystander = connected(&gateway, 5, &format!("{}-bystander", gateway.id), 60);
+    let mut shared = connected(&gateway, 5, &format!("{}-shared", gateway.id), 60);
+    let mut body = 1u16.to_be_bytes().to_vec();
+    body.push(0);
+    body.extend(string(b"$share/g/plain/x"));
+    body.push(0x05); // QoS 1, no local
+    shared.send(&packet(0x82, &body));
+    assert_eq!(shared.closed(), [DISCONNECT, 1, 0x82]);
+    let mut zero = Raw::connect(&gateway);
+    zero.send(&connect_with(
+        &format!("{}-rm0", gateway.id),
+        true,
+        60,
+        &[0x21, 0, 0],
+    ));
+    assert_eq!(zero.closed(), b"", "receive maximum 0: no CONNACK");
+    bystander.send(&[0xC0, 0]);
+    assert_eq!(bystander.packet().0, 0xD0, "PINGRESP");
+}
+
 /// Retained messages and wills on a mapped topic. A retained reading is ingested once, when
 /// it is published (what a subscriber is sent at subscribe is no new reading); an empty
 /// retained publish clears it and is no reading either; a will is a message the device never
