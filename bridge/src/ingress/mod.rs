@@ -438,8 +438,10 @@ impl Ingress {
         if let Some(seconds) = expiry {
             claim.set_expiry(seconds);
         }
-        if matches!(result, Err(ConnError::Revoked)) {
-            // rumqttd would keep a persistent session's subscriptions for its return.
+        // rumqttd would keep a persistent session's subscriptions for its return; a clean
+        // one ends with its relay (and the empty client id's entry is shared by every
+        // clean client that has one: ending it would forget another's subscriptions).
+        if matches!(result, Err(ConnError::Revoked)) && claim.persistent() {
             self.sessions.end(&client_id).await;
         }
         self.sessions.closed(claim);
