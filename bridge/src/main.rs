@@ -14,6 +14,9 @@ use sluice::security::{Door, Security};
 use sluice::settings::Settings;
 use sluice::{db, http, ingress, mapping, produce, writer};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Role {
     /// Broker, ingress and writer in one process.
