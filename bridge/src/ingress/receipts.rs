@@ -87,9 +87,12 @@ impl Receipts {
             return now;
         };
         recent.last = Instant::now();
-        let last = recent.publishes.iter().rev().find(|(p, _, _)| *p == pkid);
+        // Only a DUP can be a retransmission: the others need no search.
+        let last = dup
+            .then(|| recent.publishes.iter().rev().find(|(p, _, _)| *p == pkid))
+            .flatten();
         match last {
-            Some(&(_, h, at)) if dup && h == hash => at,
+            Some(&(_, h, at)) if h == hash => at,
             _ => {
                 if recent.publishes.len() >= self.per_client {
                     recent.publishes.pop_front();
