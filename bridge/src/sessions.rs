@@ -5,6 +5,8 @@
 //! unless the client is back, ends the session in rumqttd by connecting as it, clean start.
 //! A session belongs to the identity that opened it: another cannot take its client id,
 //! except an identity taking its own name, which ends the other's session first.
+//! rumqttd closes a connection another of its client id takes over; a connection whose
+//! relay opens late (`ingress::upstream`) may have none, so Sluice closes it itself.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use crate::ack::Qos2Received;
@@ -36,6 +39,10 @@ struct Session {
     owner: Option<Arc<str>>,
     /// Open connections of this client id (a takeover briefly makes two).
     connections: usize,
+    /// Those of them whose relay opens late: told when they are taken over.
+    late: Vec<Arc<Notify>>,
+    /// Notified whenever one of its connections ends.
+    closing: Arc<Notify>,
     /// Set by every connection, so a pending expiry sees the client came back.
     generation: u64,
     /// Held while the session is being ended, so a new connection waits for that.
@@ -87,6 +94,9 @@ pub struct Claim {
     /// identity's until now, or an MQTT 5 clean start asks for a new session that outlives
     /// its connection, which rumqttd would take for the old one resumed.
     pub fresh: bool,
+    /// Asked for with `late_relay` and granted (no other connection of the client id is
+    /// left for rumqttd to close): notified when another connection takes the client id over.
+    pub taken_over: Option<Arc<Notify>>,
 }
 
 impl Claim {
@@ -122,13 +132,15 @@ impl Sessions {
     /// waits for the end of one under way, so the new connection never meets a half-ended
     /// session. A clean connection starts with no QoS 2 state or subscriptions. `Err` when the client id's
     /// session belongs to another identity, unless the client id is the new identity's own
-    /// name (or empty, which only clean sessions use).
+    /// name (or empty, which only clean sessions use). Connections of the client id whose
+    /// relay opens late are told they are taken over, and waited for.
     pub async fn opened(
         &self,
         client_id: &str,
         lifetime: Lifetime,
         owner: Option<&Arc<str>>,
         clean: bool,
+        late_relay: bool,
     ) -> Result<Claim, Taken> {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         let (ending, qos2, granted, fresh) = {
@@ -144,6 +156,8 @@ impl Sessions {
             let s = live.entry(client_id.to_owned()).or_insert_with(|| Session {
                 owner: owner.cloned(),
                 connections: 0,
+                late: Vec::new(),
+                closing: Arc::default(),
                 generation,
                 ending: Arc::default(),
                 expiry: None,
@@ -161,16 +175,53 @@ impl Sessions {
             }
             s.owner = owner.cloned();
             let fresh = foreign || (resumed && clean && lifetime != Lifetime::Connection);
+            for old in &s.late {
+                old.notify_one();
+            }
             (s.ending.clone(), s.qos2.clone(), s.granted.clone(), fresh)
         };
+        self.taken_over_gone(client_id).await;
         drop(ending.lock().await);
+        // Alone, nothing is left for rumqttd to take over, so the relay may open late.
+        let taken_over = {
+            let mut live = self.live();
+            live.get_mut(client_id)
+                .filter(|s| late_relay && !client_id.is_empty() && s.connections == 1)
+                .map(|s| {
+                    let notify = Arc::new(Notify::new());
+                    s.late.push(notify.clone());
+                    notify
+                })
+        };
         Ok(Claim {
             client_id: client_id.to_owned(),
             lifetime,
             qos2,
             granted,
             fresh,
+            taken_over,
         })
+    }
+
+    /// Waits until the client id's connections whose relay opens late have closed (they
+    /// were told to), for at most `END_TIMEOUT`.
+    async fn taken_over_gone(&self, client_id: &str) {
+        let deadline = tokio::time::Instant::now() + END_TIMEOUT;
+        loop {
+            let Some(closing) = self.live().get(client_id).map(|s| s.closing.clone()) else {
+                return;
+            };
+            let closed = closing.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if self.live().get(client_id).is_none_or(|s| s.late.is_empty()) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                tracing::warn!(client_id, "a connection taken over did not close in time");
+                return;
+            }
+        }
     }
 
     /// Ends a client id's session in rumqttd (its subscriptions and queued messages) and
@@ -207,6 +258,10 @@ impl Sessions {
         let Some(s) = live.get_mut(&claim.client_id) else {
             return;
         };
+        if let Some(mine) = &claim.taken_over {
+            s.late.retain(|n| !Arc::ptr_eq(n, mine));
+        }
+        s.closing.notify_waiters();
         s.connections -= 1;
         if s.connections > 0 {
             return;
@@ -289,13 +344,13 @@ mod tests {
     async fn a_returning_client_cancels_its_expiry_and_generations_never_repeat() {
         let sessions = Arc::new(Sessions::new(Some("127.0.0.1:1".parse().unwrap())));
         let first = sessions
-            .opened("c", Lifetime::Seconds(3600), None, false)
+            .opened("c", Lifetime::Seconds(3600), None, false, false)
             .await
             .unwrap();
         sessions.closed(first);
         let pending = sessions.live()["c"].expiry.clone().expect("expiry pending");
         let again = sessions
-            .opened("c", Lifetime::Seconds(3600), None, false)
+            .opened("c", Lifetime::Seconds(3600), None, false, false)
             .await
             .unwrap();
         tokio::task::yield_now().await;
@@ -304,7 +359,7 @@ mod tests {
         sessions.closed(again);
         // A clean connection forgets the session entirely; a new one gets a new generation.
         let clean = sessions
-            .opened("c", Lifetime::Connection, None, true)
+            .opened("c", Lifetime::Connection, None, true, false)
             .await
             .unwrap();
         assert!(sessions.live()["c"].generation > generation);
@@ -316,7 +371,7 @@ mod tests {
     async fn qos2_state_survives_a_persistent_reconnect_and_not_a_clean_one() {
         let sessions = Arc::new(Sessions::new(None));
         let a = sessions
-            .opened("d", Lifetime::Forever, None, false)
+            .opened("d", Lifetime::Forever, None, false, false)
             .await
             .unwrap();
         a.qos2
@@ -325,13 +380,13 @@ mod tests {
             .insert(5, tokio::sync::watch::channel(None).1);
         sessions.closed(a);
         let b = sessions
-            .opened("d", Lifetime::Forever, None, false)
+            .opened("d", Lifetime::Forever, None, false, false)
             .await
             .unwrap();
         assert!(b.qos2.lock().unwrap().contains_key(&5));
         sessions.closed(b);
         let c = sessions
-            .opened("d", Lifetime::Connection, None, true)
+            .opened("d", Lifetime::Connection, None, true, false)
             .await
             .unwrap();
         assert!(c.qos2.lock().unwrap().is_empty());
@@ -343,19 +398,19 @@ mod tests {
         let sessions = Arc::new(Sessions::new(None));
         let (a, b): (Arc<str>, Arc<str>) = ("dev-a".into(), "dev-b".into());
         let first = sessions
-            .opened("c1", Lifetime::Forever, Some(&a), false)
+            .opened("c1", Lifetime::Forever, Some(&a), false, false)
             .await
             .unwrap();
         assert_eq!(
             sessions
-                .opened("c1", Lifetime::Connection, Some(&b), true)
+                .opened("c1", Lifetime::Connection, Some(&b), true, false)
                 .await
                 .err(),
             Some(Taken)
         );
         assert_eq!(
             sessions
-                .opened("c1", Lifetime::Connection, None, true)
+                .opened("c1", Lifetime::Connection, None, true, false)
                 .await
                 .err(),
             Some(Taken)
@@ -363,17 +418,17 @@ mod tests {
         sessions.closed(first);
         // A persistent session stays bound after its connection ends.
         assert!(sessions
-            .opened("c1", Lifetime::Forever, Some(&b), false)
+            .opened("c1", Lifetime::Forever, Some(&b), false, false)
             .await
             .is_err());
         let again = sessions
-            .opened("c1", Lifetime::Connection, Some(&a), true)
+            .opened("c1", Lifetime::Connection, Some(&a), true, false)
             .await
             .unwrap();
         sessions.closed(again);
         // Ended by a clean session: the client id is free again.
         let other = sessions
-            .opened("c1", Lifetime::Connection, Some(&b), true)
+            .opened("c1", Lifetime::Connection, Some(&b), true, false)
             .await
             .unwrap();
         sessions.closed(other);

@@ -73,6 +73,7 @@ pub enum Reason {
     ServerShuttingDown = 0x8B,
     BadAuthenticationMethod = 0x8C,
     KeepAliveTimeout = 0x8D,
+    SessionTakenOver = 0x8E,
     TopicFilterInvalid = 0x8F,
     TopicNameInvalid = 0x90,
     PacketIdentifierNotFound = 0x92,
@@ -827,6 +828,26 @@ fn truncate(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+/// CONNACK accepting a clean session, as rumqttd would send it (then as `connack_v5`
+/// makes it for MQTT 5): for a connection whose relay opens later.
+pub fn connack_accepted(
+    level: Level,
+    limits: ServerLimits,
+    server_keep_alive: Option<u16>,
+) -> Result<Bytes, WireError> {
+    match level {
+        Level::V311 => Ok(Bytes::from_static(&[0x20, 2, 0, 0])),
+        Level::V5 => {
+            let rumqttd = Frame {
+                bytes: Bytes::from_static(&[0x20, 3, 0, 0, 0]),
+                header_len: 2,
+                remaining_len: 3,
+            };
+            connack_v5(&rumqttd, limits, server_keep_alive)
+        }
+    }
 }
 
 /// CONNACK refusing an unsupported protocol level (3.1.1 return code 1), then the

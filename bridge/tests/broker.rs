@@ -512,3 +512,78 @@ async fn retained_readings_and_wills_on_mapped_topics() {
     assert_eq!(common::rows(&db, &dev).await, rows, "no row from the will");
     assert_eq!(gateway.metric("sluice_retained_cleared_total"), 1.0);
 }
+
+/// A client with a clean session and no will that publishes what nobody subscribes to has
+/// no relay to rumqttd: one socket instead of three (`sluice_broker_relays` counts relays).
+/// Its relay opens when rumqttd must see something: a subscriber to its readings appears.
+/// Another connection taking its client id over closes it (MQTT 5: DISCONNECT 0x8E), with or
+/// without a relay, as rumqttd would have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_open_only_when_rumqttd_must_see_something() {
+    let gateway = Gateway::start(None);
+    let db = db().await;
+    let level = |i: usize| if i.is_multiple_of(2) { 4 } else { 5 };
+    let id = |i: usize| format!("{}-s{i}", gateway.id);
+    let reading = |i: usize, pkid: u16| {
+        let topic = format!("sensors/{}/temp", id(i));
+        publish(level(i), &topic, pkid, &[], b"{\"value\": 1}")
+    };
+    let mut sensors: Vec<Raw> = (0..6)
+        .map(|i| connected(&gateway, level(i), &id(i), 60))
+        .collect();
+    for (i, sensor) in sensors.iter_mut().enumerate() {
+        sensor.send(&reading(i, 1));
+        assert_eq!(sensor.packet().0, PUBACK);
+    }
+    assert_eq!(
+        wait_rows(&db, &gateway.id, 6).await.len(),
+        6,
+        "each reading once"
+    );
+    assert_eq!(gateway.metric("sluice_broker_relays"), 0.0, "no relay yet");
+
+    let sub = mosquitto_sub(
+        &gateway,
+        &["-V", "5", "-t", "sensors/+/temp", "-C", "6", "-W", "20"],
+    );
+    common::wait_for(Duration::from_secs(10), "the subscriber's relay", || {
+        gateway.metric("sluice_broker_relays") == 1.0
+    });
+    for (i, sensor) in sensors.iter_mut().enumerate() {
+        sensor.send(&reading(i, 2));
+        assert_eq!(sensor.packet().0, PUBACK);
+    }
+    let got = lines(sub);
+    assert_eq!(
+        got.len(),
+        6,
+        "every sensor's second reading, through its new relay: {got:?}"
+    );
+    assert_eq!(
+        gateway.metric("sluice_broker_relays"),
+        6.0,
+        "the sensors' relays"
+    );
+    assert_eq!(
+        wait_rows(&db, &gateway.id, 12).await.len(),
+        12,
+        "each reading once"
+    );
+
+    // Taken over: an MQTT 5 sensor with a relay, an MQTT 3.1.1 one, an idle one without.
+    let mut again = connected(&gateway, 5, &id(1), 60);
+    assert_eq!(sensors[1].closed(), [DISCONNECT, 1, 0x8E]);
+    let _again_v4 = connected(&gateway, 4, &id(0), 60);
+    assert_eq!(sensors[0].closed(), b"");
+    let idle_id = format!("{}-idle", gateway.id);
+    let mut idle = connected(&gateway, 5, &idle_id, 60);
+    let _idle_again = connected(&gateway, 5, &idle_id, 60);
+    assert_eq!(idle.closed(), [DISCONNECT, 1, 0x8E]);
+    again.send(&reading(1, 3));
+    assert_eq!(again.packet().0, PUBACK, "the new connection is served");
+    assert_eq!(
+        wait_rows(&db, &gateway.id, 13).await.len(),
+        13,
+        "each reading once"
+    );
+}

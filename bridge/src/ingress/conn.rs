@@ -15,11 +15,11 @@ use bytes::{Bytes, BytesMut};
 use chrono::Utc;
 use metrics::counter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
 use super::admit::{admit, property_headers, Admission, Destination, Rules};
 use super::deliver::{self, Outbox, Stamp};
+use super::upstream::{self, Upstream};
 use super::{ConnError, DeviceReader, DeviceWriter, Ingress};
 use crate::ack::{AckQueue, Acknowledgement, Delivered, Qos2Received, Waiter};
 use crate::budget::{Budget, BufferShare, Reservation};
@@ -89,8 +89,10 @@ pub(super) struct Conn {
     /// TLS holds back what it is given until flushed.
     pub tls: bool,
     pub dev_in: BytesMut,
-    pub up_rd: OwnedReadHalf,
-    pub up_wr: OwnedWriteHalf,
+    pub upstream: Upstream,
+    /// Notified when another connection takes the client id over (relays that open late;
+    /// rumqttd closes the others).
+    pub taken_over: Option<Arc<tokio::sync::Notify>>,
     pub qos2: Qos2Received,
     pub shutdown: watch::Receiver<bool>,
     pub budget: Arc<Budget>,
@@ -107,7 +109,8 @@ pub(super) struct State {
     last_upstream: Instant,
     /// The timer's current deadline (keep alive, write stall, upstream ping).
     armed: Instant,
-    /// rumqttd has answered the CONNECT: until then nothing of the device's is processed.
+    /// The device has its CONNACK (rumqttd's, or Sluice's when the relay opens later):
+    /// until then nothing of the device's is processed.
     connack_seen: bool,
     /// Set when the process is stopping: nothing more is read, owed acknowledgements are
     /// waited for until then.
@@ -135,19 +138,20 @@ pub(super) struct State {
     expiry_at_disconnect: Option<u32>,
 }
 
-impl Default for State {
-    fn default() -> State {
+impl State {
+    /// `connack`: the device's CONNACK, when Sluice answers it (the relay opens later).
+    pub fn new(connack: Option<&[u8]>) -> State {
         let now = Instant::now();
         State {
             heard: now,
             stalled_since: None,
             last_upstream: now,
             armed: now,
-            connack_seen: false,
+            connack_seen: connack.is_some(),
             draining: None,
             pressed: false,
             up_in: BytesMut::with_capacity(READ_CHUNK),
-            to_device: BytesMut::new(),
+            to_device: connack.map(BytesMut::from).unwrap_or_default(),
             to_broker: BytesMut::new(),
             acks: AckQueue::default(),
             waiting: None,
@@ -172,6 +176,14 @@ async fn write_or_flush(
         return Ok(None);
     }
     wr.write_buf(out).await.map(Some)
+}
+
+/// Resolves when the connection is taken over (pending for one rumqttd watches).
+async fn taken_over(notify: &Option<Arc<tokio::sync::Notify>>) {
+    match notify {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Milliseconds since the Unix epoch: what stamps and message expiry count in.
@@ -202,28 +214,21 @@ impl Conn {
         }
         // A client whose rights were withdrawn leaves no will behind: its relay ends with a
         // DISCONNECT (success), which tells rumqttd to drop the will.
-        if matches!(result, Err(ConnError::Revoked)) {
+        if matches!(result, Err(ConnError::Revoked)) && self.upstream.is_wanted() {
             self.state
                 .to_broker
                 .extend_from_slice(&wire::DISCONNECT_PACKET);
         }
         // What the device sent before it closed (its last publishes, its DISCONNECT) still
-        // goes to rumqttd. Dropping the broker socket without a DISCONNECT makes rumqttd
-        // publish the will.
+        // goes to rumqttd. Closing the relay without a DISCONNECT makes rumqttd publish the
+        // will. rumqttd has let the relay go when this returns: a revoked client's session
+        // is ended next, by connecting to rumqttd as it, and a second link of one client id
+        // racing the first can leave rumqttd refusing that client id for good.
         if !self.state.to_broker.is_empty() {
-            let flush = self.up_wr.write_all(&self.state.to_broker);
-            let _ = tokio::time::timeout(FLUSH_TIMEOUT, flush).await;
+            self.upstream.start();
         }
-        // A revoked client's session is ended next, by connecting to rumqttd as it: wait
-        // until rumqttd has let this relay go, as a second link of one client id racing
-        // the first can leave rumqttd refusing that client id for good.
-        if matches!(result, Err(ConnError::Revoked)) {
-            let released = async {
-                let mut sink = [0u8; 1024];
-                while matches!(self.up_rd.read(&mut sink).await, Ok(n) if n > 0) {}
-            };
-            let _ = tokio::time::timeout(FLUSH_TIMEOUT, released).await;
-        }
+        let close = self.upstream.close(&self.state.to_broker);
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, close).await;
         let granted = self.granted.clone();
         self.outbox
             .park(&mut granted.lock().unwrap_or_else(|p| p.into_inner()));
@@ -255,6 +260,9 @@ impl Conn {
                     wire::encode_disconnect(&mut self.state.to_device, Reason::ServerShuttingDown);
                 }
                 return Ok(());
+            }
+            if !self.state.to_broker.is_empty() {
+                self.upstream.start();
             }
             let max_owed = self.settings().max_inflight_per_connection;
             let s = &mut self.state;
@@ -307,7 +315,7 @@ impl Conn {
                 }
                 // Read even when pressed: rumqttd does not read the relay while it cannot
                 // write to it, and `to_device` has its own cap and write timeout.
-                n = self.up_rd.read_buf(&mut self.state.up_in), if self.state.to_device.len() < buffer_cap => {
+                n = upstream::read(&mut self.upstream.rd, &mut self.state.up_in), if self.state.to_device.len() < buffer_cap => {
                     if n? == 0 {
                         return Ok(());
                     }
@@ -324,8 +332,13 @@ impl Conn {
                         None => self.state.unflushed = false,
                     }
                 }
-                n = self.up_wr.write_buf(&mut self.state.to_broker), if !self.state.to_broker.is_empty() => {
+                n = upstream::write(&mut self.upstream.wr, &mut self.state.to_broker), if !self.state.to_broker.is_empty() => {
                     n?;
+                }
+                stream = upstream::opened(&mut self.upstream.opening) => {
+                    self.upstream.opening = None;
+                    self.upstream.attach(stream?);
+                    self.state.last_upstream = Instant::now();
                 }
                 (seq, outcome) = self.state.acks.next_outcome() => {
                     self.state.acks.record(seq, outcome);
@@ -337,6 +350,7 @@ impl Conn {
                     }
                 }
                 _ = &mut room, if self.state.pressed => {}
+                _ = taken_over(&self.taken_over) => return Err(ConnError::TakenOver),
                 _ = timer.as_mut() => self.on_timer()?,
                 _ = self.shutdown.changed(), if self.state.draining.is_none() => self.start_draining(),
                 changed = self.rules.changed() => {
@@ -355,16 +369,19 @@ impl Conn {
 
     fn next_deadline(&self) -> Instant {
         let s = &self.state;
-        let ping = s.last_upstream + self.ingress.broker_ping_interval();
+        // Nothing at all due: looked at again in an hour.
+        let idle = Instant::now() + Duration::from_secs(3600);
+        let ping = (self.upstream.is_wanted())
+            .then(|| s.last_upstream + self.ingress.broker_ping_interval());
         let keep_alive = self.keep_alive.map(|k| s.heard + k);
         let stall = s
             .stalled_since
             .map(|t| t + Duration::from_millis(self.settings().write_timeout_ms));
         let held = s.held.as_ref().map(|(_, until)| *until);
-        [keep_alive, stall, s.draining, held]
+        [ping, keep_alive, stall, s.draining, held]
             .into_iter()
             .flatten()
-            .fold(ping, Instant::min)
+            .fold(idle, Instant::min)
     }
 
     fn on_timer(&mut self) -> Result<(), ConnError> {
@@ -389,7 +406,7 @@ impl Conn {
         }
         // rumqttd keeps its own keep alive on the relay; a device with keep alive 0 may be
         // silent for days, so Sluice pings for it.
-        if now >= s.last_upstream + ping_interval {
+        if now >= s.last_upstream + ping_interval && self.upstream.is_wanted() {
             s.to_broker.extend_from_slice(&wire::PINGREQ_PACKET);
             s.barriers.push_back(None);
             s.last_upstream = now;
@@ -451,8 +468,12 @@ impl Conn {
                 }
                 wire::DISCONNECT if self.level == Level::V5 => {
                     self.disconnecting(&frame)?;
-                    self.send_to_broker(&frame.bytes);
+                    if self.upstream.is_wanted() {
+                        self.send_to_broker(&frame.bytes);
+                    }
                 }
+                // A relay never opened has nothing to close, and no will to drop.
+                wire::DISCONNECT if !self.upstream.is_wanted() => {}
                 // Answered here: rumqttd's keep alive is Sluice's business (see on_timer).
                 wire::PINGREQ => self
                     .state
@@ -507,6 +528,14 @@ impl Conn {
                     }
                     if self.outbox.backlog() {
                         return Err(ConnError::Backlog(deliver::MAX_AWAITED));
+                    }
+                }
+                // The device already has Sluice's (see `upstream`); rumqttd refusing the
+                // relay leaves it without a broker side.
+                wire::CONNACK if self.upstream.late => {
+                    self.upstream.late = false;
+                    if frame.bytes.get(3).is_none_or(|code| *code != 0) {
+                        return Err(ConnError::Protocol("rumqttd refused the relay"));
                     }
                 }
                 wire::CONNACK if !self.state.connack_seen => {

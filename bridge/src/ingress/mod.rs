@@ -1,8 +1,8 @@
 //! Ingress: owns each device's socket. It accepts connections within the caps on its
 //! listeners (plain and TLS), reads the CONNECT, decides who the client is (`security`),
-//! claims the session and only then opens the device's relay to the embedded rumqttd
-//! (sessions, subscriptions, retained messages and live fan-out stay rumqttd's); `conn`
-//! serves the connection from there, `admit` decides what each publish becomes. On
+//! claims the session and only then gives the device its relay to the embedded rumqttd
+//! (sessions, subscriptions, retained messages and live fan-out stay rumqttd's; `upstream`);
+//! `conn` serves the connection from there, `admit` decides what each publish becomes. On
 //! shutdown it stops accepting and lets every connection drain.
 
 mod admit;
@@ -10,6 +10,7 @@ mod conn;
 pub(crate) mod deliver;
 mod rate;
 mod receipts;
+mod upstream;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +35,7 @@ use crate::security::{Door, Identity, Presented, Refusal, Rules, Security};
 use crate::sessions::{Claim, Granted, Lifetime, Sessions};
 use crate::settings::IngressSettings;
 use crate::wire::{self, Frame, Level, Qos, Reason, WireError};
+use upstream::Upstream;
 
 /// Longest client id served: client ids key the sessions and receipts Sluice keeps, and
 /// every dead letter.
@@ -77,6 +79,8 @@ pub enum ConnError {
     RateTooHigh,
     #[error("more than {0} QoS 2 deliveries left incomplete")]
     Backlog(usize),
+    #[error("another connection took its client id over")]
+    TakenOver,
 }
 
 impl ConnError {
@@ -94,6 +98,7 @@ impl ConnError {
             ConnError::Revoked => Reason::NotAuthorized,
             ConnError::RateTooHigh => Reason::MessageRateTooHigh,
             ConnError::Backlog(_) => Reason::QuotaExceeded,
+            ConnError::TakenOver => Reason::SessionTakenOver,
             _ => return None,
         })
     }
@@ -429,6 +434,7 @@ impl Ingress {
             rules,
             qos2: claim.qos2.clone(),
             granted: claim.granted.clone(),
+            taken_over: claim.taken_over.clone(),
         };
         let lifetime = Lifetime::of(&connect);
         let (result, expiry) = self
@@ -520,6 +526,7 @@ impl Ingress {
                 Lifetime::of(connect),
                 identity.name.as_ref(),
                 connect.clean,
+                Lifetime::of(connect) == Lifetime::Connection && connect.will_topic.is_none(),
             )
             .await
             .map_err(|_| ("client_id_taken", Reason::NotAuthorized))?;
@@ -558,10 +565,8 @@ impl Ingress {
         lifetime: Lifetime,
     ) -> (Result<(), ConnError>, Option<u32>) {
         let origin = deliver::origin(&connect.client_id);
+        let server_keep_alive = self.keep_alive_for(connect.keep_alive);
         let opened = async {
-            let upstream = TcpStream::connect(broker).await?;
-            upstream.set_nodelay(true)?;
-            let (up_rd, mut up_wr) = upstream.into_split();
             // The ingress keeps the device's keep alive itself (and tells MQTT 5 clients why
             // it closes); rumqttd gets a long one, kept up by Sluice's pings, so it never
             // races the ingress to it, and so a keep alive of 0, which it refuses, is
@@ -571,16 +576,18 @@ impl Ingress {
             let keep_alive = self.settings.broker_keep_alive_s;
             let will = deliver::Stamp::will(connect.will_retain, &origin).map(|s| s.encode());
             let stamp = (deliver::STAMP, will);
-            let connect =
+            let for_broker =
                 wire::connect_for_broker(&first, connect.level, keep_alive, clean, stamp)?;
-            up_wr.write_all(&connect).await?;
-            Ok::<_, ConnError>((up_rd, up_wr))
+            if session.taken_over.is_none() {
+                return Ok((Upstream::open(broker, for_broker).await?, None));
+            }
+            let connack = wire::connack_accepted(connect.level, self.port, server_keep_alive)?;
+            Ok::<_, ConnError>((Upstream::unopened(broker, for_broker), Some(connack)))
         };
-        let (up_rd, up_wr) = match opened.await {
-            Ok(halves) => halves,
+        let (upstream, connack) = match opened.await {
+            Ok(opened) => opened,
             Err(e) => return (Err(e), None),
         };
-        let server_keep_alive = self.keep_alive_for(connect.keep_alive);
         let keep_alive = server_keep_alive.unwrap_or(connect.keep_alive);
         // MQTT 3.1.1, 3.1.2.10 and MQTT 5, 3.1.2.10: one and a half times keep alive.
         let keep_alive =
@@ -615,15 +622,15 @@ impl Ingress {
             dev_rd: device.rd,
             dev_wr: device.wr,
             dev_in: device.unread,
-            up_rd,
-            up_wr,
+            upstream,
+            taken_over: session.taken_over,
             qos2: session.qos2,
             shutdown: self.shutdown.subscribe(),
             budget: Budget::new(
                 self.settings.max_inflight_per_connection,
                 self.settings.max_inflight_bytes_per_connection,
             ),
-            state: conn::State::default(),
+            state: conn::State::new(connack.as_deref()),
             buffers: BufferShare::new(self.buffers.clone()),
             ingress: self,
         }
@@ -651,6 +658,8 @@ struct Session {
     rules: watch::Receiver<Arc<Rules>>,
     qos2: Qos2Received,
     granted: Granted,
+    /// Set when the relay may open late: told of a takeover.
+    taken_over: Option<Arc<Notify>>,
 }
 
 /// The two halves of a device's socket, plain TCP or TLS.
