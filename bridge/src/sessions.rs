@@ -41,6 +41,12 @@ struct Session {
     connections: usize,
     /// Those of them whose relay opens late: told when they are taken over.
     late: Vec<Arc<Notify>>,
+    /// rumqttd may hold something of it: a relay of it was opened since it was last ended
+    /// there. Until then Sluice knows all there is of it (no subscriptions, nothing queued).
+    in_broker: bool,
+    /// It outlives its connections (a persistent session was opened and not ended since):
+    /// what "session present" says to the next connection.
+    persisted: bool,
     /// Notified whenever one of its connections ends.
     closing: Arc<Notify>,
     /// Set by every connection, so a pending expiry sees the client came back.
@@ -94,9 +100,14 @@ pub struct Claim {
     /// identity's until now, or an MQTT 5 clean start asks for a new session that outlives
     /// its connection, which rumqttd would take for the old one resumed.
     pub fresh: bool,
-    /// Asked for with `late_relay` and granted (no other connection of the client id is
-    /// left for rumqttd to close): notified when another connection takes the client id over.
+    /// Asked for with `late_relay` (the client has no will) and granted (no other connection of the client id is
+    /// left for rumqttd to close, and rumqttd holds nothing of the session): notified when
+    /// another connection takes the client id over.
     pub taken_over: Option<Arc<Notify>>,
+    /// The session was there already (what CONNACK says when Sluice answers it).
+    pub present: bool,
+    /// Set when the connection's relay was opened.
+    pub relayed: bool,
 }
 
 impl Claim {
@@ -143,7 +154,7 @@ impl Sessions {
         late_relay: bool,
     ) -> Result<Claim, Taken> {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
-        let (ending, qos2, granted, fresh) = {
+        let (ending, foreign) = {
             let mut live = self.live();
             let foreign = !client_id.is_empty()
                 && live
@@ -152,11 +163,12 @@ impl Sessions {
             if foreign && owner.is_none_or(|o| &**o != client_id) {
                 return Err(Taken);
             }
-            let resumed = live.contains_key(client_id);
             let s = live.entry(client_id.to_owned()).or_insert_with(|| Session {
                 owner: owner.cloned(),
                 connections: 0,
                 late: Vec::new(),
+                in_broker: false,
+                persisted: false,
                 closing: Arc::default(),
                 generation,
                 ending: Arc::default(),
@@ -169,30 +181,46 @@ impl Sessions {
             if let Some(expiry) = s.expiry.take() {
                 expiry.abort();
             }
-            if clean || foreign {
-                s.qos2 = Qos2Received::default();
-                s.granted = Granted::default();
-            }
             s.owner = owner.cloned();
-            let fresh = foreign || (resumed && clean && lifetime != Lifetime::Connection);
             for old in &s.late {
                 old.notify_one();
             }
-            (s.ending.clone(), s.qos2.clone(), s.granted.clone(), fresh)
+            (s.ending.clone(), foreign)
         };
+        // What the session is, once the connections taken over are gone (a relay one of
+        // them opened is counted then) and an end under way is over.
         self.taken_over_gone(client_id).await;
         drop(ending.lock().await);
-        // Alone, nothing is left for rumqttd to take over, so the relay may open late.
-        let taken_over = {
-            let mut live = self.live();
-            live.get_mut(client_id)
-                .filter(|s| late_relay && !client_id.is_empty() && s.connections == 1)
-                .map(|s| {
-                    let notify = Arc::new(Notify::new());
-                    s.late.push(notify.clone());
-                    notify
-                })
+        let mut live = self.live();
+        let Some(s) = live.get_mut(client_id) else {
+            // Only `closed` removes an entry, and not while this connection counts in it.
+            return Err(Taken);
         };
+        let persistent = lifetime != Lifetime::Connection;
+        let present = s.persisted && !clean && !foreign;
+        let fresh = foreign || (s.in_broker && clean && persistent);
+        s.persisted = persistent;
+        if !present {
+            s.qos2 = Qos2Received::default();
+            s.granted = Granted::default();
+        }
+        // Alone, nothing is left for rumqttd to take over; with nothing of the session in
+        // rumqttd (no relay of it opened since it was last ended there, so no subscription
+        // and nothing queued) nothing there waits for the client: the relay may open late.
+        // A clean start over a session rumqttd holds must reach rumqttd to end it.
+        let subscribed = s.granted.lock().unwrap_or_else(|p| p.into_inner()).len() > 0;
+        let late = late_relay
+            && !client_id.is_empty()
+            && s.connections == 1
+            && !(s.in_broker || subscribed);
+        let taken_over = late.then(|| {
+            let notify = Arc::new(Notify::new());
+            s.late.push(notify.clone());
+            notify
+        });
+        s.in_broker |= !late;
+        let (qos2, granted) = (s.qos2.clone(), s.granted.clone());
+        drop(live);
         Ok(Claim {
             client_id: client_id.to_owned(),
             lifetime,
@@ -200,6 +228,8 @@ impl Sessions {
             granted,
             fresh,
             taken_over,
+            present,
+            relayed: false,
         })
     }
 
@@ -243,9 +273,11 @@ impl Sessions {
                 false
             }
         };
-        if let Some(s) = self.live().get(client_id).filter(|_| ended) {
+        if let Some(s) = self.live().get_mut(client_id).filter(|_| ended) {
             s.qos2.lock().unwrap_or_else(|p| p.into_inner()).clear();
             s.granted.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            s.in_broker = false;
+            s.persisted = false;
         }
         ended
     }
@@ -261,6 +293,7 @@ impl Sessions {
         if let Some(mine) = &claim.taken_over {
             s.late.retain(|n| !Arc::ptr_eq(n, mine));
         }
+        s.in_broker |= claim.relayed;
         s.closing.notify_waiters();
         s.connections -= 1;
         if s.connections > 0 {
@@ -299,8 +332,15 @@ impl Sessions {
         let _ending = ending.lock().await;
         // Checked again under the session's own lock: a connection (of either protocol
         // level) may have come since. One that comes now waits for this lock.
-        if !unchanged(&self.live()) {
-            return;
+        {
+            let mut live = self.live();
+            if !unchanged(&live) {
+                return;
+            }
+            if !live[client_id].in_broker {
+                live.remove(client_id);
+                return;
+            }
         }
         match tokio::time::timeout(END_TIMEOUT, self.end_in_broker(client_id)).await {
             Ok(Ok(())) => tracing::debug!(client_id, "session expired"),
@@ -365,6 +405,66 @@ mod tests {
         assert!(sessions.live()["c"].generation > generation);
         sessions.closed(clean);
         assert_eq!(sessions.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_relay_opens_late_only_where_rumqttd_holds_nothing_of_the_session() {
+        let sessions = Arc::new(Sessions::new(None));
+        let late = |c: &Claim| c.taken_over.is_some();
+        // Persistent, never relayed: late, and present the second time.
+        let mut first = sessions
+            .opened("p", Lifetime::Forever, None, false, true)
+            .await
+            .unwrap();
+        assert!(late(&first) && !first.present);
+        let taken = first.taken_over.clone().unwrap();
+        // Taken over: told, and waited for.
+        let closer = {
+            let sessions = sessions.clone();
+            tokio::spawn(async move {
+                taken.notified().await;
+                first.relayed = true;
+                sessions.closed(first);
+            })
+        };
+        let second = sessions
+            .opened("p", Lifetime::Forever, None, false, true)
+            .await
+            .unwrap();
+        closer.await.unwrap();
+        assert!(second.present);
+        assert!(
+            !late(&second),
+            "its relay was opened: rumqttd holds the session now"
+        );
+        sessions.closed(second);
+        // A clean start must reach rumqttd to end the session there; after it, the client
+        // id starts over.
+        let clean = sessions
+            .opened("p", Lifetime::Connection, None, true, true)
+            .await
+            .unwrap();
+        assert!(!late(&clean) && !clean.present);
+        sessions.closed(clean);
+        let anew = sessions
+            .opened("p", Lifetime::Forever, None, false, true)
+            .await
+            .unwrap();
+        assert!(late(&anew) && !anew.present);
+        sessions.closed(anew);
+        // A will (no late relay asked for), or another connection still open: not late.
+        let will = sessions
+            .opened("w", Lifetime::Connection, None, true, false)
+            .await
+            .unwrap();
+        assert!(!late(&will));
+        sessions.closed(will);
+        let a = sessions
+            .opened("", Lifetime::Connection, None, true, true)
+            .await
+            .unwrap();
+        assert!(!late(&a), "an empty client id is rumqttd's to fill in");
+        sessions.closed(a);
     }
 
     #[tokio::test]

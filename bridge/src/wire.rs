@@ -433,6 +433,11 @@ pub fn connack_v5(
 }
 
 /// Whether a CONNACK says the session was resumed.
+/// A CONNACK's return code (3.1.1) or reason code (MQTT 5): 0 accepts.
+pub fn connack_code(connack: &Frame) -> Option<u8> {
+    connack.bytes.get(connack.header_len + 1).copied()
+}
+
 pub fn session_present(connack: &Frame) -> bool {
     connack
         .bytes
@@ -830,18 +835,20 @@ fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// CONNACK accepting a clean session, as rumqttd would send it (then as `connack_v5`
-/// makes it for MQTT 5): for a connection whose relay opens later.
+/// CONNACK accepting a connection, as rumqttd would send it (then as `connack_v5` makes
+/// it for MQTT 5): for a connection whose relay opens later.
 pub fn connack_accepted(
     level: Level,
+    session_present: bool,
     limits: ServerLimits,
     server_keep_alive: Option<u16>,
 ) -> Result<Bytes, WireError> {
+    let present = u8::from(session_present);
     match level {
-        Level::V311 => Ok(Bytes::from_static(&[0x20, 2, 0, 0])),
+        Level::V311 => Ok(Bytes::copy_from_slice(&[0x20, 2, present, 0])),
         Level::V5 => {
             let rumqttd = Frame {
-                bytes: Bytes::from_static(&[0x20, 3, 0, 0, 0]),
+                bytes: Bytes::copy_from_slice(&[0x20, 3, present, 0, 0]),
                 header_len: 2,
                 remaining_len: 3,
             };

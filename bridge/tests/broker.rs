@@ -513,7 +513,7 @@ async fn retained_readings_and_wills_on_mapped_topics() {
     assert_eq!(gateway.metric("sluice_retained_cleared_total"), 1.0);
 }
 
-/// A client with a clean session and no will that publishes what nobody subscribes to has
+/// A client with no will, clean or persistent, that publishes what nobody subscribes to has
 /// no relay to rumqttd: one socket instead of three (`sluice_broker_relays` counts relays).
 /// Its relay opens when rumqttd must see something: a subscriber to its readings appears.
 /// Another connection taking its client id over closes it (MQTT 5: DISCONNECT 0x8E), with or
@@ -540,6 +540,22 @@ async fn relays_open_only_when_rumqttd_must_see_something() {
         6,
         "each reading once"
     );
+    assert_eq!(gateway.metric("sluice_broker_relays"), 0.0, "no relay yet");
+    // A persistent session that never subscribed has none either; it is there when its
+    // client comes back (session present), as rumqttd would have said.
+    let persistent = format!("{}-persistent", gateway.id);
+    for (level, present) in [(4, 0), (4, 1), (5, 1)] {
+        let mut p = Raw::connect(&gateway);
+        p.send(&connect(level, &persistent, false, 60, None));
+        let (first, connack) = p.packet();
+        assert_eq!(
+            (first, connack[0], connack[1]),
+            (0x20, present, 0),
+            "MQTT {level}"
+        );
+        p.send(&[DISCONNECT, 0]);
+        assert_eq!(p.closed(), b"");
+    }
     assert_eq!(gateway.metric("sluice_broker_relays"), 0.0, "no relay yet");
 
     let sub = mosquitto_sub(

@@ -101,6 +101,15 @@ pub(super) struct Conn {
     pub state: State,
 }
 
+/// How a connection ended.
+pub(super) struct Ended {
+    pub result: Result<(), ConnError>,
+    /// MQTT 5: the session expiry interval the client set at DISCONNECT, if it set one.
+    pub expiry: Option<u32>,
+    /// Its relay to rumqttd was opened.
+    pub relayed: bool,
+}
+
 /// What changes while a connection runs.
 pub(super) struct State {
     heard: Instant,
@@ -136,6 +145,8 @@ pub(super) struct State {
     no_local: bool,
     /// MQTT 5: the session expiry interval the client set at DISCONNECT.
     expiry_at_disconnect: Option<u32>,
+    /// The client sent DISCONNECT.
+    disconnected: bool,
 }
 
 impl State {
@@ -161,6 +172,7 @@ impl State {
             barriers: VecDeque::new(),
             no_local: false,
             expiry_at_disconnect: None,
+            disconnected: false,
         }
     }
 }
@@ -192,12 +204,13 @@ fn now_ms() -> u64 {
 }
 
 impl Conn {
-    /// Serves the connection; then, the session expiry interval an MQTT 5 client set at
-    /// DISCONNECT, if it set one.
-    pub async fn run(mut self) -> (Result<(), ConnError>, Option<u32>) {
+    /// Serves the connection until either side ends it.
+    pub async fn run(mut self) -> Ended {
         let no_local = self.subscriptions().any_no_local();
         self.state.no_local = no_local;
         let result = self.serve().await;
+        // Both ends get FLUSH_TIMEOUT in all, which the drain at shutdown allows for.
+        let deadline = tokio::time::Instant::now() + FLUSH_TIMEOUT;
         // Acknowledgements already due go out even when the connection ends in an error,
         // then MQTT 5 clients are told why; a device that does not read gets no more time.
         if let (Level::V5, Err(e)) = (self.level, &result) {
@@ -210,7 +223,7 @@ impl Conn {
                 self.dev_wr.write_all(&self.state.to_device).await?;
                 self.dev_wr.flush().await
             };
-            let _ = tokio::time::timeout(FLUSH_TIMEOUT, flush).await;
+            let _ = tokio::time::timeout_at(deadline, flush).await;
         }
         // A client whose rights were withdrawn leaves no will behind: its relay ends with a
         // DISCONNECT (success), which tells rumqttd to drop the will.
@@ -228,11 +241,15 @@ impl Conn {
             self.upstream.start();
         }
         let close = self.upstream.close(&self.state.to_broker);
-        let _ = tokio::time::timeout(FLUSH_TIMEOUT, close).await;
+        let _ = tokio::time::timeout_at(deadline, close).await;
         let granted = self.granted.clone();
         self.outbox
             .park(&mut granted.lock().unwrap_or_else(|p| p.into_inner()));
-        (result, self.state.expiry_at_disconnect)
+        Ended {
+            result,
+            expiry: self.state.expiry_at_disconnect,
+            relayed: self.upstream.relayed,
+        }
     }
 
     fn subscriptions(&self) -> std::sync::MutexGuard<'_, deliver::Subscriptions> {
@@ -253,6 +270,9 @@ impl Conn {
         loop {
             if self.state.connack_seen && self.state.draining.is_none() {
                 self.process_device().await?;
+                if self.state.disconnected {
+                    return Ok(());
+                }
             }
             if self.state.draining.is_some() && self.state.acks.is_empty() {
                 self.state.waiting = None;
@@ -337,12 +357,18 @@ impl Conn {
                 }
                 stream = upstream::opened(&mut self.upstream.opening) => {
                     self.upstream.opening = None;
-                    self.upstream.attach(stream?);
+                    self.upstream.attach(stream.map_err(ConnError::Relay)?);
                     self.state.last_upstream = Instant::now();
+                    self.release_acks()?;
                 }
                 (seq, outcome) = self.state.acks.next_outcome() => {
                     self.state.acks.record(seq, outcome);
-                    self.release_acks()?;
+                    // A publish acknowledged must have reached rumqttd too: while its
+                    // relay is opening, acknowledgements wait (and are never sent if it
+                    // cannot open, so the device sends the publish again).
+                    if !self.upstream.is_opening() {
+                        self.release_acks()?;
+                    }
                 }
                 reservation = async { self.state.waiting.as_mut().expect("guarded").room.as_mut().await }, if self.state.waiting.is_some() => {
                     if let Some(w) = self.state.waiting.take() {
@@ -466,14 +492,18 @@ impl Conn {
                     self.outbox.client_ack(&frame, now_ms(), &mut out)?;
                     s.last_upstream = now;
                 }
-                wire::DISCONNECT if self.level == Level::V5 => {
-                    self.disconnecting(&frame)?;
+                // Nothing after a DISCONNECT is read. rumqttd gets it (dropping the will)
+                // when the relay closes; a relay never opened has no will to drop.
+                wire::DISCONNECT => {
+                    if self.level == Level::V5 {
+                        self.disconnecting(&frame)?;
+                    }
                     if self.upstream.is_wanted() {
                         self.send_to_broker(&frame.bytes);
                     }
+                    self.state.disconnected = true;
+                    break;
                 }
-                // A relay never opened has nothing to close, and no will to drop.
-                wire::DISCONNECT if !self.upstream.is_wanted() => {}
                 // Answered here: rumqttd's keep alive is Sluice's business (see on_timer).
                 wire::PINGREQ => self
                     .state
@@ -532,14 +562,20 @@ impl Conn {
                 }
                 // The device already has Sluice's (see `upstream`); rumqttd refusing the
                 // relay leaves it without a broker side.
-                wire::CONNACK if self.upstream.late => {
-                    self.upstream.late = false;
-                    if frame.bytes.get(3).is_none_or(|code| *code != 0) {
-                        return Err(ConnError::Protocol("rumqttd refused the relay"));
+                wire::CONNACK if self.upstream.connack_owed => {
+                    self.upstream.connack_owed = false;
+                    if wire::connack_code(&frame) != Some(0) {
+                        return Err(ConnError::Relay(std::io::Error::other("refused")));
                     }
                 }
                 wire::CONNACK if !self.state.connack_seen => {
                     self.state.connack_seen = true;
+                    // The device starts afresh when rumqttd says so: what Sluice kept of
+                    // an earlier session (held while rumqttd had none) would misread it.
+                    if !wire::session_present(&frame) {
+                        self.qos2.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                        self.subscriptions().clear();
+                    }
                     match self.level {
                         Level::V5 => {
                             let connack = wire::connack_v5(

@@ -1,8 +1,9 @@
 //! Ingress: owns each device's socket. It accepts connections within the caps on its
 //! listeners (plain and TLS), reads the CONNECT, decides who the client is (`security`),
 //! claims the session and only then gives the device its relay to the embedded rumqttd
-//! (sessions, subscriptions, retained messages and live fan-out stay rumqttd's; `upstream`);
-//! `conn` serves the connection from there, `admit` decides what each publish becomes. On
+//! (sessions, subscriptions, retained messages and live fan-out stay rumqttd's), opened at
+//! once or when rumqttd must first see something (`upstream`); `conn` serves the
+//! connection from there, `admit` decides what each publish becomes. On
 //! shutdown it stops accepting and lets every connection drain.
 
 mod admit;
@@ -81,6 +82,8 @@ pub enum ConnError {
     Backlog(usize),
     #[error("another connection took its client id over")]
     TakenOver,
+    #[error("the relay to the embedded broker did not open: {0}")]
+    Relay(std::io::Error),
 }
 
 impl ConnError {
@@ -99,6 +102,7 @@ impl ConnError {
             ConnError::RateTooHigh => Reason::MessageRateTooHigh,
             ConnError::Backlog(_) => Reason::QuotaExceeded,
             ConnError::TakenOver => Reason::SessionTakenOver,
+            ConnError::Relay(_) => Reason::ImplementationSpecificError,
             _ => return None,
         })
     }
@@ -435,23 +439,25 @@ impl Ingress {
             qos2: claim.qos2.clone(),
             granted: claim.granted.clone(),
             taken_over: claim.taken_over.clone(),
+            present: claim.present,
         };
         let lifetime = Lifetime::of(&connect);
-        let (result, expiry) = self
+        let ended = self
             .clone()
             .relay(connect, first, broker, device, session, lifetime)
             .await;
-        if let Some(seconds) = expiry {
+        if let Some(seconds) = ended.expiry {
             claim.set_expiry(seconds);
         }
+        claim.relayed = ended.relayed;
         // rumqttd would keep a persistent session's subscriptions for its return; a clean
         // one ends with its relay (and the empty client id's entry is shared by every
         // clean client that has one: ending it would forget another's subscriptions).
-        if matches!(result, Err(ConnError::Revoked)) && claim.persistent() {
-            self.sessions.end(&client_id).await;
+        if matches!(ended.result, Err(ConnError::Revoked)) && claim.persistent() {
+            claim.relayed &= !self.sessions.end(&client_id).await;
         }
         self.sessions.closed(claim);
-        result
+        ended.result
     }
 
     /// The ACL decides; where it says nothing, a client with an identity may publish
@@ -526,7 +532,7 @@ impl Ingress {
                 Lifetime::of(connect),
                 identity.name.as_ref(),
                 connect.clean,
-                Lifetime::of(connect) == Lifetime::Connection && connect.will_topic.is_none(),
+                connect.will_topic.is_none(),
             )
             .await
             .map_err(|_| ("client_id_taken", Reason::NotAuthorized))?;
@@ -553,8 +559,9 @@ impl Ingress {
         (max > 0 && (asked == 0 || asked > max)).then_some(max)
     }
 
-    /// Opens the device's relay to rumqttd and serves the connection until either side
-    /// ends; then, the session expiry interval an MQTT 5 client set at DISCONNECT, if any.
+    /// Gives the device its relay to rumqttd, opened now or, for a connection whose claim
+    /// allows it, when rumqttd must first see something (Sluice answers the CONNECT then),
+    /// and serves the connection until either side ends it.
     async fn relay(
         self: Arc<Self>,
         connect: wire::Connect,
@@ -563,7 +570,7 @@ impl Ingress {
         device: Device,
         session: Session,
         lifetime: Lifetime,
-    ) -> (Result<(), ConnError>, Option<u32>) {
+    ) -> conn::Ended {
         let origin = deliver::origin(&connect.client_id);
         let server_keep_alive = self.keep_alive_for(connect.keep_alive);
         let opened = async {
@@ -581,12 +588,23 @@ impl Ingress {
             if session.taken_over.is_none() {
                 return Ok((Upstream::open(broker, for_broker).await?, None));
             }
-            let connack = wire::connack_accepted(connect.level, self.port, server_keep_alive)?;
+            let connack = wire::connack_accepted(
+                connect.level,
+                session.present,
+                self.port,
+                server_keep_alive,
+            )?;
             Ok::<_, ConnError>((Upstream::unopened(broker, for_broker), Some(connack)))
         };
         let (upstream, connack) = match opened.await {
             Ok(opened) => opened,
-            Err(e) => return (Err(e), None),
+            Err(e) => {
+                return conn::Ended {
+                    result: Err(e),
+                    expiry: None,
+                    relayed: false,
+                }
+            }
         };
         let keep_alive = server_keep_alive.unwrap_or(connect.keep_alive);
         // MQTT 3.1.1, 3.1.2.10 and MQTT 5, 3.1.2.10: one and a half times keep alive.
@@ -660,6 +678,8 @@ struct Session {
     granted: Granted,
     /// Set when the relay may open late: told of a takeover.
     taken_over: Option<Arc<Notify>>,
+    /// The session was there already.
+    present: bool,
 }
 
 /// The two halves of a device's socket, plain TCP or TLS.

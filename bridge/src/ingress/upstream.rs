@@ -1,7 +1,8 @@
-//! A device's loopback connection to rumqttd, its relay. A client with a clean session and
-//! no will leaves nothing in rumqttd while it only publishes what nobody subscribes to, so
-//! its relay is opened at the first packet rumqttd must see: until then the device costs
-//! one socket instead of three, and rumqttd no connection state.
+//! A device's loopback connection to rumqttd, its relay. A client with no will whose
+//! session rumqttd holds nothing of (a clean one, or a persistent one never relayed) needs
+//! none while it only publishes what nobody subscribes to, so its relay is opened at the
+//! first packet rumqttd must see: until then the device costs one socket instead of three,
+//! and rumqttd no connection state.
 
 use std::future::Future;
 use std::io;
@@ -14,6 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
+/// A relay rumqttd has not accepted by then is given up (and the connection with it).
+const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 type Opening = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
 
 pub(super) struct Upstream {
@@ -24,8 +28,11 @@ pub(super) struct Upstream {
     pub opening: Option<Opening>,
     pub rd: Option<OwnedReadHalf>,
     pub wr: Option<OwnedWriteHalf>,
-    /// Opened after the device had Sluice's own CONNACK: rumqttd's is not relayed.
-    pub late: bool,
+    /// Opened after the device had Sluice's own CONNACK: rumqttd's, still to come, is not
+    /// the device's.
+    pub connack_owed: bool,
+    /// It was opened: rumqttd may hold something of the session since.
+    pub relayed: bool,
 }
 
 impl Upstream {
@@ -34,7 +41,7 @@ impl Upstream {
         let stream = connect_relay(addr, connect.clone()).await?;
         let mut up = Upstream::unopened(addr, connect);
         up.attach(stream);
-        up.late = false;
+        up.connack_owed = false;
         Ok(up)
     }
 
@@ -46,7 +53,8 @@ impl Upstream {
             opening: None,
             rd: None,
             wr: None,
-            late: false,
+            connack_owed: false,
+            relayed: false,
         }
     }
 
@@ -55,10 +63,20 @@ impl Upstream {
         self.wr.is_some() || self.opening.is_some()
     }
 
+    /// On its way: what depends on rumqttd having a publish waits.
+    pub fn is_opening(&self) -> bool {
+        self.opening.is_some()
+    }
+
     /// Starts opening the relay, unless it is open or opening.
     pub fn start(&mut self) {
         if !self.is_wanted() {
-            self.opening = Some(Box::pin(connect_relay(self.addr, self.connect.clone())));
+            let opening = connect_relay(self.addr, self.connect.clone());
+            self.opening = Some(Box::pin(async move {
+                tokio::time::timeout(OPEN_TIMEOUT, opening)
+                    .await
+                    .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+            }));
         }
     }
 
@@ -66,7 +84,8 @@ impl Upstream {
         let (rd, wr) = stream.into_split();
         self.rd = Some(rd);
         self.wr = Some(wr);
-        self.late = true;
+        self.connack_owed = true;
+        self.relayed = true;
         gauge!("sluice_broker_relays").increment(1.0);
     }
 
