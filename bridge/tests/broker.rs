@@ -515,7 +515,8 @@ async fn retained_readings_and_wills_on_mapped_topics() {
 
 /// A client with no will, clean or persistent, that publishes what nobody subscribes to has
 /// no relay to rumqttd: one socket instead of three (`sluice_broker_relays` counts relays).
-/// Its relay opens when rumqttd must see something: a subscriber to its readings appears.
+/// Its relay opens when rumqttd must see something: a subscriber to its readings appears
+/// (one to other topics is not enough).
 /// Another connection taking its client id over closes it (MQTT 5: DISCONNECT 0x8E), with or
 /// without a relay, as rumqttd would have.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -558,6 +559,26 @@ async fn relays_open_only_when_rumqttd_must_see_something() {
     }
     assert_eq!(gateway.metric("sluice_broker_relays"), 0.0, "no relay yet");
 
+    // A subscriber to other topics opens its own relay and none of theirs.
+    let mut operator = connected(&gateway, 5, &format!("{}-operator", gateway.id), 60);
+    operator.send(&subscribe(5, 1, "alerts/#", 1));
+    assert_eq!(operator.packet().0, 0x90, "SUBACK");
+    for (i, sensor) in sensors.iter_mut().enumerate() {
+        sensor.send(&reading(i, 2));
+        assert_eq!(sensor.packet().0, PUBACK);
+    }
+    assert_eq!(
+        gateway.metric("sluice_broker_relays"),
+        1.0,
+        "the operator's only"
+    );
+    drop(operator);
+    common::wait_for(
+        Duration::from_secs(10),
+        "the operator's relay closed",
+        || gateway.metric("sluice_broker_relays") == 0.0,
+    );
+
     let sub = mosquitto_sub(
         &gateway,
         &["-V", "5", "-t", "sensors/+/temp", "-C", "6", "-W", "20"],
@@ -566,14 +587,14 @@ async fn relays_open_only_when_rumqttd_must_see_something() {
         gateway.metric("sluice_broker_relays") == 1.0
     });
     for (i, sensor) in sensors.iter_mut().enumerate() {
-        sensor.send(&reading(i, 2));
+        sensor.send(&reading(i, 3));
         assert_eq!(sensor.packet().0, PUBACK);
     }
     let got = lines(sub);
     assert_eq!(
         got.len(),
         6,
-        "every sensor's second reading, through its new relay: {got:?}"
+        "every sensor's third reading, through its new relay: {got:?}"
     );
     assert_eq!(
         gateway.metric("sluice_broker_relays"),
@@ -581,8 +602,8 @@ async fn relays_open_only_when_rumqttd_must_see_something() {
         "the sensors' relays"
     );
     assert_eq!(
-        wait_rows(&db, &gateway.id, 12).await.len(),
-        12,
+        wait_rows(&db, &gateway.id, 18).await.len(),
+        18,
         "each reading once"
     );
 
@@ -595,11 +616,11 @@ async fn relays_open_only_when_rumqttd_must_see_something() {
     let mut idle = connected(&gateway, 5, &idle_id, 60);
     let _idle_again = connected(&gateway, 5, &idle_id, 60);
     assert_eq!(idle.closed(), [DISCONNECT, 1, 0x8E]);
-    again.send(&reading(1, 3));
+    again.send(&reading(1, 4));
     assert_eq!(again.packet().0, PUBACK, "the new connection is served");
     assert_eq!(
-        wait_rows(&db, &gateway.id, 13).await.len(),
-        13,
+        wait_rows(&db, &gateway.id, 19).await.len(),
+        19,
         "each reading once"
     );
 }

@@ -680,7 +680,7 @@ impl Conn {
             limits: &self.ingress.limits,
             unmapped: self.ingress.settings.unmapped,
         };
-        let heard = publish.retain || deliver::anyone_subscribed();
+        let heard = publish.retain || deliver::subscribed_to(&publish.topic);
         let mut admission = admit(&rules, publish, &self.client_id, properties, received_at);
         admission.relay &= heard;
         let publish = Admitted {

@@ -6,8 +6,8 @@
 //! filters, holds and rewrites deliveries on their way to the client.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 use bytes::{Bytes, BytesMut};
 use metrics::counter;
@@ -54,14 +54,38 @@ pub struct Subscriptions {
 /// A session's subscriptions, shared by its connections.
 pub type Granted = Arc<Mutex<Subscriptions>>;
 
-/// Subscriptions all sessions in this process hold: while there are none, a publish that is
-/// not retained has nobody to reach in rumqttd and is not relayed to it at all (a loopback
-/// round trip saved per reading).
-static HELD: AtomicUsize = AtomicUsize::new(0);
+/// The filters all sessions in this process hold, each with how many hold it: a publish
+/// that is not retained and that none of them matches has nobody to reach in rumqttd and
+/// is not relayed to it at all (a loopback round trip saved per reading, and for a client
+/// without a relay, no relay opened).
+static HELD: LazyLock<RwLock<HashMap<String, usize>>> = LazyLock::new(RwLock::default);
 
-/// Whether any session holds a subscription rumqttd could route a publish to.
-pub fn anyone_subscribed() -> bool {
-    HELD.load(Ordering::Relaxed) > 0
+/// Past this many different filters held, a publish is relayed without matching it
+/// against each (a fleet whose devices each subscribe to their own command topic).
+const MATCHED_FILTERS: usize = 64;
+
+/// Whether some session holds a subscription rumqttd could route a publish on `topic` to.
+pub fn subscribed_to(topic: &str) -> bool {
+    let held = HELD.read().unwrap_or_else(|p| p.into_inner());
+    !held.is_empty()
+        && (held.len() > MATCHED_FILTERS || held.keys().any(|f| acl::filter_matches(f, topic)))
+}
+
+fn hold(filter: &str) {
+    let mut held = HELD.write().unwrap_or_else(|p| p.into_inner());
+    *held.entry(filter.to_owned()).or_default() += 1;
+}
+
+fn release<'a>(filters: impl Iterator<Item = &'a String>) {
+    let mut held = HELD.write().unwrap_or_else(|p| p.into_inner());
+    for filter in filters {
+        if let Some(n) = held.get_mut(filter) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(filter);
+            }
+        }
+    }
 }
 
 impl Subscriptions {
@@ -96,7 +120,7 @@ impl Subscriptions {
         };
         self.by_id.insert(sluice_id, filter.path.clone());
         if existed.is_none() {
-            HELD.fetch_add(1, Ordering::Relaxed);
+            hold(&filter.path);
         }
         self.by_filter.insert(
             filter.path.clone(),
@@ -116,7 +140,7 @@ impl Subscriptions {
         match self.by_filter.remove(filter) {
             Some(s) => {
                 self.by_id.remove(&s.sluice_id);
-                HELD.fetch_sub(1, Ordering::Relaxed);
+                release(std::iter::once(&filter.to_owned()));
                 true
             }
             None => false,
@@ -124,7 +148,7 @@ impl Subscriptions {
     }
 
     pub fn clear(&mut self) {
-        HELD.fetch_sub(self.by_filter.len(), Ordering::Relaxed);
+        release(self.by_filter.keys());
         self.by_filter.clear();
         self.by_id.clear();
         self.awaiting_pubcomp = InOrder::default();
@@ -172,7 +196,7 @@ impl Subscriptions {
 
 impl Drop for Subscriptions {
     fn drop(&mut self) {
-        HELD.fetch_sub(self.by_filter.len(), Ordering::Relaxed);
+        release(self.by_filter.keys());
     }
 }
 
