@@ -13,6 +13,10 @@ DURATION="${FLEET_DURATION:-60}"
 DATA="$ROOT/.data/fleet"
 MQTT_PORT=23010 HTTP_PORT=23011
 
+# One socket per sensor, and then some: a shell's default soft limit (often 1,024) is far
+# too low, so take the hard limit.
+ulimit -n "$(ulimit -Hn)"
+[ "$(ulimit -n)" -gt $((SENSORS + 1000)) ] || echo "warning: ulimit -n $(ulimit -n) is close to $SENSORS sensors" >&2
 ensure_deps
 build
 fresh_stack "$DATA" 15438 19096

@@ -432,12 +432,12 @@ pub fn connack_v5(
     Ok(out.freeze())
 }
 
-/// Whether a CONNACK says the session was resumed.
 /// A CONNACK's return code (3.1.1) or reason code (MQTT 5): 0 accepts.
 pub fn connack_code(connack: &Frame) -> Option<u8> {
     connack.bytes.get(connack.header_len + 1).copied()
 }
 
+/// Whether a CONNACK says the session was resumed.
 pub fn session_present(connack: &Frame) -> bool {
     connack
         .bytes

@@ -248,7 +248,7 @@ impl Conn {
         Ended {
             result,
             expiry: self.state.expiry_at_disconnect,
-            relayed: self.upstream.relayed,
+            relayed: self.upstream.relayed(),
         }
     }
 
@@ -356,7 +356,6 @@ impl Conn {
                     n?;
                 }
                 stream = upstream::opened(&mut self.upstream.opening) => {
-                    self.upstream.opening = None;
                     self.upstream.attach(stream.map_err(ConnError::Relay)?);
                     self.state.last_upstream = Instant::now();
                     self.release_acks()?;

@@ -6,7 +6,7 @@
 //! filters, holds and rewrites deliveries on their way to the client.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 use bytes::{Bytes, BytesMut};
@@ -60,12 +60,19 @@ pub type Granted = Arc<Mutex<Subscriptions>>;
 /// without a relay, no relay opened).
 static HELD: LazyLock<RwLock<HashMap<String, usize>>> = LazyLock::new(RwLock::default);
 
+/// Whether `HELD` has any filter, read per publish without its lock (most gateways have
+/// no subscriber at all); written under the lock.
+static ANY_HELD: AtomicBool = AtomicBool::new(false);
+
 /// Past this many different filters held, a publish is relayed without matching it
 /// against each (a fleet whose devices each subscribe to their own command topic).
 const MATCHED_FILTERS: usize = 64;
 
 /// Whether some session holds a subscription rumqttd could route a publish on `topic` to.
 pub fn subscribed_to(topic: &str) -> bool {
+    if !ANY_HELD.load(Ordering::Relaxed) {
+        return false;
+    }
     let held = HELD.read().unwrap_or_else(|p| p.into_inner());
     !held.is_empty()
         && (held.len() > MATCHED_FILTERS || held.keys().any(|f| acl::filter_matches(f, topic)))
@@ -74,9 +81,10 @@ pub fn subscribed_to(topic: &str) -> bool {
 fn hold(filter: &str) {
     let mut held = HELD.write().unwrap_or_else(|p| p.into_inner());
     *held.entry(filter.to_owned()).or_default() += 1;
+    ANY_HELD.store(true, Ordering::Relaxed);
 }
 
-fn release<'a>(filters: impl Iterator<Item = &'a String>) {
+fn release<'a>(filters: impl Iterator<Item = &'a str>) {
     let mut held = HELD.write().unwrap_or_else(|p| p.into_inner());
     for filter in filters {
         if let Some(n) = held.get_mut(filter) {
@@ -86,6 +94,7 @@ fn release<'a>(filters: impl Iterator<Item = &'a String>) {
             }
         }
     }
+    ANY_HELD.store(!held.is_empty(), Ordering::Relaxed);
 }
 
 impl Subscriptions {
@@ -140,7 +149,7 @@ impl Subscriptions {
         match self.by_filter.remove(filter) {
             Some(s) => {
                 self.by_id.remove(&s.sluice_id);
-                release(std::iter::once(&filter.to_owned()));
+                release(std::iter::once(filter));
                 true
             }
             None => false,
@@ -148,7 +157,7 @@ impl Subscriptions {
     }
 
     pub fn clear(&mut self) {
-        release(self.by_filter.keys());
+        release(self.filters());
         self.by_filter.clear();
         self.by_id.clear();
         self.awaiting_pubcomp = InOrder::default();
@@ -196,7 +205,7 @@ impl Subscriptions {
 
 impl Drop for Subscriptions {
     fn drop(&mut self) {
-        release(self.by_filter.keys());
+        release(self.filters());
     }
 }
 

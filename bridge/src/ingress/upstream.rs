@@ -1,5 +1,6 @@
-//! A device's loopback connection to rumqttd, its relay. A client with no will whose
-//! session rumqttd holds nothing of (a clean one, or a persistent one never relayed) needs
+//! A device's loopback connection to rumqttd, its relay. A client with no will and a
+//! client id of its own, the only connection of that id, whose session rumqttd holds
+//! nothing of (`sessions` decides: a clean one, or a persistent one never relayed) needs
 //! none while it only publishes what nobody subscribes to, so its relay is opened at the
 //! first packet rumqttd must see: until then the device costs one socket instead of three,
 //! and rumqttd no connection state.
@@ -31,8 +32,6 @@ pub(super) struct Upstream {
     /// Opened after the device had Sluice's own CONNACK: rumqttd's, still to come, is not
     /// the device's.
     pub connack_owed: bool,
-    /// It was opened: rumqttd may hold something of the session since.
-    pub relayed: bool,
 }
 
 impl Upstream {
@@ -54,13 +53,17 @@ impl Upstream {
             rd: None,
             wr: None,
             connack_owed: false,
-            relayed: false,
         }
     }
 
     /// Open or on its way: what is queued for rumqttd will reach it.
     pub fn is_wanted(&self) -> bool {
         self.wr.is_some() || self.opening.is_some()
+    }
+
+    /// It was opened: rumqttd may hold something of the session since.
+    pub fn relayed(&self) -> bool {
+        self.wr.is_some()
     }
 
     /// On its way: what depends on rumqttd having a publish waits.
@@ -85,7 +88,6 @@ impl Upstream {
         self.rd = Some(rd);
         self.wr = Some(wr);
         self.connack_owed = true;
-        self.relayed = true;
         gauge!("sluice_broker_relays").increment(1.0);
     }
 
@@ -95,9 +97,8 @@ impl Upstream {
     /// had not read yet.
     pub async fn close(&mut self, buf: &[u8]) -> io::Result<()> {
         if self.opening.is_some() {
-            let stream = opened(&mut self.opening).await;
-            self.opening = None;
-            self.attach(stream?);
+            let stream = opened(&mut self.opening).await?;
+            self.attach(stream);
         }
         let (Some(rd), Some(wr)) = (self.rd.as_mut(), self.wr.as_mut()) else {
             return Ok(());
@@ -121,10 +122,12 @@ impl Drop for Upstream {
 /// The relay `Upstream::start` began, once open (pending while none is opening); then
 /// `attach` it.
 pub async fn opened(opening: &mut Option<Opening>) -> io::Result<TcpStream> {
-    match opening.as_mut() {
-        Some(opening) => opening.as_mut().await,
-        None => std::future::pending().await,
-    }
+    let Some(pending) = opening.as_mut() else {
+        return std::future::pending().await;
+    };
+    let stream = pending.as_mut().await;
+    *opening = None;
+    stream
 }
 
 /// Reads what rumqttd sent (pending while the relay is not open).
