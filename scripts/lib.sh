@@ -4,6 +4,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TANSU_VERSION="0.6.0"
+TIMESCALEDB_VERSION="2.28.3"
 PG_BIN="/usr/lib/postgresql/15/bin"
 
 # The local scripts' simulated fleets all connect from 127.0.0.1: no cap per address there.
@@ -55,8 +56,15 @@ wait_port() { # host port what
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+# Whether TimescaleDB's library is installed for PostgreSQL 15 (scripts/timescaledb.sh
+# builds it where no package has it).
+timescaledb_installed() {
+  [ -f "$("$PG_BIN/pg_config" --pkglibdir 2>/dev/null || echo /usr/lib/postgresql/15/lib)/timescaledb.so" ]
+}
+
 # start_postgres DATA_DIR PORT: a private cluster run by the postgres user, trust auth
-# on 127.0.0.1 only, owner and database `sluice`.
+# on 127.0.0.1 only, owner and database `sluice`, TimescaleDB preloaded when it is
+# installed (SLUICE_PG_PRELOAD=none leaves it out).
 start_postgres() {
   local dir="$1" port="$2"
   mkdir -p "$dir"
@@ -73,9 +81,18 @@ start_postgres() {
     runuser -u postgres -- "$PG_BIN/initdb" -D "$pgdata" -U sluice --auth=trust -E UTF8 >/dev/null
   fi
   if ! runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$pgdata" status >/dev/null 2>&1; then
-    log "starting PostgreSQL on 127.0.0.1:$port"
+    local opts="-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=/tmp -c max_connections=200 -c fsync=on"
+    if [ "${SLUICE_PG_PRELOAD:-auto}" = auto ] && timescaledb_installed; then
+      # Readings go to hypertables wherever TimescaleDB is installed. Its jobs (5 per
+      # database) and the scheduler run as background workers.
+      opts+=" -c shared_preload_libraries=timescaledb -c timescaledb.max_background_workers=16"
+      opts+=" -c max_worker_processes=27 -c timescaledb.telemetry_level=off"
+      log "starting PostgreSQL with TimescaleDB on 127.0.0.1:$port"
+    else
+      log "starting PostgreSQL on 127.0.0.1:$port"
+    fi
     runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w -t 60 \
-      -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=/tmp -c max_connections=200 -c fsync=on" start >/dev/null
+      -o "$opts" start >/dev/null
   fi
   psql -h 127.0.0.1 -p "$port" -U sluice -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='sluice'" | grep -q 1 ||
     psql -h 127.0.0.1 -p "$port" -U sluice -d postgres -qc "CREATE DATABASE sluice"
@@ -114,12 +131,13 @@ stop_pidfile() { # pidfile
   rm -f "$1"
 }
 
-# stop_stack DIR: stops every sluice (DIR/sluice*.pid), tansu and PostgreSQL under DIR.
+# stop_stack DIR: stops every sluice (DIR/sluice*.pid), tansu and PostgreSQL (DIR/pg*)
+# under DIR.
 stop_stack() {
   local p
   for p in "$1"/sluice*.pid; do [ -e "$p" ] && stop_pidfile "$p"; done
   stop_pidfile "$1/kafka/tansu.pid"
-  stop_postgres "$1/pg"
+  for p in "$1"/pg*; do [ -e "$p" ] && stop_postgres "$p"; done
 }
 
 # fresh_stack DIR PG_PORT KAFKA_PORT: empty PostgreSQL and tansu under DIR, stopped when
@@ -129,7 +147,9 @@ fresh_stack() {
   local dir="$1"
   trap "stop_stack '$dir'" EXIT
   stop_stack "$dir"
-  rm -rf "$dir" "$(readlink -f "$dir/pg" 2>/dev/null || true)"
+  local pg
+  for pg in "$dir"/pg*; do [ -L "$pg" ] && rm -rf "$(readlink -f "$pg")"; done
+  rm -rf "$dir"
   mkdir -p "$dir"
   start_postgres "$dir/pg" "$2"
   start_tansu "$dir/kafka" "$3"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests, end-to-end tests against a private PostgreSQL and tansu
-# that this script starts on their own ports (so a running demo is left alone) and stops,
-# then the fault drills (scripts/drills/all.sh; SLUICE_SKIP_DRILLS=1 skips them).
+# Runs every test: unit tests, end-to-end tests against a private PostgreSQL (with
+# TimescaleDB where it is installed) and tansu that this script starts on their own ports
+# (so a running demo is left alone) and stops, then the fault drills
+# (scripts/drills/all.sh; SLUICE_SKIP_DRILLS=1 skips them).
 # Arguments go to the test binaries, e.g. `scripts/test.sh mosquitto`.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -11,6 +12,17 @@ KAFKA_PORT="${TEST_KAFKA_PORT:-19092}"
 
 ensure_deps
 fresh_stack "$DATA" "$PG_PORT" "$KAFKA_PORT"
+# The storage tests run on plain PostgreSQL always, and on TimescaleDB where it is
+# installed: then the shared cluster preloads it, and a second one, installed but not
+# preloaded, shows what Sluice says about that state.
+if timescaledb_installed; then
+  export TIMESCALEDB_URL="$DATABASE_URL"
+  SLUICE_PG_PRELOAD=none start_postgres "$DATA/pg-unloaded" "$((PG_PORT + 1))"
+  export TIMESCALEDB_UNLOADED_URL="postgres://sluice@127.0.0.1:$((PG_PORT + 1))/sluice"
+  log "TimescaleDB installed: storage tests run on TimescaleDB and plain PostgreSQL"
+else
+  log "TimescaleDB not installed: the TimescaleDB half of the storage tests is skipped (README, \"TimescaleDB\")"
+fi
 
 cd "$ROOT"
 log "formatting and lints"

@@ -8,25 +8,28 @@ const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("cannot connect to the database at {url}: {source}")]
-    Connect {
-        url: String,
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error("cannot connect to the database at {url}: {reason}")]
+    Connect { url: String, reason: String },
     #[error("migration failed: {0}")]
     Migrate(Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// Applies pending migrations. Safe when several processes start at once: an advisory
-/// lock serialises them and each skips what another already applied.
-pub async fn migrate(url: &str) -> Result<(), DbError> {
+/// Applies pending migrations, creating `readings` on the path `backend` names
+/// ("timescaledb" or "postgresql"; see migration 1). Safe when several processes start
+/// at once: an advisory lock serialises them and each skips what another already applied.
+pub async fn migrate(url: &str, backend: &str) -> Result<(), DbError> {
     let mut conn = AsyncPgConnection::establish(url)
         .await
         .map_err(|e| DbError::Connect {
             url: redact(url),
-            source: Box::new(e),
+            reason: e.to_string(),
         })?;
     diesel::sql_query("SELECT pg_advisory_lock(7261001)")
+        .execute(&mut conn)
+        .await
+        .map_err(|e| DbError::Migrate(Box::new(e)))?;
+    diesel::sql_query("SELECT set_config('sluice.backend', $1, false)")
+        .bind::<diesel::sql_types::Text, _>(backend)
         .execute(&mut conn)
         .await
         .map_err(|e| DbError::Migrate(Box::new(e)))?;
@@ -46,7 +49,7 @@ pub async fn connect(url: &str) -> Result<tokio_postgres::Client, DbError> {
         .await
         .map_err(|e| DbError::Connect {
             url: redact(url),
-            source: Box::new(e),
+            reason: describe(&e),
         })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -54,6 +57,33 @@ pub async fn connect(url: &str) -> Result<tokio_postgres::Client, DbError> {
         }
     });
     Ok(client)
+}
+
+/// A tokio-postgres error with what the server said (its own Display says only "db
+/// error") or the underlying cause.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut text = format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+        for (what, extra) in [
+            ("detail", db.detail()),
+            ("hint", db.hint()),
+            ("where", db.where_()),
+        ] {
+            if let Some(extra) = extra {
+                text.push_str(&format!("; {what}: {extra}"));
+            }
+        }
+        return text;
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 /// The URL without its password, for messages.

@@ -1,7 +1,9 @@
-//! What `/health` reports: whether the producer has hit a fatal error, and how long Kafka
-//! and the database have been unreachable. Stages record what they see; `http` reads it.
+//! What `/health` reports: whether the producer has hit a fatal error, how long Kafka and
+//! the database have been unreachable, and the state of TimescaleDB's jobs. Stages record
+//! what they see; `http` reads it.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -14,6 +16,9 @@ pub struct Health {
     producer_fatal: AtomicBool,
     kafka: Outage,
     database: Outage,
+    /// One line per TimescaleDB job, for the body of `/health` (not a reason for 503:
+    /// a late rollup is no reason to take the gateway out of service).
+    storage_jobs: Mutex<Vec<String>>,
 }
 
 /// Since when (Unix ms) a dependency has been failing; 0 while it works.
@@ -65,6 +70,18 @@ impl Health {
 
     pub fn database_working(&self) {
         self.database.working();
+    }
+
+    pub fn storage_jobs(&self, lines: Vec<String>) {
+        *self.storage_jobs.lock().unwrap_or_else(|e| e.into_inner()) = lines;
+    }
+
+    /// What `/health` says beside its verdict.
+    pub fn details(&self) -> Vec<String> {
+        self.storage_jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Why the process is unhealthy, one line each; empty when it is healthy.

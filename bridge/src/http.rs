@@ -34,12 +34,14 @@ pub async fn serve(
     axum::serve(listener, app).await
 }
 
-/// 200 "ok", or 503 with one line per problem.
+/// 200 "ok", or 503 with one line per problem; then a line per detail (storage jobs).
 fn report(health: &Health) -> (StatusCode, String) {
     let problems = health.problems();
-    if problems.is_empty() {
-        (StatusCode::OK, "ok\n".to_owned())
+    let (status, mut lines) = if problems.is_empty() {
+        (StatusCode::OK, vec!["ok".to_owned()])
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n")
-    }
+        (StatusCode::SERVICE_UNAVAILABLE, problems)
+    };
+    lines.extend(health.details());
+    (status, lines.join("\n") + "\n")
 }

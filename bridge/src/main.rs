@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use sluice::health::Health;
-use sluice::lifecycle::{self, Backend};
+use sluice::lifecycle;
 use sluice::security::{Door, Security};
 use sluice::settings::Settings;
-use sluice::{db, http, ingress, mapping, produce, writer};
+use sluice::{http, ingress, mapping, produce, writer};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -57,7 +57,9 @@ fn main() {
     if let Err(e) = runtime.block_on(run(cli, settings)) {
         tracing::error!("{e:#}");
         eprintln!("sluice: {e:#}");
-        std::process::exit(1);
+        // 2, as for a bad configuration: retrying will not help until someone acts.
+        let setup = matches!(e.downcast_ref(), Some(lifecycle::LifecycleError::Setup(_)));
+        std::process::exit(if setup { 2 } else { 1 });
     }
 }
 
@@ -80,8 +82,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     let mut backend = None;
     if with_writer || cli.migrate_only {
         let url = &settings.writer.database_url;
-        db::migrate(url).await?;
-        backend = Some(lifecycle::configure(url, &settings.storage).await?);
+        backend = Some(lifecycle::prepare(url, &settings.storage).await?);
         if cli.migrate_only {
             return Ok(());
         }
@@ -155,9 +156,10 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             stopping().await;
             return Ok(());
         }
-        if backend == Some(Backend::PostgreSql) {
+        if let Some(backend) = backend {
             let url = settings.writer.database_url.clone();
-            tokio::spawn(lifecycle::run(url, settings.storage.clone()));
+            let storage = settings.storage.clone();
+            tokio::spawn(lifecycle::run(url, storage, backend, health.clone()));
         }
         let w = writer::Writer::new(settings.writer.clone(), &settings.kafka, &topic_refs)?;
         tracing::info!(group = %settings.writer.group_id, "writer consuming");

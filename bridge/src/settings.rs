@@ -241,6 +241,8 @@ pub struct WriterSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
+    /// Where readings are kept: TimescaleDB hypertables or plain PostgreSQL partitions.
+    pub backend: StorageBackend,
     /// Time span of one TimescaleDB chunk, or of one partition without TimescaleDB.
     pub chunk_interval: Span,
     /// Chunks older than this are compressed (TimescaleDB only).
@@ -251,6 +253,13 @@ pub struct StorageSettings {
     pub rollup_refresh: Span,
     /// How far back TimescaleDB's refresh policy looks for changed minutes.
     pub rollup_lookback: Span,
+    /// `readings_1m` rows older than this are compressed (TimescaleDB only).
+    pub rollup_compress_after: Span,
+    /// `readings_1m` rows older than this are dropped; usually longer than `retain_for`.
+    pub rollup_retain_for: Span,
+    /// A TimescaleDB job that has not succeeded within its schedule is run by Sluice
+    /// (`CALL run_job`), at most once per schedule.
+    pub run_overdue_jobs: bool,
     /// Partitions kept ready ahead of the current one (without TimescaleDB).
     pub partitions_ahead: u32,
 }
@@ -259,14 +268,31 @@ impl Default for StorageSettings {
     fn default() -> Self {
         let span = |s: &str| Span::try_from(s.to_owned()).expect("valid default");
         StorageSettings {
+            backend: StorageBackend::Auto,
             chunk_interval: span("1 day"),
             compress_after: span("7 days"),
             retain_for: span("365 days"),
             rollup_refresh: span("1 minute"),
             rollup_lookback: span("1 day"),
+            rollup_compress_after: span("30 days"),
+            rollup_retain_for: span("1825 days"),
+            run_overdue_jobs: true,
             partitions_ahead: 3,
         }
     }
+}
+
+/// Which database path `storage.backend` asks for. A database keeps the path it was
+/// created with: asking for the other one later is refused at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// TimescaleDB when the server has it installed (and it must then be preloaded),
+    /// plain PostgreSQL when it has not.
+    #[default]
+    Auto,
+    Timescaledb,
+    Postgres,
 }
 
 /// A time span written as a number and a unit ("90 days", "1 hour", "30 s"), or "off".
@@ -491,12 +517,15 @@ impl Settings {
                 return invalid(key, "cannot be off");
             }
         }
-        if let (Some(lookback), Some(retain)) = (st.rollup_lookback.0, st.retain_for.0) {
-            if lookback >= retain {
-                return invalid(
-                    "storage.rollup_lookback",
-                    "must be shorter than storage.retain_for",
-                );
+        // TimescaleDB refuses to compress or drop rollup minutes its refresh may rewrite,
+        // and re-reading dropped readings would empty refreshed minutes.
+        for (key, span) in [
+            ("storage.retain_for", st.retain_for),
+            ("storage.rollup_compress_after", st.rollup_compress_after),
+            ("storage.rollup_retain_for", st.rollup_retain_for),
+        ] {
+            if span.0.is_some() && span.0 <= st.rollup_lookback.0 {
+                return invalid(key, "must be longer than storage.rollup_lookback");
             }
         }
         let listeners = self.broker.v4.iter().chain(self.broker.v5.iter());

@@ -34,7 +34,7 @@ pub enum WriterError {
     Kafka(#[from] KafkaError),
     #[error(transparent)]
     Db(#[from] db::DbError),
-    #[error("database: {0}")]
+    #[error("database: {}", db::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("the fetch task ended")]
     FetchEnded,

@@ -1,25 +1,32 @@
 //! Exactly once across a writer crash at the worst moment: after its COPY, before its
 //! commit. The rows and the offsets are one transaction, so neither survives the crash,
-//! and the restarted writer writes every reading once.
+//! and the restarted writer writes every reading once. On both storage paths.
 
 mod common;
 
-use common::{db, free_port, rows, wait_rows, Gateway};
+use common::{connect, free_port, rows, storages, wait_rows, Gateway, Storage};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writer_killed_between_copy_and_commit_loses_and_duplicates_nothing() {
+    for path in storages("writer_killed_between_copy_and_commit") {
+        killed_between_copy_and_commit(&path).await;
+    }
+}
+
+async fn killed_between_copy_and_commit(path: &Storage) {
     let mut gateway = Gateway::configure(None);
+    let own = path.database("crash");
+    let on_path = path.env(&own);
     gateway.spawn(&["--role", "ingress"], &[]);
     let http = format!("127.0.0.1:{}", free_port());
-    gateway.spawn(
-        &["--role", "writer"],
-        &[
-            ("SLUICE_CRASH_BEFORE_COMMIT", "1"),
-            ("SLUICE__HTTP__LISTEN", &http),
-        ],
-    );
+    let mut envs = on_path.to_vec();
+    envs.extend_from_slice(&[
+        ("SLUICE_CRASH_BEFORE_COMMIT", "1"),
+        ("SLUICE__HTTP__LISTEN", &http),
+    ]);
+    gateway.spawn(&["--role", "writer"], &envs);
     gateway.wait_ready();
-    let db = db().await;
+    let db = connect(&own.url).await;
     let dev = format!("{}-crash", gateway.id);
 
     // Twenty QoS 1 readings, one message per line, each acknowledged (so in Kafka).
@@ -45,7 +52,9 @@ async fn writer_killed_between_copy_and_commit_loses_and_duplicates_nothing() {
     );
 
     let http = format!("127.0.0.1:{}", free_port());
-    gateway.spawn(&["--role", "writer"], &[("SLUICE__HTTP__LISTEN", &http)]);
+    let mut envs = on_path.to_vec();
+    envs.push(("SLUICE__HTTP__LISTEN", &http));
+    gateway.spawn(&["--role", "writer"], &envs);
     let got = wait_rows(&db, &dev, 20).await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let got_again = rows(&db, &dev).await;

@@ -1,9 +1,13 @@
 -- Readings, one row per device, metric and time. With TimescaleDB available this is a
 -- hypertable; without it (Debian's PostgreSQL) a table range-partitioned by time plus a
--- time_bucket() over date_bin, so analysts' queries run unchanged on both.
+-- time_bucket() over date_bin, so analysts' queries run unchanged on both. Sluice says
+-- which in the setting sluice.backend (see lifecycle.rs); without it, TimescaleDB
+-- whenever the server has it.
 DO $migration$
 BEGIN
-  IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') THEN
+  IF coalesce(current_setting('sluice.backend', true), '') = 'timescaledb'
+     OR (coalesce(current_setting('sluice.backend', true), '') = ''
+         AND EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')) THEN
     CREATE EXTENSION IF NOT EXISTS timescaledb;
     CREATE TABLE readings (
       time        timestamptz      NOT NULL,

@@ -1,4 +1,4 @@
-DROP FUNCTION sluice_configure(interval, interval, interval, interval, interval, int);
+DROP FUNCTION IF EXISTS sluice_configure(interval, interval, interval, interval, interval, int);
 DROP FUNCTION sluice_maintain(interval, int, interval, timestamptz);
 DROP FUNCTION sluice_partitions();
 DROP FUNCTION sluice_refresh_readings_1m();

@@ -385,21 +385,29 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
-/// A database of a test's own on the shared PostgreSQL, dropped when the test ends; for
-/// tests that change partitions or need known data and nothing else.
+/// A database of a test's own, dropped when the test ends; for tests that change
+/// partitions or jobs, or need known data and nothing else.
 pub struct OwnDatabase {
     pub url: String,
     name: String,
+    /// The server's `sluice` database, from which this one is created and dropped.
+    admin: String,
 }
 
 impl OwnDatabase {
+    /// On the shared PostgreSQL (DATABASE_URL).
     pub fn create(prefix: &str) -> OwnDatabase {
+        OwnDatabase::on(&env("DATABASE_URL"), prefix)
+    }
+
+    /// On the server of `server_url` (a URL of one of its databases).
+    pub fn on(server_url: &str, prefix: &str) -> OwnDatabase {
         let name = unique(prefix).replace('-', "_");
-        let shared = env("DATABASE_URL");
-        let base = shared.rsplit_once('/').expect("DATABASE_URL has a path").0;
+        let base = server_url.rsplit_once('/').expect("a database URL").0;
         let db = OwnDatabase {
             url: format!("{base}/{name}"),
             name,
+            admin: server_url.to_owned(),
         };
         db.admin(&format!("CREATE DATABASE {}", db.name));
         db
@@ -407,7 +415,7 @@ impl OwnDatabase {
 
     fn admin(&self, sql: &str) {
         let status = Command::new("psql")
-            .args([&env("DATABASE_URL"), "-X", "-q", "-c", sql])
+            .args([&self.admin, "-X", "-q", "-c", sql])
             .status()
             .expect("psql runs");
         assert!(status.success(), "{sql} failed");
@@ -421,6 +429,65 @@ impl Drop for OwnDatabase {
             self.name
         ));
     }
+}
+
+/// One of the two storage paths, on a server that offers it.
+pub struct Storage {
+    /// As `storage.backend` names it: "postgres" or "timescaledb".
+    pub backend: &'static str,
+    server: String,
+}
+
+impl Storage {
+    pub fn timescaledb(&self) -> bool {
+        self.backend == "timescaledb"
+    }
+
+    /// A database of the test's own on this path's server.
+    pub fn database(&self, prefix: &str) -> OwnDatabase {
+        OwnDatabase::on(&self.server, &format!("{prefix}_{}", self.backend))
+    }
+
+    /// The environment that makes `sluice` use `db` on this path.
+    pub fn env<'a>(&self, db: &'a OwnDatabase) -> [(&'static str, &'a str); 2] {
+        [
+            ("DATABASE_URL", db.url.as_str()),
+            ("SLUICE__STORAGE__BACKEND", self.backend),
+        ]
+    }
+}
+
+/// Plain PostgreSQL, asked for explicitly on the shared server.
+pub fn postgres() -> Storage {
+    Storage {
+        backend: "postgres",
+        server: env("DATABASE_URL"),
+    }
+}
+
+/// TimescaleDB, on the server TIMESCALEDB_URL names (scripts/test.sh sets it, to the
+/// shared server, wherever TimescaleDB is installed); None, said on stderr, without it.
+pub fn timescaledb(test: &str) -> Option<Storage> {
+    match std::env::var("TIMESCALEDB_URL") {
+        Ok(server) if !server.is_empty() => Some(Storage {
+            backend: "timescaledb",
+            server,
+        }),
+        _ => {
+            eprintln!(
+                "{test}: TimescaleDB half skipped: TIMESCALEDB_URL is not set \
+                 (scripts/timescaledb.sh installs TimescaleDB; scripts/test.sh then sets it)"
+            );
+            None
+        }
+    }
+}
+
+/// Both paths where the machine has both; plain PostgreSQL alone where it has not.
+pub fn storages(test: &str) -> Vec<Storage> {
+    std::iter::once(postgres())
+        .chain(timescaledb(test))
+        .collect()
 }
 
 /// A row as the tests compare it.
