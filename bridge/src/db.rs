@@ -53,7 +53,7 @@ pub async fn connect(url: &str) -> Result<tokio_postgres::Client, DbError> {
         })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "database connection ended");
+            tracing::warn!(error = %describe(&e), "database connection ended");
         }
     });
     Ok(client)

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
+use tokio::task::JoinHandle;
 
 use crate::db;
 use crate::health::Health;
@@ -36,11 +37,11 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// As migration 1 reads it from `sluice.backend` and `sluice_configure` returns it.
+    /// As `storage.backend`, migration 1 (`sluice.backend`) and `sluice_configure` say it.
     fn name(self) -> &'static str {
         match self {
             Backend::TimescaleDb => "timescaledb",
-            Backend::PostgreSql => "postgresql",
+            Backend::PostgreSql => "postgres",
         }
     }
 }
@@ -52,20 +53,25 @@ struct Server {
     installed: Option<String>,
     /// Its library is in `shared_preload_libraries`, as `CREATE EXTENSION` requires.
     preloaded: bool,
-    /// The database has the extension: its readings are in a hypertable.
-    created: bool,
-    /// The database has `readings` already.
-    migrated: bool,
+    /// The database has the extension (a DBA may have created it for Sluice's role).
+    extension: bool,
+    /// Sluice's role is a superuser, so it may create the extension itself.
+    superuser: bool,
+    /// The path `readings` is on; None before the first start.
+    readings: Option<Backend>,
     /// postgresql.conf, when the role may see where it is.
     config_file: Option<String>,
+    role: String,
+    database: String,
 }
 
 /// Picks the path for the database, or says in one line what the operator must change.
 fn choose(wanted: StorageBackend, server: &Server) -> Result<Backend, String> {
-    let preload = format!(
-        "TimescaleDB {} is installed on the database server but not preloaded: add \
-         shared_preload_libraries = 'timescaledb' to {} and restart PostgreSQL",
-        server.installed.as_deref().unwrap_or_default(),
+    let preload =
+        format!(
+        "TimescaleDB{} is installed on the database server but not preloaded: add 'timescaledb' \
+         to shared_preload_libraries in {} and restart PostgreSQL",
+        server.installed.as_deref().map(|v| format!(" {v}")).unwrap_or_default(),
         server.config_file.as_deref().unwrap_or("postgresql.conf"),
     );
     let keeps = |path: &str| {
@@ -74,78 +80,83 @@ fn choose(wanted: StorageBackend, server: &Server) -> Result<Backend, String> {
              with): set storage.backend = \"auto\", or point writer.database_url at a new database"
         )
     };
-    if server.created {
-        return match wanted {
-            StorageBackend::Postgres => Err(format!(
-                "storage.backend = \"postgres\", but {}",
-                keeps("a TimescaleDB hypertable")
-            )),
-            _ if !server.preloaded => Err(format!("This database uses TimescaleDB: {preload}")),
-            _ => Ok(Backend::TimescaleDb),
-        };
-    }
-    if server.migrated {
-        return match wanted {
-            StorageBackend::Timescaledb => Err(format!(
-                "storage.backend = \"timescaledb\", but {}",
-                keeps("plain PostgreSQL tables")
-            )),
-            _ => Ok(Backend::PostgreSql),
-        };
-    }
-    match (wanted, &server.installed) {
-        (StorageBackend::Postgres, _) | (StorageBackend::Auto, None) => Ok(Backend::PostgreSql),
-        (StorageBackend::Timescaledb, None) => Err(
+    let plain_instead = "or set storage.backend = \"postgres\" to keep readings in plain \
+                         PostgreSQL tables";
+    match (server.readings, wanted) {
+        (Some(Backend::TimescaleDb), StorageBackend::Postgres) => Err(format!(
+            "storage.backend = \"postgres\", but {}",
+            keeps("a TimescaleDB hypertable")
+        )),
+        (Some(Backend::TimescaleDb), _) if !server.preloaded => Err(format!(
+            "This database keeps readings in TimescaleDB: {preload}"
+        )),
+        (Some(Backend::PostgreSql), StorageBackend::Timescaledb) => Err(format!(
+            "storage.backend = \"timescaledb\", but {}",
+            keeps("plain PostgreSQL tables")
+        )),
+        (Some(path), _) => Ok(path),
+        (None, StorageBackend::Postgres) => Ok(Backend::PostgreSql),
+        (None, StorageBackend::Auto) if server.installed.is_none() => Ok(Backend::PostgreSql),
+        (None, StorageBackend::Timescaledb) if server.installed.is_none() => Err(
             "storage.backend = \"timescaledb\", but the database server has no TimescaleDB \
              installed: install it (README, \"TimescaleDB\"), or set storage.backend = \"auto\" \
              or \"postgres\""
                 .to_owned(),
         ),
-        _ if !server.preloaded => Err(format!(
-            "{preload}, or set storage.backend = \"postgres\" to keep readings in plain \
-             PostgreSQL tables"
+        (None, _) if !server.preloaded => Err(format!("{preload}, {plain_instead}")),
+        (None, _) if !server.extension && !server.superuser => Err(format!(
+            "TimescaleDB is available but role {} may not create the extension: have a superuser \
+             run CREATE EXTENSION timescaledb in database {}, {plain_instead}",
+            server.role, server.database
         )),
-        _ => Ok(Backend::TimescaleDb),
+        (None, _) => Ok(Backend::TimescaleDb),
     }
 }
 
 async fn probe(client: &tokio_postgres::Client) -> Result<Server, tokio_postgres::Error> {
-    // TimescaleDB's loader defines its settings only where it is preloaded.
+    // TimescaleDB's loader defines its settings only where it is preloaded. A hypertable
+    // is a plain table to PostgreSQL ('r'); the plain path's readings is partitioned.
     let row = client
         .query_one(
             "SELECT (SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'), \
                     EXISTS (SELECT 1 FROM pg_settings WHERE name = 'timescaledb.max_background_workers'), \
                     EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'), \
-                    to_regclass('readings') IS NOT NULL, \
-                    (SELECT setting FROM pg_settings WHERE name = 'config_file')",
+                    coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false), \
+                    (SELECT relkind::text FROM pg_class WHERE oid = to_regclass('readings')), \
+                    (SELECT setting FROM pg_settings WHERE name = 'config_file'), \
+                    current_user::text, current_database()::text",
             &[],
         )
         .await?;
     Ok(Server {
         installed: row.get(0),
         preloaded: row.get(1),
-        created: row.get(2),
-        migrated: row.get(3),
-        config_file: row.get(4),
+        extension: row.get(2),
+        superuser: row.get(3),
+        readings: row.get::<_, Option<&str>>(4).map(|kind| match kind {
+            "r" => Backend::TimescaleDb,
+            _ => Backend::PostgreSql,
+        }),
+        config_file: row.get(5),
+        role: row.get(6),
+        database: row.get(7),
     })
 }
 
 /// Picks the path, applies the migrations and then `[storage]`; safe to run at every
-/// start, by several processes at once.
+/// start, by several processes at once: they take turns, so each one's choice sees what
+/// the one before it created.
 pub async fn prepare(url: &str, storage: &StorageSettings) -> Result<Backend, LifecycleError> {
     let client = db::connect(url).await?;
+    // Released when this connection closes, at the end of this function.
+    client
+        .execute("SELECT pg_advisory_lock(7261000)", &[])
+        .await
+        .map_err(LifecycleError::Probe)?;
     let server = probe(&client).await.map_err(LifecycleError::Probe)?;
     let backend = choose(storage.backend, &server).map_err(LifecycleError::Setup)?;
     db::migrate(url, backend.name()).await?;
-    let applied = configure(&client, storage).await?;
-    if applied != backend {
-        // Another process created the database the other way meanwhile.
-        return Err(LifecycleError::Setup(format!(
-            "this start chose {}, but another one created the database on the other path \
-             meanwhile: give every process the same storage.backend",
-            backend.name()
-        )));
-    }
+    configure(&client, storage).await?;
     tracing::info!(
         backend = backend.name(),
         chunk_interval = %storage.chunk_interval,
@@ -167,9 +178,9 @@ pub async fn prepare(url: &str, storage: &StorageSettings) -> Result<Backend, Li
 async fn configure(
     client: &tokio_postgres::Client,
     storage: &StorageSettings,
-) -> Result<Backend, LifecycleError> {
-    let row = client
-        .query_one(
+) -> Result<(), LifecycleError> {
+    client
+        .execute(
             "SELECT sluice_configure(make_interval(secs => $1), make_interval(secs => $2), \
              make_interval(secs => $3), make_interval(secs => $4), make_interval(secs => $5), $6, \
              make_interval(secs => $7), make_interval(secs => $8))",
@@ -186,10 +197,7 @@ async fn configure(
         )
         .await
         .map_err(LifecycleError::Configure)?;
-    Ok(match row.get::<_, &str>(0) {
-        "timescaledb" => Backend::TimescaleDb,
-        _ => Backend::PostgreSql,
-    })
+    Ok(())
 }
 
 /// Every `rollup_refresh`: without TimescaleDB, keeps partitions ahead, applies retention
@@ -200,10 +208,7 @@ pub async fn run(url: String, storage: StorageSettings, backend: Backend, health
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut client = None;
-    let mut watch = Watch {
-        run_overdue: storage.run_overdue_jobs,
-        ..Watch::default()
-    };
+    let mut watch = Watch::new(url.clone(), storage.run_overdue_jobs);
     loop {
         tick.tick().await;
         if client.is_none() {
@@ -221,7 +226,13 @@ pub async fn run(url: String, storage: StorageSettings, backend: Backend, health
         };
         if let Err(e) = done {
             counter!("sluice_lifecycle_errors_total").increment(1);
-            tracing::warn!(error = %db::describe(&e), "storage maintenance failed; retrying next period");
+            let error = db::describe(&e);
+            tracing::warn!(%error, "storage maintenance failed; retrying next period");
+            if backend == Backend::TimescaleDb {
+                health.storage_jobs(vec![format!(
+                    "storage jobs: not known, the last check failed: {error}"
+                )]);
+            }
             client = None;
         }
     }
@@ -249,8 +260,8 @@ async fn maintain(
     Ok(row.get(0))
 }
 
-/// How late a job's success may be past its schedule before it counts as overdue: the
-/// time a run itself takes.
+/// How late a job's success may be past its schedule before it counts as overdue, at
+/// least: its last run's length, when longer, counts instead.
 const SLACK: Duration = Duration::from_secs(60);
 
 /// One of TimescaleDB's jobs for `readings` or `readings_1m`, as `sluice_jobs()` says,
@@ -260,7 +271,12 @@ struct Job {
     name: String,
     id: i32,
     schedule: Duration,
+    /// False when an operator paused it (`alter_job(id, scheduled => false)`).
+    scheduled: bool,
+    /// A TimescaleDB worker runs it now.
+    running: bool,
     last_status: Option<String>,
+    last_duration: Option<Duration>,
     /// Since TimescaleDB's last successful run of it.
     since_success: Option<Duration>,
     /// Since Sluice last ran it successfully (`CALL run_job`).
@@ -272,13 +288,15 @@ struct Job {
 }
 
 impl Job {
-    /// No success, by TimescaleDB or by Sluice, for longer than its schedule (plus
-    /// `SLACK`), or due and never run.
+    /// Scheduled, and no success (by TimescaleDB or by Sluice) for longer than its
+    /// schedule plus its run's length, or due and never run.
     fn overdue(&self) -> bool {
-        match self.since_success.into_iter().chain(self.since_ours).min() {
-            Some(since) => since > self.schedule + SLACK,
-            None => self.failures > 0 || self.since_due.is_some_and(|d| d > SLACK),
-        }
+        let slack = self.last_duration.map_or(SLACK, |d| d.max(SLACK));
+        self.scheduled
+            && match self.since_success.into_iter().chain(self.since_ours).min() {
+                Some(since) => since > self.schedule + slack,
+                None => self.failures > 0 || self.since_due.is_some_and(|d| d > slack),
+            }
     }
 
     fn describe(&self) -> String {
@@ -286,9 +304,15 @@ impl Job {
             Some(d) => format!("{} s ago", d.as_secs()),
             None => "never".to_owned(),
         };
+        let state = match (self.scheduled, self.running, self.overdue()) {
+            (false, _, _) => "; paused",
+            (_, true, _) => "; running",
+            (_, _, true) => "; OVERDUE",
+            _ => "",
+        };
         format!(
             "storage job {} (id {}, every {} s): last run {}, last success {}, {} of {} runs \
-             failed, last run by sluice {}{}",
+             failed, last run by sluice {}{state}",
             self.name,
             self.id,
             self.schedule.as_secs(),
@@ -297,65 +321,110 @@ impl Job {
             self.failures,
             self.runs,
             ago(self.since_ours),
-            if self.overdue() { "; OVERDUE" } else { "" },
         )
     }
 }
 
-/// Watches TimescaleDB's jobs; where `run_overdue` is set, runs an overdue one itself,
-/// at most once per schedule, so a broken background worker does not stop the rollup.
-#[derive(Default)]
+/// Watches TimescaleDB's jobs; where `run_overdue` is set, runs an overdue one itself, at
+/// most once per schedule and never beside a run of it, so that failing background workers
+/// do not stop the rollup.
 struct Watch {
+    url: String,
     run_overdue: bool,
-    /// By job id: when Sluice last tried a run, and when one last succeeded.
+    /// Sluice's runs in progress, by job id, each on a connection of its own.
+    runs: HashMap<i32, (String, JoinHandle<Result<bool, String>>)>,
+    /// By job id: when Sluice last started a run, and when one last succeeded.
     tried: HashMap<i32, Instant>,
     succeeded: HashMap<i32, Instant>,
     overdue: Vec<String>,
 }
 
 impl Watch {
+    fn new(url: String, run_overdue: bool) -> Watch {
+        Watch {
+            url,
+            run_overdue,
+            runs: HashMap::new(),
+            tried: HashMap::new(),
+            succeeded: HashMap::new(),
+            overdue: Vec::new(),
+        }
+    }
+
     async fn pass(
         &mut self,
         client: &tokio_postgres::Client,
         health: &Health,
     ) -> Result<(), tokio_postgres::Error> {
-        let mut jobs = self.jobs(client).await?;
-        for job in jobs.iter_mut().filter(|j| j.overdue() && self.run_overdue) {
-            if self
+        self.finished().await;
+        let jobs = self.jobs(client).await?;
+        for job in &jobs {
+            let tried_lately = self
                 .tried
                 .get(&job.id)
-                .is_some_and(|t| t.elapsed() < job.schedule)
+                .is_some_and(|t| t.elapsed() < job.schedule);
+            if !self.run_overdue
+                || !job.overdue()
+                || job.running
+                || tried_lately
+                || self.runs.contains_key(&job.id)
             {
                 continue;
             }
             self.tried.insert(job.id, Instant::now());
-            match client.execute("CALL run_job($1)", &[&job.id]).await {
-                Ok(_) => {
-                    tracing::info!(job = %job.name, job_id = job.id, "sluice ran an overdue TimescaleDB job");
-                    self.succeeded.insert(job.id, Instant::now());
-                    job.since_ours = Some(Duration::ZERO);
-                }
-                Err(e) => tracing::warn!(
-                    job = %job.name,
-                    job_id = job.id,
-                    error = %db::describe(&e),
-                    "an overdue TimescaleDB job failed when sluice ran it too"
-                ),
-            }
+            let run = tokio::spawn(run_job(self.url.clone(), job.id));
+            self.runs.insert(job.id, (job.name.clone(), run));
         }
         self.report(&jobs);
         health.storage_jobs(jobs.iter().map(Job::describe).collect());
         Ok(())
     }
 
+    /// Collects Sluice's runs that have ended, and logs how.
+    async fn finished(&mut self) {
+        let done: Vec<i32> = self
+            .runs
+            .iter()
+            .filter(|(_, (_, run))| run.is_finished())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            let Some((name, run)) = self.runs.remove(&id) else {
+                continue;
+            };
+            match run.await {
+                Ok(Ok(true)) => {
+                    tracing::info!(job = %name, job_id = id, "sluice ran an overdue TimescaleDB job");
+                    self.succeeded.insert(id, Instant::now());
+                }
+                Ok(Ok(false)) => {
+                    tracing::debug!(job = %name, job_id = id, "another sluice process runs this job")
+                }
+                Ok(Err(error)) => tracing::warn!(
+                    job = %name,
+                    job_id = id,
+                    %error,
+                    "an overdue TimescaleDB job failed when sluice ran it too"
+                ),
+                Err(e) => tracing::warn!(job = %name, error = %e, "a job run panicked"),
+            }
+        }
+    }
+
     async fn jobs(
         &self,
         client: &tokio_postgres::Client,
     ) -> Result<Vec<Job>, tokio_postgres::Error> {
-        let secs = |v: Option<f64>| v.map(|s| Duration::from_secs_f64(s.max(0.0)));
+        // Infinite spans (TimescaleDB's "never") are None.
+        let secs = |v: Option<f64>| {
+            v.filter(|s| s.is_finite())
+                .map(|s| Duration::from_secs_f64(s.max(0.0)))
+        };
         let rows = client
             .query(
-                "SELECT job, job_id, extract(epoch FROM schedule_interval)::float8, last_run_status, \
+                "SELECT job, job_id, extract(epoch FROM schedule_interval)::float8, scheduled, \
+                        job_status = 'Running', last_run_status, \
+                        extract(epoch FROM last_run_duration)::float8, \
                         extract(epoch FROM now() - last_successful_finish)::float8, \
                         extract(epoch FROM now() - next_start)::float8, \
                         coalesce(total_runs, 0), coalesce(total_failures, 0) \
@@ -371,12 +440,15 @@ impl Watch {
                     name: r.get(0),
                     id,
                     schedule: secs(r.get(2)).unwrap_or_default(),
-                    last_status: r.get(3),
-                    since_success: secs(r.get(4)),
+                    scheduled: r.get(3),
+                    running: r.get::<_, Option<bool>>(4).unwrap_or(false),
+                    last_status: r.get(5),
+                    last_duration: secs(r.get(6)),
+                    since_success: secs(r.get(7)),
                     since_ours: self.succeeded.get(&id).map(Instant::elapsed),
-                    since_due: secs(r.get(5)).filter(|d| !d.is_zero()),
-                    runs: r.get(6),
-                    failures: r.get(7),
+                    since_due: secs(r.get(8)).filter(|d| !d.is_zero()),
+                    runs: r.get(9),
+                    failures: r.get(10),
                 }
             })
             .collect())
@@ -418,55 +490,102 @@ impl Watch {
     }
 }
 
+/// Runs a job in the foreground on a connection of its own, unless another Sluice process
+/// is running it (every writer process watches the same jobs); false when it was.
+async fn run_job(url: String, id: i32) -> Result<bool, String> {
+    let client = db::connect(&url).await.map_err(|e| e.to_string())?;
+    // A session lock, released when this connection closes.
+    let mine: bool = client
+        .query_one("SELECT pg_try_advisory_lock(7261003, $1)", &[&id])
+        .await
+        .map_err(|e| db::describe(&e))?
+        .get(0);
+    if mine {
+        client
+            .execute("CALL run_job($1)", &[&id])
+            .await
+            .map_err(|e| db::describe(&e))?;
+    }
+    Ok(mine)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn server(installed: bool, preloaded: bool, created: bool, migrated: bool) -> Server {
+    fn server(installed: bool, preloaded: bool, readings: Option<Backend>) -> Server {
         Server {
             installed: installed.then(|| "2.28.3".to_owned()),
             preloaded,
-            created,
-            migrated,
+            extension: readings == Some(Backend::TimescaleDb),
+            superuser: true,
+            readings,
             config_file: Some("/etc/postgresql/15/main/postgresql.conf".to_owned()),
+            role: "sluice".to_owned(),
+            database: "sluice".to_owned(),
         }
     }
 
     #[test]
     fn the_path_follows_the_server_and_what_the_database_already_is() {
         use StorageBackend::*;
-        let pg = Ok(Backend::PostgreSql);
-        let ts = Ok(Backend::TimescaleDb);
+        let (pg, ts) = (Some(Backend::PostgreSql), Some(Backend::TimescaleDb));
+        let pick = |wanted, s: Server| choose(wanted, &s);
         // A new database.
-        assert_eq!(choose(Auto, &server(false, false, false, false)), pg);
-        assert_eq!(choose(Auto, &server(true, true, false, false)), ts);
-        assert_eq!(choose(Postgres, &server(true, false, false, false)), pg);
-        assert_eq!(choose(Postgres, &server(true, true, false, false)), pg);
-        assert_eq!(choose(Timescaledb, &server(true, true, false, false)), ts);
+        assert_eq!(
+            pick(Auto, server(false, false, None)),
+            Ok(Backend::PostgreSql)
+        );
+        assert_eq!(
+            pick(Auto, server(true, true, None)),
+            Ok(Backend::TimescaleDb)
+        );
+        assert_eq!(
+            pick(Postgres, server(true, false, None)),
+            Ok(Backend::PostgreSql)
+        );
+        assert_eq!(
+            pick(Postgres, server(true, true, None)),
+            Ok(Backend::PostgreSql)
+        );
+        assert_eq!(
+            pick(Timescaledb, server(true, true, None)),
+            Ok(Backend::TimescaleDb)
+        );
         // Installed, not preloaded: say where to preload it, and the way out.
-        let e = choose(Auto, &server(true, false, false, false)).unwrap_err();
+        let e = pick(Auto, server(true, false, None)).unwrap_err();
+        assert!(e.contains("add 'timescaledb' to shared_preload_libraries in /etc/postgresql/15/main/postgresql.conf"), "{e}");
+        assert!(e.contains("storage.backend = \"postgres\""), "{e}");
+        let e = pick(Timescaledb, server(true, false, None)).unwrap_err();
+        assert!(e.contains("not preloaded"), "{e}");
+        let e = pick(Timescaledb, server(false, false, None)).unwrap_err();
+        assert!(e.contains("no TimescaleDB installed"), "{e}");
+        // A role that may not create the extension, unless a DBA did.
+        let mut unprivileged = server(true, true, None);
+        unprivileged.superuser = false;
+        let e = choose(Auto, &unprivileged).unwrap_err();
         assert!(
-            e.contains("shared_preload_libraries = 'timescaledb'"),
+            e.contains("CREATE EXTENSION timescaledb in database sluice"),
             "{e}"
         );
-        assert!(e.contains("/etc/postgresql/15/main/postgresql.conf"), "{e}");
-        assert!(e.contains("storage.backend = \"postgres\""), "{e}");
-        let e = choose(Timescaledb, &server(true, false, false, false)).unwrap_err();
-        assert!(e.contains("not preloaded"), "{e}");
-        let e = choose(Timescaledb, &server(false, false, false, false)).unwrap_err();
-        assert!(e.contains("no TimescaleDB installed"), "{e}");
-        // A database keeps its path.
-        assert_eq!(choose(Auto, &server(true, true, true, true)), ts);
-        assert_eq!(choose(Auto, &server(true, true, false, true)), pg);
-        let e = choose(Postgres, &server(true, true, true, true)).unwrap_err();
+        unprivileged.extension = true;
+        assert_eq!(choose(Auto, &unprivileged), Ok(Backend::TimescaleDb));
+        assert_eq!(choose(Postgres, &unprivileged), Ok(Backend::PostgreSql));
+        // A database keeps its path, whatever the server has.
+        assert_eq!(pick(Auto, server(true, true, ts)), Ok(Backend::TimescaleDb));
+        assert_eq!(pick(Auto, server(true, true, pg)), Ok(Backend::PostgreSql));
+        let e = pick(Postgres, server(true, true, ts)).unwrap_err();
         assert!(
             e.contains("keeps readings in a TimescaleDB hypertable"),
             "{e}"
         );
-        let e = choose(Timescaledb, &server(true, true, false, true)).unwrap_err();
+        let e = pick(Timescaledb, server(true, true, pg)).unwrap_err();
         assert!(e.contains("keeps readings in plain PostgreSQL"), "{e}");
-        let e = choose(Auto, &server(true, false, true, true)).unwrap_err();
-        assert!(e.contains("This database uses TimescaleDB"), "{e}");
+        let e = pick(Auto, server(true, false, ts)).unwrap_err();
+        assert!(
+            e.contains("This database keeps readings in TimescaleDB"),
+            "{e}"
+        );
         assert!(
             !e.contains("storage.backend"),
             "no way out but preloading: {e}"
@@ -479,7 +598,10 @@ mod tests {
             name: "rollup_refresh".to_owned(),
             id: 1000,
             schedule: Duration::from_secs(60),
+            scheduled: true,
+            running: false,
             last_status: None,
+            last_duration: None,
             since_success: since_success.map(Duration::from_secs),
             since_ours: None,
             since_due: since_due.map(Duration::from_secs),

@@ -517,8 +517,9 @@ impl Settings {
                 return invalid(key, "cannot be off");
             }
         }
-        // TimescaleDB refuses to compress or drop rollup minutes its refresh may rewrite,
-        // and re-reading dropped readings would empty refreshed minutes.
+        // The refresh window must stay clear of what is compressed or dropped, of the
+        // rollup or of the readings (TimescaleDB's add_policies() refuses such overlaps):
+        // a refresh over dropped readings would empty minutes it had rolled up.
         for (key, span) in [
             ("storage.retain_for", st.retain_for),
             ("storage.rollup_compress_after", st.rollup_compress_after),

@@ -37,10 +37,13 @@ BEGIN
     -- TimescaleDB makes this index itself.
     CREATE INDEX readings_time_idx ON readings (time DESC);
     -- TimescaleDB's time_bucket for the fallback path; origin 2000-01-03 (a Monday)
-    -- matches TimescaleDB's bucket boundaries, weekly buckets included.
-    CREATE FUNCTION time_bucket(bucket_width interval, ts timestamptz) RETURNS timestamptz
-      LANGUAGE sql IMMUTABLE PARALLEL SAFE
-      AS $fn$ SELECT date_bin(bucket_width, ts, TIMESTAMPTZ '2000-01-03 00:00:00+00') $fn$;
+    -- matches TimescaleDB's bucket boundaries, weekly buckets included. Where a DBA
+    -- created the extension anyway, its own serves.
+    IF to_regprocedure('time_bucket(interval, timestamptz)') IS NULL THEN
+      CREATE FUNCTION time_bucket(bucket_width interval, ts timestamptz) RETURNS timestamptz
+        LANGUAGE sql IMMUTABLE PARALLEL SAFE
+        AS $fn$ SELECT date_bin(bucket_width, ts, TIMESTAMPTZ '2000-01-03 00:00:00+00') $fn$;
+    END IF;
   END IF;
 END
 $migration$;

@@ -4,7 +4,7 @@ DROP FUNCTION sluice_partitions();
 DROP FUNCTION sluice_refresh_readings_1m();
 DO $migration$
 BEGIN
-  IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') THEN
+  IF (SELECT relkind FROM pg_class WHERE oid = 'readings'::regclass) = 'r' THEN  -- a hypertable
     DROP MATERIALIZED VIEW readings_1m;
   ELSE
     DROP TRIGGER readings_1m_dirty ON readings;

@@ -6,7 +6,7 @@
 -- refreshed from the buckets that inserts touched (sluice_refresh_readings_1m).
 DO $migration$
 BEGIN
-  IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') THEN
+  IF (SELECT relkind FROM pg_class WHERE oid = 'readings'::regclass) = 'r' THEN  -- a hypertable
     -- WITH NO DATA: a continuous aggregate with data cannot be created in a transaction.
     -- materialized_only = false: queries see the newest minutes before the refresh job.
     EXECUTE $cagg$

@@ -4,15 +4,23 @@
 -- own; the jobs' state readable for metrics and /health (sluice_jobs).
 DROP FUNCTION sluice_configure(interval, interval, interval, interval, interval, int);
 
+-- Which path the database is on: readings is a hypertable (a plain table to PostgreSQL)
+-- or a partitioned table. Not whether the extension exists: a DBA may have created it in
+-- a database that Sluice was told to keep plain.
+CREATE FUNCTION sluice_on_timescaledb() RETURNS boolean LANGUAGE sql STABLE AS $fn$
+  SELECT relkind = 'r' FROM pg_class WHERE oid = 'readings'::regclass
+$fn$;
+
 -- TimescaleDB's jobs for readings and readings_1m, named as [storage] names them, with
 -- their state. Empty without TimescaleDB. plpgsql, so that it can be created without it.
 CREATE FUNCTION sluice_jobs()
 RETURNS TABLE (job text, job_id int, schedule_interval interval, config jsonb,
-               next_start timestamptz, last_run_status text,
-               last_successful_finish timestamptz, total_runs bigint, total_failures bigint)
+               scheduled boolean, next_start timestamptz, job_status text,
+               last_run_status text, last_successful_finish timestamptz,
+               last_run_duration interval, total_runs bigint, total_failures bigint)
 LANGUAGE plpgsql STABLE AS $fn$
 BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') THEN
+  IF NOT sluice_on_timescaledb() THEN
     RETURN;
   END IF;
   RETURN QUERY
@@ -20,9 +28,12 @@ BEGIN
            CASE j.proc_name WHEN 'policy_compression' THEN 'compression'
                             WHEN 'policy_retention' THEN 'retention'
                             ELSE 'refresh' END,
-           j.job_id, j.schedule_interval, j.config, j.next_start, s.last_run_status,
-           -- job_stats says -infinity for "never".
-           NULLIF(s.last_successful_finish, '-infinity'), s.total_runs, s.total_failures
+           j.job_id, j.schedule_interval, j.config, j.scheduled,
+           -- TimescaleDB says -infinity for "never" and, while a job runs, for its next
+           -- start; NULL here.
+           NULLIF(j.next_start, '-infinity'), s.job_status, s.last_run_status,
+           NULLIF(s.last_successful_finish, '-infinity'), s.last_run_duration,
+           s.total_runs, s.total_failures
       FROM timescaledb_information.jobs j
       LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
      WHERE j.proc_name IN ('policy_compression', 'policy_retention',
@@ -80,10 +91,10 @@ BEGIN
   -- TimescaleDB's catalog rows (chunk interval, jobs) fail with "tuple concurrently
   -- updated" when two starts change them at once.
   PERFORM pg_advisory_xact_lock(7261002);
-  IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') THEN
+  IF NOT sluice_on_timescaledb() THEN
     PERFORM sluice_maintain(chunk, partitions_ahead, retain);
     PERFORM sluice_trim_readings_1m(rollup_retain);
-    RETURN 'postgresql';
+    RETURN 'postgres';
   END IF;
   IF (SELECT d.time_interval FROM timescaledb_information.dimensions d
        WHERE d.hypertable_schema = current_schema() AND d.hypertable_name = 'readings'
@@ -114,7 +125,9 @@ BEGIN
   IF rollup_compress_after IS NOT NULL AND NOT (
       SELECT c.compression_enabled FROM timescaledb_information.continuous_aggregates c
        WHERE c.view_schema = current_schema() AND c.view_name = 'readings_1m') THEN
-    ALTER MATERIALIZED VIEW readings_1m SET (timescaledb.compress = true);
+    ALTER MATERIALIZED VIEW readings_1m SET (timescaledb.compress = true,
+      timescaledb.compress_segmentby = 'device_id',
+      timescaledb.compress_orderby = 'metric, bucket DESC');
   END IF;
   PERFORM sluice_keep_policy('rollup_compression', 'compression', 'readings_1m',
                              rollup_compress_after);
