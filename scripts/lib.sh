@@ -137,7 +137,9 @@ stop_stack() {
   local p
   for p in "$1"/sluice*.pid; do [ -e "$p" ] && stop_pidfile "$p"; done
   stop_pidfile "$1/kafka/tansu.pid"
-  for p in "$1"/pg*; do [ -e "$p" ] && stop_postgres "$p"; done
+  for p in "$1"/pg*; do
+    if [ -e "$p" ]; then stop_postgres "$p"; fi
+  done
 }
 
 # fresh_stack DIR PG_PORT KAFKA_PORT: empty PostgreSQL and tansu under DIR, stopped when
@@ -148,7 +150,9 @@ fresh_stack() {
   trap "stop_stack '$dir'" EXIT
   stop_stack "$dir"
   local pg
-  for pg in "$dir"/pg*; do [ -L "$pg" ] && rm -rf "$(readlink -f "$pg")"; done
+  for pg in "$dir"/pg*; do
+    if [ -L "$pg" ]; then rm -rf "$(readlink -f "$pg")"; fi
+  done
   rm -rf "$dir"
   mkdir -p "$dir"
   start_postgres "$dir/pg" "$2"
