@@ -84,9 +84,10 @@ start_postgres() {
     local opts="-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=/tmp -c max_connections=200 -c fsync=on"
     if [ "${SLUICE_PG_PRELOAD:-auto}" = auto ] && timescaledb_installed; then
       # Readings go to hypertables wherever TimescaleDB is installed. Its jobs (5 per
-      # database) and the scheduler run as background workers.
-      opts+=" -c shared_preload_libraries=timescaledb -c timescaledb.max_background_workers=16"
-      opts+=" -c max_worker_processes=27 -c timescaledb.telemetry_level=off"
+      # database) and one scheduler per database run as background workers; the tests
+      # have a dozen databases at once.
+      opts+=" -c shared_preload_libraries=timescaledb -c timescaledb.max_background_workers=32"
+      opts+=" -c max_worker_processes=43 -c timescaledb.telemetry_level=off"
       log "starting PostgreSQL with TimescaleDB on 127.0.0.1:$port"
     else
       log "starting PostgreSQL on 127.0.0.1:$port"

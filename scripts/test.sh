@@ -17,8 +17,8 @@ fresh_stack "$DATA" "$PG_PORT" "$KAFKA_PORT"
 # preloaded, shows what Sluice says about that state.
 if timescaledb_installed; then
   export TIMESCALEDB_URL="$DATABASE_URL"
-  SLUICE_PG_PRELOAD=none start_postgres "$DATA/pg-unloaded" "$((PG_PORT + 1))"
-  export TIMESCALEDB_UNLOADED_URL="postgres://sluice@127.0.0.1:$((PG_PORT + 1))/sluice"
+  SLUICE_PG_PRELOAD=none start_postgres "$DATA/pg-unloaded" "$((PG_PORT + 10))"
+  export TIMESCALEDB_UNLOADED_URL="postgres://sluice@127.0.0.1:$((PG_PORT + 10))/sluice"
   log "TimescaleDB installed: storage tests run on TimescaleDB and plain PostgreSQL"
 else
   log "TimescaleDB not installed: the TimescaleDB half of the storage tests is skipped (README, \"TimescaleDB\")"

@@ -8,7 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SRC="${1:?usage: scripts/timescaledb.sh SOURCE_DIR (TimescaleDB 2.28.3 sources)}"
 [ -x "$SRC/bootstrap" ] || { echo "$SRC has no ./bootstrap: not a TimescaleDB source tree" >&2; exit 2; }
-version="$(sed -n 's/^version *= *//p' "$SRC/version.config" 2>/dev/null | head -1)"
+version="$(sed -n 's/^version *= *//p' "$SRC/version.config" 2>/dev/null | head -1 || true)"
 [ "$version" = "$TIMESCALEDB_VERSION" ] ||
   log "warning: $SRC is TimescaleDB ${version:-of unknown version}; $TIMESCALEDB_VERSION is the one tested with PostgreSQL 15"
 
@@ -25,11 +25,14 @@ if [ ${#pkgs[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 fi
 
+# Built in a copy, without any earlier build/ of the source tree (bootstrap would keep it).
 BUILD="$ROOT/.data/timescaledb-build"
-rm -rf "$BUILD" && mkdir -p "$BUILD" && cp -a "$SRC/." "$BUILD/"
+[ "$(cd "$SRC" && pwd -P)" != "$(mkdir -p "$BUILD" && cd "$BUILD" && pwd -P)" ] ||
+  { echo "give the source directory, not $BUILD" >&2; exit 2; }
+rm -rf "$BUILD" && mkdir -p "$BUILD" && cp -a "$SRC/." "$BUILD/" && rm -rf "$BUILD/build"
 cd "$BUILD"
 log "configuring TimescaleDB $version"
-./bootstrap -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF -DWARNINGS_AS_ERRORS=OFF -DLINTER=OFF \
+BUILD_FORCE_REMOVE=true ./bootstrap -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF -DWARNINGS_AS_ERRORS=OFF -DLINTER=OFF \
   -DPG_CONFIG="$PG_BIN/pg_config" >/dev/null
 log "compiling (about 5 minutes on 2 cores)"
 make -C build -j"$(nproc)" >/dev/null

@@ -15,7 +15,7 @@ pub enum DbError {
 }
 
 /// Applies pending migrations, creating `readings` on the path `backend` names
-/// ("timescaledb" or "postgresql"; see migration 1). Safe when several processes start
+/// ("timescaledb" or "postgres"; see migration 1). Safe when several processes start
 /// at once: an advisory lock serialises them and each skips what another already applied.
 pub async fn migrate(url: &str, backend: &str) -> Result<(), DbError> {
     let mut conn = AsyncPgConnection::establish(url)

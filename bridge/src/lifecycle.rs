@@ -260,9 +260,12 @@ async fn maintain(
     Ok(row.get(0))
 }
 
-/// How late a job's success may be past its schedule before it counts as overdue, at
-/// least: its last run's length, when longer, counts instead.
+/// How late a job's success may be past its schedule (at least; its last run's length
+/// counts instead when longer) before it is overdue, and before Sluice runs it itself.
 const SLACK: Duration = Duration::from_secs(60);
+const RESCUE_SLACK: Duration = Duration::from_secs(15);
+/// The longest Sluice lets one of its runs of a job take, unless the schedule is longer.
+const RUN_LIMIT: Duration = Duration::from_secs(600);
 
 /// One of TimescaleDB's jobs for `readings` or `readings_1m`, as `sluice_jobs()` says,
 /// with Sluice's own runs of it.
@@ -275,28 +278,47 @@ struct Job {
     scheduled: bool,
     /// A TimescaleDB worker runs it now.
     running: bool,
+    /// This process runs it now.
+    ours_running: bool,
     last_status: Option<String>,
     last_duration: Option<Duration>,
     /// Since TimescaleDB's last successful run of it.
     since_success: Option<Duration>,
-    /// Since Sluice last ran it successfully (`CALL run_job`).
+    /// Since a Sluice process last ran it successfully (`sluice_job_runs`).
     since_ours: Option<Duration>,
     /// How long ago it was due to start, if it was.
     since_due: Option<Duration>,
+    /// Since this process first saw it: a job whose scheduler never starts it has no
+    /// other clock.
+    since_seen: Duration,
     runs: i64,
     failures: i64,
 }
 
 impl Job {
     /// Scheduled, and no success (by TimescaleDB or by Sluice) for longer than its
-    /// schedule plus its run's length, or due and never run.
-    fn overdue(&self) -> bool {
-        let slack = self.last_duration.map_or(SLACK, |d| d.max(SLACK));
+    /// schedule plus `slack` (or its last run's length); or, never having succeeded,
+    /// failed, or due (or seen) that long and never run.
+    fn late_by(&self, slack: Duration) -> bool {
+        let slack = self.last_duration.map_or(slack, |d| d.max(slack));
         self.scheduled
             && match self.since_success.into_iter().chain(self.since_ours).min() {
                 Some(since) => since > self.schedule + slack,
-                None => self.failures > 0 || self.since_due.is_some_and(|d| d > slack),
+                None => {
+                    self.failures > 0
+                        || self.since_due.is_some_and(|d| d > slack)
+                        || (self.runs == 0 && self.since_seen > self.schedule + slack)
+                }
             }
+    }
+
+    fn overdue(&self) -> bool {
+        self.late_by(SLACK)
+    }
+
+    /// Sluice should run it now: a little late, and nobody runs it.
+    fn wants_rescue(&self) -> bool {
+        self.late_by(RESCUE_SLACK) && !self.running && !self.ours_running
     }
 
     fn describe(&self) -> String {
@@ -304,11 +326,16 @@ impl Job {
             Some(d) => format!("{} s ago", d.as_secs()),
             None => "never".to_owned(),
         };
-        let state = match (self.scheduled, self.running, self.overdue()) {
-            (false, _, _) => "; paused",
-            (_, true, _) => "; running",
-            (_, _, true) => "; OVERDUE",
-            _ => "",
+        let state = if !self.scheduled {
+            "; paused"
+        } else if self.running {
+            "; running"
+        } else if self.ours_running {
+            "; sluice runs it"
+        } else if self.overdue() {
+            "; OVERDUE"
+        } else {
+            ""
         };
         format!(
             "storage job {} (id {}, every {} s): last run {}, last success {}, {} of {} runs \
@@ -325,17 +352,18 @@ impl Job {
     }
 }
 
-/// Watches TimescaleDB's jobs; where `run_overdue` is set, runs an overdue one itself, at
-/// most once per schedule and never beside a run of it, so that failing background workers
-/// do not stop the rollup.
+/// Watches TimescaleDB's jobs; where `run_overdue` is set, runs a late one itself, so that
+/// failing or missing background workers do not stop the rollup.
 struct Watch {
     url: String,
     run_overdue: bool,
-    /// Sluice's runs in progress, by job id, each on a connection of its own.
+    /// This process's runs in progress, by job id, each on a connection of its own.
     runs: HashMap<i32, (String, JoinHandle<Result<bool, String>>)>,
-    /// By job id: when Sluice last started a run, and when one last succeeded.
+    /// By job id: when this process first saw it, and last started a run of it.
+    seen: HashMap<i32, Instant>,
     tried: HashMap<i32, Instant>,
-    succeeded: HashMap<i32, Instant>,
+    /// The jobs (by name) last reported, and which of them were overdue.
+    reported: Vec<String>,
     overdue: Vec<String>,
 }
 
@@ -345,8 +373,9 @@ impl Watch {
             url,
             run_overdue,
             runs: HashMap::new(),
+            seen: HashMap::new(),
             tried: HashMap::new(),
-            succeeded: HashMap::new(),
+            reported: Vec::new(),
             overdue: Vec::new(),
         }
     }
@@ -357,30 +386,27 @@ impl Watch {
         health: &Health,
     ) -> Result<(), tokio_postgres::Error> {
         self.finished().await;
-        let jobs = self.jobs(client).await?;
-        for job in &jobs {
+        let mut jobs = self.jobs(client).await?;
+        for job in jobs.iter_mut() {
             let tried_lately = self
                 .tried
                 .get(&job.id)
                 .is_some_and(|t| t.elapsed() < job.schedule);
-            if !self.run_overdue
-                || !job.overdue()
-                || job.running
-                || tried_lately
-                || self.runs.contains_key(&job.id)
-            {
+            if !self.run_overdue || !job.wants_rescue() || tried_lately {
                 continue;
             }
             self.tried.insert(job.id, Instant::now());
-            let run = tokio::spawn(run_job(self.url.clone(), job.id));
+            let limit = job.schedule.max(RUN_LIMIT);
+            let run = tokio::spawn(run_job(self.url.clone(), job.id, limit));
             self.runs.insert(job.id, (job.name.clone(), run));
+            job.ours_running = true;
         }
         self.report(&jobs);
         health.storage_jobs(jobs.iter().map(Job::describe).collect());
         Ok(())
     }
 
-    /// Collects Sluice's runs that have ended, and logs how.
+    /// Collects this process's runs that have ended, and logs how.
     async fn finished(&mut self) {
         let done: Vec<i32> = self
             .runs
@@ -394,17 +420,16 @@ impl Watch {
             };
             match run.await {
                 Ok(Ok(true)) => {
-                    tracing::info!(job = %name, job_id = id, "sluice ran an overdue TimescaleDB job");
-                    self.succeeded.insert(id, Instant::now());
+                    tracing::info!(job = %name, job_id = id, "sluice ran a late TimescaleDB job")
                 }
                 Ok(Ok(false)) => {
-                    tracing::debug!(job = %name, job_id = id, "another sluice process runs this job")
+                    tracing::debug!(job = %name, job_id = id, "the job ran elsewhere meanwhile")
                 }
                 Ok(Err(error)) => tracing::warn!(
                     job = %name,
                     job_id = id,
                     %error,
-                    "an overdue TimescaleDB job failed when sluice ran it too"
+                    "a late TimescaleDB job failed when sluice ran it too"
                 ),
                 Err(e) => tracing::warn!(job = %name, error = %e, "a job run panicked"),
             }
@@ -412,7 +437,7 @@ impl Watch {
     }
 
     async fn jobs(
-        &self,
+        &mut self,
         client: &tokio_postgres::Client,
     ) -> Result<Vec<Job>, tokio_postgres::Error> {
         // Infinite spans (TimescaleDB's "never") are None.
@@ -423,9 +448,9 @@ impl Watch {
         let rows = client
             .query(
                 "SELECT job, job_id, extract(epoch FROM schedule_interval)::float8, scheduled, \
-                        job_status = 'Running', last_run_status, \
-                        extract(epoch FROM last_run_duration)::float8, \
+                        running, last_run_status, extract(epoch FROM last_run_duration)::float8, \
                         extract(epoch FROM now() - last_successful_finish)::float8, \
+                        extract(epoch FROM now() - sluice_success)::float8, \
                         extract(epoch FROM now() - next_start)::float8, \
                         coalesce(total_runs, 0), coalesce(total_failures, 0) \
                    FROM sluice_jobs() ORDER BY job",
@@ -441,21 +466,32 @@ impl Watch {
                     id,
                     schedule: secs(r.get(2)).unwrap_or_default(),
                     scheduled: r.get(3),
-                    running: r.get::<_, Option<bool>>(4).unwrap_or(false),
+                    running: r.get(4),
+                    ours_running: self.runs.contains_key(&id),
                     last_status: r.get(5),
                     last_duration: secs(r.get(6)),
                     since_success: secs(r.get(7)),
-                    since_ours: self.succeeded.get(&id).map(Instant::elapsed),
-                    since_due: secs(r.get(8)).filter(|d| !d.is_zero()),
-                    runs: r.get(9),
-                    failures: r.get(10),
+                    since_ours: secs(r.get(8)),
+                    since_due: secs(r.get(9)).filter(|d| !d.is_zero()),
+                    since_seen: self.seen.entry(id).or_insert_with(Instant::now).elapsed(),
+                    runs: r.get(10),
+                    failures: r.get(11),
                 }
             })
             .collect())
     }
 
-    /// Metrics for each job, and a log line when one becomes overdue or recovers.
+    /// Metrics for each job (a job that went away reads as not overdue), and a log line
+    /// when one becomes overdue or is on time again.
     fn report(&mut self, jobs: &[Job]) {
+        for gone in self
+            .reported
+            .iter()
+            .filter(|n| !jobs.iter().any(|j| &j.name == *n))
+        {
+            gauge!("sluice_storage_job_overdue", "job" => gone.clone()).set(0.0);
+        }
+        self.reported = jobs.iter().map(|j| j.name.clone()).collect();
         let mut overdue = Vec::new();
         for job in jobs {
             let labels = [("job", job.name.clone())];
@@ -483,30 +519,63 @@ impl Watch {
                 }
                 overdue.push(job.name.clone());
             } else if before {
-                tracing::info!(job = %job.name, "TimescaleDB job succeeds again");
+                tracing::info!(job = %job.name, "TimescaleDB job on time again: {}", job.describe());
             }
         }
         self.overdue = overdue;
     }
 }
 
-/// Runs a job in the foreground on a connection of its own, unless another Sluice process
-/// is running it (every writer process watches the same jobs); false when it was.
-async fn run_job(url: String, id: i32) -> Result<bool, String> {
+/// Runs a job in the foreground on a connection of its own, with `limit` as its statement
+/// timeout, unless another Sluice process runs it, TimescaleDB started it, or a Sluice
+/// process ran it within its schedule (every writer process watches the same jobs);
+/// false when it did not run it.
+async fn run_job(url: String, id: i32, limit: Duration) -> Result<bool, String> {
     let client = db::connect(&url).await.map_err(|e| e.to_string())?;
+    let describe = |e: tokio_postgres::Error| db::describe(&e);
     // A session lock, released when this connection closes.
     let mine: bool = client
         .query_one("SELECT pg_try_advisory_lock(7261003, $1)", &[&id])
         .await
-        .map_err(|e| db::describe(&e))?
+        .map_err(describe)?
         .get(0);
-    if mine {
-        client
-            .execute("CALL run_job($1)", &[&id])
-            .await
-            .map_err(|e| db::describe(&e))?;
+    let still_late: Option<bool> = client
+        .query_opt(
+            "SELECT NOT running AND (sluice_success IS NULL \
+                    OR sluice_success < now() - schedule_interval) \
+               FROM sluice_jobs() WHERE job_id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(describe)?
+        .map(|r| r.get(0));
+    if !mine || still_late != Some(true) {
+        return Ok(false);
     }
-    Ok(mine)
+    // TimescaleDB's scheduler starts it no earlier than a schedule from now, so the two
+    // never run it at once.
+    client
+        .batch_execute(&format!(
+            "SELECT alter_job({id}, next_start => now() + schedule_interval) \
+               FROM timescaledb_information.jobs WHERE job_id = {id}; \
+             SET statement_timeout = {}",
+            limit.as_millis()
+        ))
+        .await
+        .map_err(describe)?;
+    client
+        .execute("CALL run_job($1)", &[&id])
+        .await
+        .map_err(describe)?;
+    client
+        .execute(
+            "INSERT INTO sluice_job_runs (job_id, succeeded_at) VALUES ($1, now()) \
+             ON CONFLICT (job_id) DO UPDATE SET succeeded_at = EXCLUDED.succeeded_at",
+            &[&id],
+        )
+        .await
+        .map_err(describe)?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -532,26 +601,15 @@ mod tests {
         let (pg, ts) = (Some(Backend::PostgreSql), Some(Backend::TimescaleDb));
         let pick = |wanted, s: Server| choose(wanted, &s);
         // A new database.
-        assert_eq!(
-            pick(Auto, server(false, false, None)),
-            Ok(Backend::PostgreSql)
-        );
-        assert_eq!(
-            pick(Auto, server(true, true, None)),
-            Ok(Backend::TimescaleDb)
-        );
-        assert_eq!(
-            pick(Postgres, server(true, false, None)),
-            Ok(Backend::PostgreSql)
-        );
-        assert_eq!(
-            pick(Postgres, server(true, true, None)),
-            Ok(Backend::PostgreSql)
-        );
-        assert_eq!(
-            pick(Timescaledb, server(true, true, None)),
-            Ok(Backend::TimescaleDb)
-        );
+        for (wanted, installed, preloaded, path) in [
+            (Auto, false, false, Backend::PostgreSql),
+            (Auto, true, true, Backend::TimescaleDb),
+            (Postgres, true, false, Backend::PostgreSql),
+            (Postgres, true, true, Backend::PostgreSql),
+            (Timescaledb, true, true, Backend::TimescaleDb),
+        ] {
+            assert_eq!(pick(wanted, server(installed, preloaded, None)), Ok(path));
+        }
         // Installed, not preloaded: say where to preload it, and the way out.
         let e = pick(Auto, server(true, false, None)).unwrap_err();
         assert!(e.contains("add 'timescaledb' to shared_preload_libraries in /etc/postgresql/15/main/postgresql.conf"), "{e}");
@@ -600,11 +658,13 @@ mod tests {
             schedule: Duration::from_secs(60),
             scheduled: true,
             running: false,
+            ours_running: false,
             last_status: None,
             last_duration: None,
             since_success: since_success.map(Duration::from_secs),
             since_ours: None,
             since_due: since_due.map(Duration::from_secs),
+            since_seen: Duration::from_secs(5),
             runs: failures,
             failures,
         };

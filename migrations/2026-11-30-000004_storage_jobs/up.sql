@@ -1,7 +1,8 @@
 -- The storage lifecycle, second version: concurrent starts serialised; TimescaleDB's jobs
 -- kept across restarts (changed settings applied in place with alter_job, so job ids and
 -- their run history survive); readings_1m compressed (TimescaleDB) and retained on its
--- own; the jobs' state readable for metrics and /health (sluice_jobs).
+-- own; the jobs' state readable for metrics and /health (sluice_jobs), with Sluice's own
+-- runs of them (sluice_job_runs).
 DROP FUNCTION sluice_configure(interval, interval, interval, interval, interval, int);
 
 -- Which path the database is on: readings is a hypertable (a plain table to PostgreSQL)
@@ -11,13 +12,21 @@ CREATE FUNCTION sluice_on_timescaledb() RETURNS boolean LANGUAGE sql STABLE AS $
   SELECT relkind = 'r' FROM pg_class WHERE oid = 'readings'::regclass
 $fn$;
 
+-- When Sluice last ran a TimescaleDB job itself (CALL run_job, which TimescaleDB's own
+-- job_stats does not record), so that every Sluice process knows.
+CREATE TABLE sluice_job_runs (
+  job_id       int         PRIMARY KEY,
+  succeeded_at timestamptz NOT NULL
+);
+
 -- TimescaleDB's jobs for readings and readings_1m, named as [storage] names them, with
 -- their state. Empty without TimescaleDB. plpgsql, so that it can be created without it.
 CREATE FUNCTION sluice_jobs()
 RETURNS TABLE (job text, job_id int, schedule_interval interval, config jsonb,
-               scheduled boolean, next_start timestamptz, job_status text,
+               scheduled boolean, running boolean, next_start timestamptz,
                last_run_status text, last_successful_finish timestamptz,
-               last_run_duration interval, total_runs bigint, total_failures bigint)
+               last_run_duration interval, total_runs bigint, total_failures bigint,
+               sluice_success timestamptz)
 LANGUAGE plpgsql STABLE AS $fn$
 BEGIN
   IF NOT sluice_on_timescaledb() THEN
@@ -29,13 +38,16 @@ BEGIN
                             WHEN 'policy_retention' THEN 'retention'
                             ELSE 'refresh' END,
            j.job_id, j.schedule_interval, j.config, j.scheduled,
-           -- TimescaleDB says -infinity for "never" and, while a job runs, for its next
-           -- start; NULL here.
-           NULLIF(j.next_start, '-infinity'), s.job_status, s.last_run_status,
+           -- A job that has run before shows next_start -infinity from its launch on.
+           coalesce(s.job_status = 'Running'
+                    OR (s.job_id IS NOT NULL AND j.next_start = '-infinity'), false),
+           -- TimescaleDB says -infinity for "never"; NULL here.
+           NULLIF(j.next_start, '-infinity'), s.last_run_status,
            NULLIF(s.last_successful_finish, '-infinity'), s.last_run_duration,
-           s.total_runs, s.total_failures
+           s.total_runs, s.total_failures, r.succeeded_at
       FROM timescaledb_information.jobs j
       LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
+      LEFT JOIN sluice_job_runs r ON r.job_id = j.job_id
      WHERE j.proc_name IN ('policy_compression', 'policy_retention',
                            'policy_refresh_continuous_aggregate')
        AND j.hypertable_schema = current_schema()

@@ -149,6 +149,16 @@ impl Gateway {
         self.command(args, envs).output().expect("sluice runs")
     }
 
+    /// `sluice --migrate-only`, which must succeed.
+    pub fn migrate(&self, envs: &[(&str, &str)]) {
+        let out = self.run(&["--migrate-only"], envs);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Waits until the device port accepts and the writer has its partitions.
     pub fn wait_ready(&mut self) {
         wait_for(Duration::from_secs(60), "sluice to accept MQTT", || {
