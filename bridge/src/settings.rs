@@ -517,9 +517,10 @@ impl Settings {
                 return invalid(key, "cannot be off");
             }
         }
-        // The refresh window must stay clear of what is compressed or dropped, of the
-        // rollup or of the readings (TimescaleDB's add_policies() refuses such overlaps):
-        // a refresh over dropped readings would empty minutes it had rolled up.
+        // The refresh window must stay clear of what is dropped of the readings and of
+        // what is compressed or dropped of the rollup (TimescaleDB's add_policies() refuses
+        // such overlaps): a refresh over dropped readings would empty minutes it had rolled
+        // up. Compressed readings are still read by the refresh.
         for (key, span) in [
             ("storage.retain_for", st.retain_for),
             ("storage.rollup_compress_after", st.rollup_compress_after),

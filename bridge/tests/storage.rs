@@ -964,28 +964,29 @@ async fn a_path_the_server_or_the_database_cannot_give_is_refused_saying_what_to
         envs[1].1 = backend;
         envs
     }
-    // A plain database stays plain.
+    // A database keeps its path: asked for the other one, start-up is refused saying so;
+    // "auto" takes the one it has.
+    let keeps = |path: &Storage, other: &'static str, says: &str| {
+        let db = path.database("keeps");
+        assert_eq!(migrate(&path.env(&db)).0, Some(0));
+        let (code, err) = migrate(&with(path, &db, other));
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains(says), "{err}");
+        assert_eq!(migrate(&with(path, &db, "auto")).0, Some(0));
+    };
     let plain = postgres();
-    let db = plain.database("keeps");
-    assert_eq!(migrate(&plain.env(&db)).0, Some(0));
-    let (code, err) = migrate(&with(&plain, &db, "timescaledb"));
-    assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains("keeps readings in plain PostgreSQL tables"),
-        "{err}"
+    keeps(
+        &plain,
+        "timescaledb",
+        "keeps readings in plain PostgreSQL tables",
     );
-    assert_eq!(migrate(&with(&plain, &db, "auto")).0, Some(0));
 
     if let Some(ts) = timescaledb("a_path_the_server_or_the_database_cannot_give") {
-        let db = ts.database("keeps");
-        assert_eq!(migrate(&ts.env(&db)).0, Some(0));
-        let (code, err) = migrate(&with(&ts, &db, "postgres"));
-        assert_eq!(code, Some(2), "{err}");
-        assert!(
-            err.contains("keeps readings in a TimescaleDB hypertable"),
-            "{err}"
+        keeps(
+            &ts,
+            "postgres",
+            "keeps readings in a TimescaleDB hypertable",
         );
-        assert_eq!(migrate(&with(&ts, &db, "auto")).0, Some(0));
 
         // Kept plain as asked, where a DBA created the extension beforehand.
         let dba = ts.database("dba");
