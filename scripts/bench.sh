@@ -28,7 +28,7 @@ while [ $# -gt 0 ]; do
 done
 
 DATA="$ROOT/.data/bench" STACK="$ROOT/.data/bench/stack"
-MQTT_PORT=25883 MOSQ_PORT=25884
+MQTT_PORT=25883 MOSQ_PORT=25884 INGEST_PORT=25080
 ensure_deps
 command -v mosquitto >/dev/null || {
   log "installing mosquitto (the reference broker)"
@@ -65,6 +65,7 @@ start_sluice() {
   trap 'stop_pidfile "$DATA/mosquitto.pid"; stop_stack "$STACK"' EXIT
   "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" --migrate-only
   SLUICE__INGRESS__LISTEN="127.0.0.1:$MQTT_PORT" SLUICE__HTTP__LISTEN=127.0.0.1:25464 \
+  SLUICE__INGRESS__HTTP__LISTEN="127.0.0.1:$INGEST_PORT" \
   SLUICE__BROKER__V4__1__LISTEN=127.0.0.1:25885 SLUICE__BROKER__V5__1__LISTEN=127.0.0.1:25886 \
     env "${LOCAL_FLEET[@]}" "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" >"$STACK/sluice.log" 2>&1 &
   echo $! >"$STACK/sluice.pid"

@@ -22,6 +22,7 @@ build
 fresh_stack "$DATA" 15438 19096
 "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" --migrate-only
 SLUICE__INGRESS__LISTEN="127.0.0.1:$MQTT_PORT" SLUICE__HTTP__LISTEN="127.0.0.1:$HTTP_PORT" \
+SLUICE__INGRESS__HTTP__LISTEN=127.0.0.1:23080 \
 SLUICE__BROKER__V4__1__LISTEN=127.0.0.1:23012 SLUICE__BROKER__V5__1__LISTEN=127.0.0.1:23013 \
   env "${LOCAL_FLEET[@]}" "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" >"$DATA/sluice.log" 2>&1 &
 echo $! >"$DATA/sluice.pid"

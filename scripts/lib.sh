@@ -21,6 +21,8 @@ ensure_deps() {
   # mosquitto_passwd writes the password files Sluice reads; openssl makes test certificates.
   command -v mosquitto_passwd >/dev/null || pkgs+=(mosquitto)
   command -v openssl >/dev/null || pkgs+=(openssl)
+  # Tests post readings to the HTTP ingest with curl.
+  command -v curl >/dev/null || pkgs+=(curl)
   # Tests drive the device port with Debian's Paho Python client too (/usr/bin/python3).
   /usr/bin/python3 -c 'import paho.mqtt' 2>/dev/null || pkgs+=(python3-paho-mqtt)
   command -v runuser >/dev/null || pkgs+=(util-linux)

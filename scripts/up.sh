@@ -8,6 +8,7 @@ PG_PORT="${PG_PORT:-15432}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 MQTT_ADDR="${MQTT_ADDR:-127.0.0.1:1883}"
 HTTP_ADDR="${HTTP_ADDR:-127.0.0.1:9464}"
+INGEST_ADDR="${INGEST_ADDR:-127.0.0.1:8080}"
 
 ensure_deps
 build
@@ -20,12 +21,13 @@ DATABASE_URL=postgres://sluice@127.0.0.1:$PG_PORT/sluice
 KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 MQTT_ADDR=$MQTT_ADDR
 HTTP_ADDR=$HTTP_ADDR
+INGEST_ADDR=$INGEST_ADDR
 ENV
 set -a; source "$DATA/env"; set +a
-export SLUICE__INGRESS__LISTEN="$MQTT_ADDR" SLUICE__HTTP__LISTEN="$HTTP_ADDR"
+export SLUICE__INGRESS__LISTEN="$MQTT_ADDR" SLUICE__HTTP__LISTEN="$HTTP_ADDR" SLUICE__INGRESS__HTTP__LISTEN="$INGEST_ADDR"
 
 if ! running "$DATA/sluice.pid"; then
-  log "starting sluice (MQTT on $MQTT_ADDR, metrics on http://$HTTP_ADDR/metrics)"
+  log "starting sluice (MQTT on $MQTT_ADDR, HTTP readings on http://$INGEST_ADDR/v1/readings, metrics on http://$HTTP_ADDR/metrics)"
   nohup env "${LOCAL_FLEET[@]}" "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" >"$DATA/sluice.log" 2>&1 &
   echo $! >"$DATA/sluice.pid"
   if ! wait_port "${MQTT_ADDR%:*}" "${MQTT_ADDR##*:}" sluice; then

@@ -1,13 +1,14 @@
 //! End-to-end acknowledgement: the PUBACK/PUBREC a device is owed for each QoS 1/2
-//! publish, sent in packet order once Kafka has answered for the record. Kafka's answer
-//! reaches the connection through the `Waiter` that rides with the record through the
-//! producer, so it arrives whatever the connection is busy with.
+//! publish, sent in packet order once Kafka has answered for the record, or the `202` an
+//! HTTP request waits for. Kafka's answer reaches the connection or the request through
+//! the `Waiter` that rides with the record through the producer, so it arrives whatever
+//! the connection is busy with.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use metrics::counter;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::produce::ProduceError;
 use crate::wire::{Qos, Reason};
@@ -27,10 +28,17 @@ pub type Outcome = Result<Delivered, ProduceError>;
 /// resend the publish on its next connection before the first delivery is known.
 pub type Qos2Outcome = watch::Receiver<Option<Outcome>>;
 
+/// Who hears Kafka's answer for one record.
+enum Listener {
+    /// The connection that owes the device an acknowledgement, and which one.
+    Connection(mpsc::UnboundedSender<(u64, Outcome)>, u64),
+    /// An HTTP request waiting to answer.
+    Request(oneshot::Sender<Outcome>),
+}
+
 /// Where Kafka's answer for one record goes.
 pub struct Waiter {
-    /// The connection that owes the device an acknowledgement, and which one.
-    ack: Option<(mpsc::UnboundedSender<(u64, Outcome)>, u64)>,
+    ack: Option<Listener>,
     /// The session's QoS 2 state, which outlives the connection.
     session: Option<watch::Sender<Option<Outcome>>>,
     /// Counts a failure nobody else hears of (QoS 0, `ack = "receipt"`, a closed connection).
@@ -51,6 +59,17 @@ impl Waiter {
         }
     }
 
+    /// A waiter for an HTTP request, and what the request awaits; a request that gave up
+    /// waiting (its timeout, its client gone) leaves a failure counted under `policy`.
+    pub fn request(policy: &'static str) -> (Waiter, oneshot::Receiver<Outcome>) {
+        let (tx, rx) = oneshot::channel();
+        let waiter = Waiter {
+            ack: Some(Listener::Request(tx)),
+            ..Waiter::unheard(policy)
+        };
+        (waiter, rx)
+    }
+
     /// The same waiter, told `success` when its record is delivered.
     pub fn on_success(self, success: Delivered) -> Waiter {
         Waiter { success, ..self }
@@ -69,7 +88,8 @@ impl Waiter {
             session.send_replace(Some(outcome.clone()));
         }
         let heard = match self.ack {
-            Some((tx, seq)) => tx.send((seq, outcome.clone())).is_ok(),
+            Some(Listener::Connection(tx, seq)) => tx.send((seq, outcome.clone())).is_ok(),
+            Some(Listener::Request(tx)) => tx.send(outcome.clone()).is_ok(),
             None => false,
         };
         if let (false, Err(e)) = (heard, &outcome) {
@@ -142,7 +162,7 @@ impl AckQueue {
     pub fn wait(&mut self, ack: Acknowledgement) -> Waiter {
         let seq = self.push(ack);
         Waiter {
-            ack: Some((self.tx.clone(), seq)),
+            ack: Some(Listener::Connection(self.tx.clone(), seq)),
             session: None,
             policy: "kafka",
             success: Delivered::Stored,

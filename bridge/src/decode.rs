@@ -36,6 +36,17 @@ impl Format {
             _ => None,
         }
     }
+
+    /// The content type that names this format, for the formats one names.
+    pub fn content_type(self) -> Option<&'static str> {
+        match self {
+            Format::Json => Some("application/json"),
+            Format::Cbor => Some("application/cbor"),
+            Format::SenmlJson => Some("application/senml+json"),
+            Format::SenmlCbor => Some("application/senml+cbor"),
+            Format::Auto | Format::Senml => None,
+        }
+    }
 }
 
 /// Protection against payloads that would hurt everyone else.

@@ -128,6 +128,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         let security = Arc::new(security);
         tokio::spawn(reload_on_sighup(security.clone()));
         let listeners = listeners(&settings).await?;
+        let http_listeners = http_listeners(&settings).await?;
         let ingress = Arc::new(ingress::Ingress::new(
             i.clone(),
             settings.limits.clone(),
@@ -137,7 +138,16 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             producer.clone(),
             security,
         ));
-        ingress.serve(listeners, stopping()).await;
+        let http = i
+            .http
+            .clone()
+            .map(|h| ingress::http::Front::new(ingress.clone(), h));
+        let serving_http = async {
+            if let Some(front) = http {
+                front.serve(http_listeners, stopping()).await;
+            }
+        };
+        tokio::join!(ingress.serve(listeners, stopping()), serving_http);
         // Records acknowledged on receipt and QoS 0 records are in librdkafka's queue.
         let left = producer.in_flight();
         tracing::info!(records = left, "flushing the kafka producer");
@@ -203,6 +213,46 @@ async fn listeners(settings: &Settings) -> anyhow::Result<Vec<ingress::Listener>
         tracing::info!(listen = %tls.listen, client_certificates = tls.cafile.is_some(), "accepting MQTT over TLS");
         listeners.push(ingress::Listener {
             socket: bind(tls.listen, "ingress.tls.listen").await?,
+            door: Door {
+                allow_anonymous: tls.allow_anonymous,
+                certificate_is_identity: tls.use_identity_as_username,
+                identity_field: tls.identity,
+            },
+            tls: true,
+        });
+    }
+    Ok(listeners)
+}
+
+/// `[ingress.http]`'s listeners: plain HTTP, and HTTPS with `[ingress.tls]`'s
+/// certificates when `tls_listen` is set.
+async fn http_listeners(settings: &Settings) -> anyhow::Result<Vec<ingress::Listener>> {
+    let Some(h) = &settings.ingress.http else {
+        return Ok(Vec::new());
+    };
+    let anonymous = h.plain_allows_anonymous(&settings.auth);
+    tracing::info!(listen = %h.listen, anonymous, "accepting readings over HTTP");
+    if anonymous && !h.listen.ip().is_loopback() {
+        tracing::warn!(listen = %h.listen, "anonymous HTTP senders allowed beyond loopback (ingress.http.allow_anonymous)");
+    }
+    let bind = |addr, key: &'static str| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("{key} {addr}"))
+    };
+    let mut listeners = vec![ingress::Listener {
+        socket: bind(h.listen, "ingress.http.listen").await?,
+        door: Door {
+            allow_anonymous: anonymous,
+            certificate_is_identity: false,
+            identity_field: Default::default(),
+        },
+        tls: false,
+    }];
+    if let (Some(addr), Some(tls)) = (h.tls_listen, &settings.ingress.tls) {
+        tracing::info!(listen = %addr, "accepting readings over HTTPS");
+        listeners.push(ingress::Listener {
+            socket: bind(addr, "ingress.http.tls_listen").await?,
             door: Door {
                 allow_anonymous: tls.allow_anonymous,
                 certificate_is_identity: tls.use_identity_as_username,

@@ -274,6 +274,12 @@ impl Producer {
             .is_ok()
     }
 
+    /// Whether Kafka is known to be unreachable: every broker down, or a record that
+    /// timed out, and no delivery since.
+    pub fn kafka_down(&self) -> bool {
+        self.inner.context().health.kafka_down()
+    }
+
     /// Records librdkafka still holds.
     pub fn in_flight(&self) -> i32 {
         self.inner.in_flight_count()

@@ -115,6 +115,86 @@ pub struct IngressSettings {
     /// A second listener, with TLS.
     #[serde(default)]
     pub tls: Option<crate::security::tls::TlsSettings>,
+    /// Readings over HTTP, beside MQTT.
+    #[serde(default)]
+    pub http: Option<HttpIngestSettings>,
+}
+
+/// `[ingress.http]`: `POST /v1/readings/...` through the same mappings, limits, identities
+/// and Kafka path as MQTT publishes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpIngestSettings {
+    /// Plain HTTP (HTTP/1.1 and HTTP/2 without TLS).
+    pub listen: SocketAddr,
+    /// HTTPS with `[ingress.tls]`'s certificates; client certificates identify senders as
+    /// on MQTT over TLS.
+    #[serde(default)]
+    pub tls_listen: Option<SocketAddr>,
+    /// The MQTT topic `POST /v1/readings/{device_id}` is routed as.
+    #[serde(default = "default_http_topic")]
+    pub topic: String,
+    /// The MQTT topic `POST /v1/readings/{device_id}/{metric}` is routed as.
+    #[serde(default = "default_http_metric_topic")]
+    pub metric_topic: String,
+    /// Senders with no identity on `listen`. Unset: allowed only when `listen` is a
+    /// loopback address and there is neither a password file nor a token file.
+    #[serde(default)]
+    pub allow_anonymous: Option<bool>,
+    /// Open HTTP connections; past it a new one is closed at once.
+    #[serde(default = "default_http_max_connections")]
+    pub max_connections: usize,
+    /// Requests being served at once; past it `503`.
+    #[serde(default = "default_http_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// A batch request's body, compressed or not.
+    #[serde(default = "default_http_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Reading a request and waiting for Kafka's answer: past it `503` (the readings may
+    /// still be stored).
+    #[serde(default = "default_http_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+fn default_http_topic() -> String {
+    "devices/{device_id}/senml".into()
+}
+fn default_http_metric_topic() -> String {
+    "sensors/{device_id}/{metric}".into()
+}
+fn default_http_max_connections() -> usize {
+    1024
+}
+fn default_http_max_concurrent_requests() -> usize {
+    1024
+}
+fn default_http_max_body_bytes() -> usize {
+    1 << 20
+}
+fn default_http_request_timeout_ms() -> u64 {
+    30_000
+}
+
+impl HttpIngestSettings {
+    /// Whether `listen` takes senders with no identity (see `allow_anonymous`).
+    pub fn plain_allows_anonymous(&self, auth: &AuthSettings) -> bool {
+        self.allow_anonymous.unwrap_or(
+            self.listen.ip().is_loopback()
+                && auth.password_file.is_none()
+                && auth.token_file.is_none(),
+        )
+    }
+
+    /// The topic a request for `device_id` (and `metric`) is routed as.
+    pub fn topic_for(&self, device_id: &str, metric: Option<&str>) -> String {
+        match metric {
+            Some(metric) => self
+                .metric_topic
+                .replace("{device_id}", device_id)
+                .replace("{metric}", metric),
+            None => self.topic.replace("{device_id}", device_id),
+        }
+    }
 }
 
 fn default_max_subscriptions_per_session() -> usize {
@@ -131,6 +211,9 @@ pub struct AuthSettings {
     /// Publish and subscribe rules in mosquitto's acl_file format.
     #[serde(default)]
     pub acl_file: Option<std::path::PathBuf>,
+    /// HTTP bearer tokens: `identity:sha256-of-token` lines.
+    #[serde(default)]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl IngressSettings {
@@ -458,6 +541,9 @@ impl Settings {
                 );
             }
         }
+        if let Some(h) = &i.http {
+            self.validate_http(h)?;
+        }
         if i.broker_keep_alive_s < 2 {
             return invalid("ingress.broker_keep_alive_s", "must be at least 2");
         }
@@ -533,6 +619,80 @@ impl Settings {
         let listeners = self.broker.v4.iter().chain(self.broker.v5.iter());
         if listeners.flat_map(|l| l.values()).next().is_none() {
             return invalid("broker.v4", "the embedded broker needs a v4 listener");
+        }
+        Ok(())
+    }
+
+    /// `[ingress.http]`: its topics must each route through a mapping that names the
+    /// device (and, for `metric_topic`, the metric) where the path puts them.
+    fn validate_http(&self, h: &HttpIngestSettings) -> Result<(), SettingsError> {
+        let invalid = |key: &str, why: String| Err(SettingsError::Invalid(format!("{key}: {why}")));
+        let mappings = crate::mapping::Mappings::new(&self.mappings)
+            .map_err(|e| SettingsError::Invalid(format!("mappings: {e}")))?;
+        let (device, metric) = ("device-probe", "metric-probe");
+        for (key, template, want_metric) in [
+            ("ingress.http.topic", &h.topic, None),
+            ("ingress.http.metric_topic", &h.metric_topic, Some(metric)),
+        ] {
+            if !template.contains("{device_id}")
+                || want_metric.is_some() != template.contains("{metric}")
+            {
+                let names = if want_metric.is_some() {
+                    "{device_id} and {metric}"
+                } else {
+                    "{device_id} and no {metric}"
+                };
+                return invalid(key, format!("must name {names}"));
+            }
+            let topic = h.topic_for(device, want_metric);
+            let route = mappings.route(&topic);
+            let routed = route.as_ref().is_some_and(|r| {
+                r.device_id == device && want_metric.is_none_or(|m| r.metric.as_deref() == Some(m))
+            });
+            if !routed {
+                return invalid(key, format!("{topic:?} must match a [[mappings]] filter that captures the device id there (and the metric, for metric_topic)"));
+            }
+        }
+        if let (Some(tls_listen), None) = (h.tls_listen, &self.ingress.tls) {
+            return invalid(
+                "ingress.http.tls_listen",
+                format!("{tls_listen} needs [ingress.tls] (its certificates serve HTTPS too)"),
+            );
+        }
+        let addresses = [Some(h.listen), h.tls_listen];
+        let taken = [
+            Some(self.ingress.listen),
+            self.ingress.tls.as_ref().map(|t| t.listen),
+            Some(self.http.listen),
+        ];
+        if addresses
+            .iter()
+            .flatten()
+            .any(|a| taken.contains(&Some(*a)))
+            || h.tls_listen == Some(h.listen)
+        {
+            return invalid(
+                "ingress.http.listen",
+                "must differ from the other listeners".into(),
+            );
+        }
+        for (key, n) in [
+            ("ingress.http.max_connections", h.max_connections),
+            (
+                "ingress.http.max_concurrent_requests",
+                h.max_concurrent_requests,
+            ),
+            ("ingress.http.max_body_bytes", h.max_body_bytes),
+        ] {
+            if n == 0 {
+                return invalid(key, "must be at least 1".into());
+            }
+        }
+        if h.request_timeout_ms == 0 || h.request_timeout_ms > 86_400_000 {
+            return invalid(
+                "ingress.http.request_timeout_ms",
+                "must be between 1 and 86400000 (a day)".into(),
+            );
         }
         Ok(())
     }

@@ -1,9 +1,10 @@
-//! `sluice-sim`: connects N virtual sensors to an MQTT gateway, each on its own connection,
-//! publishes a reading per sensor and metric every interval for a bounded time, shows
-//! progress, and reports throughput and publish-to-ack latency; `--verify-db` then checks
+//! `sluice-sim`: connects N virtual sensors to an MQTT gateway (or its HTTP ingest), each on
+//! its own connection, publishes a reading per sensor and metric every interval for a
+//! bounded time, shows progress, and reports throughput and publish-to-ack latency; `--verify-db` then checks
 //! that every acknowledged reading is in the database exactly once.
 
 mod chart;
+mod http;
 mod sensor;
 mod stats;
 mod verify;
@@ -67,6 +68,9 @@ struct Cli {
     username: Option<String>,
     #[arg(long, env = "SIM_PASSWORD", requires = "username")]
     password: Option<String>,
+    /// HTTP bearer token every sensor posts with (`--transport http`).
+    #[arg(long, env = "SIM_TOKEN")]
+    token: Option<String>,
 }
 
 /// A TLS client configuration from PEM files: the CA bundle that signed the gateway's
@@ -103,9 +107,14 @@ fn tls_config(cli: &Cli) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
 #[derive(Debug, Clone, Default, clap::Args, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct Load {
-    /// Gateway addresses, host:port, comma-separated; sensors are spread over them.
+    /// Gateway addresses, host:port, comma-separated; sensors are spread over them
+    /// [default: 127.0.0.1:1883, with --transport http 127.0.0.1:8080].
     #[arg(long, env = "MQTT_ADDR")]
     addr: Option<String>,
+    /// "mqtt" (QoS as --qos) or "http": POST /v1/readings/..., acknowledged by 202 (QoS
+    /// and TLS options do not apply) [default: mqtt].
+    #[arg(long)]
+    transport: Option<Transport>,
     /// Sensors, each on its own connection [default: 1000].
     #[arg(long)]
     sensors: Option<usize>,
@@ -155,6 +164,7 @@ impl Load {
     fn or(self, other: Load) -> Load {
         Load {
             addr: self.addr.or(other.addr),
+            transport: self.transport.or(other.transport),
             sensors: self.sensors.or(other.sensors),
             rate: self.rate.or(other.rate),
             interval_ms: self.interval_ms.or(other.interval_ms),
@@ -171,6 +181,13 @@ impl Load {
             connect_rate: self.connect_rate.or(other.connect_rate),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Transport {
+    Mqtt,
+    Http,
 }
 
 fn list<T>(text: &str, what: &str, parse: impl Fn(&str) -> Option<T>) -> anyhow::Result<Vec<T>> {
@@ -219,8 +236,13 @@ async fn main() -> anyhow::Result<()> {
         None => Load::default(),
     };
     let load = cli.load.clone().or(scenario);
+    let transport = load.transport.unwrap_or(Transport::Mqtt);
+    let default_addr = match transport {
+        Transport::Mqtt => "127.0.0.1:1883",
+        Transport::Http => "127.0.0.1:8080",
+    };
     let gateways = list(
-        load.addr.as_deref().unwrap_or("127.0.0.1:1883"),
+        load.addr.as_deref().unwrap_or(default_addr),
         "--addr",
         |a| {
             let (h, p) = a.rsplit_once(':')?;
@@ -274,6 +296,7 @@ async fn main() -> anyhow::Result<()> {
         stop_at: started + Duration::from_secs(duration),
         tls: tls_config(&cli)?,
         login: cli.username.clone().zip(cli.password.clone()),
+        token: cli.token.clone(),
     });
     let stats = Arc::new(Stats::new());
     let acked = Arc::new(Mutex::new(Vec::new()));
@@ -292,13 +315,12 @@ async fn main() -> anyhow::Result<()> {
     let ramp = Duration::from_secs_f64(1.0 / load.connect_rate.unwrap_or(500).max(1) as f64);
     let progress = tokio::spawn(show_progress(stats.clone(), cli.progress, started));
     for i in 0..sensors {
-        tasks.push(tokio::spawn(sensor::run(
-            i,
-            plan.clone(),
-            stats.clone(),
-            acked.clone(),
-            storms.clone(),
-        )));
+        let (plan, stats, acked, storms) =
+            (plan.clone(), stats.clone(), acked.clone(), storms.clone());
+        tasks.push(match transport {
+            Transport::Mqtt => tokio::spawn(sensor::run(i, plan, stats, acked, storms)),
+            Transport::Http => tokio::spawn(http::run(i, plan, stats, acked, storms)),
+        });
         tokio::time::sleep(ramp).await;
     }
     for t in tasks {

@@ -50,6 +50,8 @@ pub struct Plan {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// User name and password.
     pub login: Option<(String, String)>,
+    /// HTTP bearer token (`--transport http`).
+    pub token: Option<String>,
 }
 
 /// A reading the gateway acknowledged, as the verify step looks for it.
@@ -78,7 +80,7 @@ fn pad(mut json: Vec<u8>, size: usize) -> Vec<u8> {
 }
 
 /// The payload of one publish and the readings it carries.
-fn encode(
+pub fn encode(
     format: Format,
     device: &str,
     metric: &str,
@@ -140,7 +142,7 @@ fn encode(
 }
 
 /// A deterministic spread in [-1, 1] from a sensor's index and a salt.
-fn spread(index: usize, salt: u64) -> f64 {
+pub fn spread(index: usize, salt: u64) -> f64 {
     let mut x = (index as u64 ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15))
         .wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x ^= x >> 31;

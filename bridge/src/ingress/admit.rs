@@ -24,6 +24,8 @@ pub enum Destination {
         json: Vec<u8>,
         headers: Vec<(String, String)>,
         origin: DeadLetter,
+        /// How many readings the record holds.
+        readings: usize,
     },
     /// Its bytes and why, to the dead-letter topic.
     DeadLetter(DeadLetter),
@@ -146,6 +148,7 @@ pub fn admit(
         };
         decode(&publish.payload, &cx)
     });
+    let count = readings.as_ref().map_or(0, Vec::len);
     let record = readings.map(|readings| Record {
         device_id: route.device_id,
         mqtt_topic: publish.topic.clone(),
@@ -169,6 +172,7 @@ pub fn admit(
                 json,
                 headers: properties.clone(),
                 origin: letter("kafka_refused", String::new(), publish, properties),
+                readings: count,
             },
             reason: Reason::Success,
             detail: None,

@@ -893,6 +893,7 @@ impl Conn {
                 json,
                 headers,
                 origin,
+                ..
             } => {
                 let out = Outgoing {
                     topic: &topic,

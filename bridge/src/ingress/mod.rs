@@ -9,6 +9,7 @@
 mod admit;
 mod conn;
 pub(crate) mod deliver;
+pub mod http;
 mod rate;
 mod receipts;
 mod upstream;

@@ -1,12 +1,13 @@
 //! Device identity on the port: who a connection is (its TLS client certificate or a
-//! password from a `mosquitto_passwd` file), and what it may publish and subscribe to
-//! (`acl`). The files are read at start and again on SIGHUP; a file that does not parse
+//! password from a `mosquitto_passwd` file; over HTTP also a bearer token), and what it may
+//! publish and subscribe to (`acl`). The files are read at start and again on SIGHUP; a file that does not parse
 //! leaves the rules in force unchanged.
 
 pub mod acl;
 pub mod passwords;
 mod throttle;
 pub mod tls;
+pub mod tokens;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::settings::AuthSettings;
 use acl::{Acl, AclError};
 use passwords::{PasswordFileError, Passwords};
 use tls::{TlsContext, TlsError, TlsSettings};
+use tokens::{TokenFileError, Tokens};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
@@ -28,6 +30,8 @@ pub enum SecurityError {
     Acl(#[from] AclError),
     #[error("ingress.tls: {0}")]
     Tls(#[from] TlsError),
+    #[error("auth.token_file: {0}")]
+    Tokens(#[from] TokenFileError),
 }
 
 /// The rules in force: one consistent load of every file.
@@ -35,6 +39,7 @@ pub struct Rules {
     pub passwords: Option<Passwords>,
     pub acl: Acl,
     pub tls: Option<TlsContext>,
+    pub tokens: Option<Tokens>,
 }
 
 pub struct Security {
@@ -125,6 +130,7 @@ impl Security {
                 passwords: None,
                 acl: Acl::open(&defaults)?,
                 tls: None,
+                tokens: None,
             }))
             .0,
             auth,
@@ -152,10 +158,15 @@ impl Security {
             Some(settings) => Some(TlsContext::load(settings)?),
             None => None,
         };
+        let tokens = match &self.auth.token_file {
+            Some(path) => Some(Tokens::load(path)?),
+            None => None,
+        };
         Ok(Rules {
             passwords,
             acl,
             tls,
+            tokens,
         })
     }
 
@@ -185,6 +196,15 @@ impl Security {
     /// The rules, told of every reload.
     pub fn watch(&self) -> watch::Receiver<Arc<Rules>> {
         self.current.subscribe()
+    }
+
+    /// Who an HTTP bearer token stands for under `rules`; `None` for a token no file lists.
+    pub fn bearer(rules: &Rules, token: &str) -> Option<Identity> {
+        let name = rules.tokens.as_ref()?.identify(token)?;
+        Some(Identity {
+            name: Some(name),
+            ..Identity::anonymous()
+        })
     }
 
     /// Decides who a CONNECT is under `rules`, or refuses it. A certificate's identity is

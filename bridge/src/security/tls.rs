@@ -92,6 +92,9 @@ pub enum TlsError {
 #[derive(Debug, Clone)]
 pub struct TlsContext {
     pub config: Arc<rustls::ServerConfig>,
+    /// The same for HTTPS, which offers HTTP/2 and HTTP/1.1 by ALPN (MQTT clients may name
+    /// no protocol or "mqtt", which a list without it would refuse).
+    pub https: Arc<rustls::ServerConfig>,
     /// The client-certificate verifier `config` uses; None when there is no `cafile`.
     pub trust: Option<Arc<dyn ClientCertVerifier>>,
 }
@@ -142,8 +145,11 @@ impl TlsContext {
                 path: s.keyfile.clone(),
                 reason: format!("not usable with certfile {}: {e}", s.certfile.display()),
             })?;
+        let mut https = config.clone();
+        https.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(TlsContext {
             config: Arc::new(config),
+            https: Arc::new(https),
             trust,
         })
     }

@@ -40,6 +40,8 @@ pub struct Gateway {
     pub id: String,
     pub mqtt_port: u16,
     pub http_port: u16,
+    /// HTTP ingest (`[ingress.http]`).
+    pub ingest_port: u16,
     pub readings_topic: String,
     pub dlq_topic: String,
     pub dir: tempfile::TempDir,
@@ -66,7 +68,7 @@ impl Gateway {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let text = std::fs::read_to_string(root.join("broker.toml")).expect("broker.toml");
         let mut config: toml::Table = text.parse().expect("broker.toml parses");
-        let (mqtt_port, http_port) = (free_port(), free_port());
+        let (mqtt_port, http_port, ingest_port) = (free_port(), free_port(), free_port());
         let readings_topic = format!("sensor.readings.{id}");
         let dlq_topic = format!("sensor.dlq.{id}");
         set(
@@ -78,6 +80,11 @@ impl Gateway {
             &mut config,
             &["http", "listen"],
             format!("127.0.0.1:{http_port}"),
+        );
+        set(
+            &mut config,
+            &["ingress", "http", "listen"],
+            format!("127.0.0.1:{ingest_port}"),
         );
         set(
             &mut config,
@@ -112,6 +119,7 @@ impl Gateway {
             id,
             mqtt_port,
             http_port,
+            ingest_port,
             readings_topic,
             dlq_topic,
             dir,

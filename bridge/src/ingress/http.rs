@@ -1,0 +1,900 @@
+//! HTTP ingest: `POST /v1/readings/{device_id}[/{metric}]` and `POST /v1/readings` (a batch
+//! for many devices), for senders that do not speak MQTT. A request is routed as the MQTT
+//! topic `[ingress.http]` names and goes through the same identities, ACL, rate limits,
+//! admission, in-flight budgets and Kafka path as a publish; `202` only once Kafka has the
+//! record (at once where the mapping says `ack = "receipt"`).
+
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Router};
+use base64::Engine;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use metrics::counter;
+use rustls_pki_types::CertificateDer;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tokio::sync::{oneshot, Semaphore};
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+use super::admit::{admit, Destination, Rules};
+use super::rate::RateKey;
+use super::{Ingress, Listener};
+use crate::ack::{Delivered, Outcome, Waiter};
+use crate::budget::{Budget, Reservation};
+use crate::decode::{check_name, Format};
+use crate::mapping::AckPolicy;
+use crate::produce::{Outgoing, Ticket};
+use crate::security::acl::Who;
+use crate::security::{Door, Identity, Presented, Refusal, Security};
+use crate::settings::HttpIngestSettings;
+use crate::wire::{self, Qos};
+
+/// How long a sender that met a full pipeline or a down Kafka is asked to wait.
+const RETRY_AFTER_BUSY: Duration = Duration::from_secs(1);
+const RETRY_AFTER_KAFKA: Duration = Duration::from_secs(5);
+
+/// What every HTTP connection shares.
+pub struct Front {
+    ingress: Arc<Ingress>,
+    settings: HttpIngestSettings,
+    /// Requests being served.
+    requests: Arc<Semaphore>,
+    /// HTTP's records and bytes on their way to Kafka: at most half of the process's, so
+    /// MQTT devices always have room.
+    budget: Arc<Budget>,
+    connections: AtomicUsize,
+}
+
+/// Who is on the other end of one connection.
+#[derive(Clone)]
+struct Peer {
+    address: IpAddr,
+    door: Door,
+    certificates: Option<Arc<[CertificateDer<'static>]>>,
+}
+
+/// An answer: a status, a small JSON body and the headers that go with it.
+struct Answer {
+    status: StatusCode,
+    body: Value,
+    retry_after: Option<Duration>,
+}
+
+impl Answer {
+    fn refused(status: StatusCode, error: &str, detail: impl Into<String>) -> Answer {
+        Answer {
+            status,
+            body: json!({"error": error, "detail": detail.into()}),
+            retry_after: None,
+        }
+    }
+
+    fn retry(
+        status: StatusCode,
+        error: &str,
+        detail: impl Into<String>,
+        after: Duration,
+    ) -> Answer {
+        Answer {
+            retry_after: Some(after),
+            ..Answer::refused(status, error, detail)
+        }
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        counter!("sluice_http_requests_total", "status" => self.status.as_str().to_owned())
+            .increment(1);
+        let mut response = (self.status, axum::Json(self.body)).into_response();
+        let headers = response.headers_mut();
+        if let Some(after) = self.retry_after {
+            let seconds = after.as_secs_f64().ceil().max(1.0) as u64;
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            let challenge = HeaderValue::from_static("Bearer realm=\"sluice\"");
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        response
+    }
+}
+
+impl Front {
+    pub fn new(ingress: Arc<Ingress>, settings: HttpIngestSettings) -> Arc<Front> {
+        let i = &ingress.settings;
+        Arc::new(Front {
+            requests: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
+            budget: Budget::new(
+                (i.max_inflight_total / 2).max(1),
+                (i.max_inflight_bytes_total / 2).max(1),
+            ),
+            connections: AtomicUsize::new(0),
+            settings,
+            ingress,
+        })
+    }
+
+    fn router(self: &Arc<Front>) -> Router {
+        Router::new()
+            .route("/v1/readings", post(batch))
+            .route("/v1/readings/{device_id}", post(single))
+            .route("/v1/readings/{device_id}/{metric}", post(single_metric))
+            .fallback(|| async {
+                Answer::refused(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "POST /v1/readings/{device_id}[/{metric}] or POST /v1/readings",
+                )
+            })
+            .with_state(self.clone())
+    }
+
+    /// Serves `listeners` until `stop` resolves, then stops accepting and lets every
+    /// connection finish its requests (up to `ingress.drain_timeout_ms`).
+    pub async fn serve(
+        self: Arc<Front>,
+        listeners: Vec<Listener>,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        let graceful = Arc::new(GracefulShutdown::new());
+        let router = self.router();
+        let accepting = listeners
+            .into_iter()
+            .map(|l| self.clone().accept(l, router.clone(), graceful.clone()));
+        tokio::select! {
+            _ = futures::future::join_all(accepting) => {}
+            _ = stop => {}
+        }
+        let wait = Duration::from_millis(self.ingress.settings.drain_timeout_ms + 1_000);
+        let Ok(graceful) = Arc::try_unwrap(graceful) else {
+            return;
+        };
+        if tokio::time::timeout(wait, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP connections still open after the drain timeout");
+        }
+    }
+
+    async fn accept(
+        self: Arc<Front>,
+        listener: Listener,
+        router: Router,
+        graceful: Arc<GracefulShutdown>,
+    ) {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let wait = Duration::from_millis(self.ingress.settings.connect_timeout_ms);
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(wait);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(100);
+        let builder = Arc::new(builder);
+        loop {
+            let (socket, peer) = match listener.socket.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let open = self.connections.fetch_add(1, Ordering::AcqRel);
+            if open >= self.settings.max_connections {
+                self.connections.fetch_sub(1, Ordering::AcqRel);
+                counter!("sluice_http_connections_refused_total").increment(1);
+                continue;
+            }
+            let front = self.clone();
+            let (router, builder) = (router.clone(), builder.clone());
+            let watcher = graceful.watcher();
+            let (door, tls) = (listener.door, listener.tls);
+            tokio::spawn(async move {
+                if let Err(e) = front
+                    .connection(socket, peer, door, tls, router, &builder, watcher)
+                    .await
+                {
+                    tracing::debug!(%peer, error = %e, "HTTP connection ended");
+                }
+                front.connections.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn connection(
+        &self,
+        socket: tokio::net::TcpStream,
+        peer: SocketAddr,
+        door: Door,
+        tls: bool,
+        router: Router,
+        builder: &auto::Builder<TokioExecutor>,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        socket.set_nodelay(true)?;
+        let mut who = Peer {
+            address: peer.ip(),
+            door,
+            certificates: None,
+        };
+        if !tls {
+            let service = with_peer(router, who);
+            return watcher
+                .watch(builder.serve_connection(TokioIo::new(socket), service))
+                .await;
+        }
+        let config = self
+            .ingress
+            .security
+            .current()
+            .tls
+            .as_ref()
+            .map(|t| t.https.clone());
+        let config = config.ok_or("no TLS set up")?;
+        let wait = Duration::from_millis(self.ingress.settings.connect_timeout_ms);
+        let accepting = tokio_rustls::TlsAcceptor::from(config).accept(socket);
+        let stream = tokio::time::timeout(wait, accepting)
+            .await?
+            .inspect_err(|_| counter!("sluice_tls_handshake_failures_total").increment(1))?;
+        who.certificates = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect());
+        let service = with_peer(router, who);
+        watcher
+            .watch(builder.serve_connection(TokioIo::new(stream), service))
+            .await
+    }
+
+    /// Who a request is: its bearer token's identity, its Basic credentials (checked as an
+    /// MQTT password), its client certificate's (HTTPS), or anonymous where allowed.
+    async fn identify(&self, peer: &Peer, headers: &HeaderMap) -> Result<Identity, Answer> {
+        let rules = self.ingress.security.current();
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or_default());
+        let unauthorized = |detail: &str| {
+            counter!("sluice_auth_failures_total", "reason" => "http").increment(1);
+            Answer::refused(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+        };
+        let (scheme, credentials) = match authorization {
+            Some(value) => value.split_once(' ').unwrap_or((value, "")),
+            None => ("", ""),
+        };
+        let basic = if scheme.eq_ignore_ascii_case("bearer") {
+            return Security::bearer(&rules, credentials.trim())
+                .ok_or_else(|| unauthorized("unknown bearer token"));
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(credentials.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok());
+            let decoded = decoded.ok_or_else(|| unauthorized("malformed Basic credentials"))?;
+            Some(decoded)
+        } else if authorization.is_some() {
+            return Err(unauthorized("use Authorization: Bearer <token> or Basic"));
+        } else {
+            None
+        };
+        let (username, password) = match &basic {
+            Some(text) => match text.split_once(':') {
+                Some((u, p)) => (Some(u), Some(p)),
+                None => (Some(text.as_str()), None),
+            },
+            None => (None, None),
+        };
+        let presented = Presented {
+            username,
+            password,
+            certificates: peer.certificates.as_deref(),
+        };
+        let security = &self.ingress.security;
+        match security
+            .authenticate(&rules, peer.door, presented, peer.address)
+            .await
+        {
+            Ok(identity) => Ok(identity),
+            Err(Refusal::BadCredentials) => Err(unauthorized("wrong user name or password")),
+            Err(Refusal::NoCertificateIdentity) => Err(unauthorized(
+                "the client certificate names no usable identity",
+            )),
+            Err(Refusal::NotAuthorized) => Err(unauthorized(
+                "send Authorization: Bearer <token> (or Basic, or a client certificate over HTTPS)",
+            )),
+        }
+    }
+
+    /// Serves one request of `items`, all or nothing up to admission: each is authorised,
+    /// rate checked and given room in the budgets before any goes to Kafka.
+    async fn ingest(
+        &self,
+        peer: Peer,
+        headers: HeaderMap,
+        body: Body,
+        items: impl FnOnce(Bytes) -> Result<Vec<Item>, Answer>,
+        batch: bool,
+    ) -> Answer {
+        let received_at = Utc::now();
+        let deadline = Instant::now() + Duration::from_millis(self.settings.request_timeout_ms);
+        let Ok(_slot) = self.requests.clone().try_acquire_owned() else {
+            counter!("sluice_http_refused_total", "reason" => "concurrency").increment(1);
+            let detail = "too many requests in progress";
+            return Answer::retry(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                detail,
+                RETRY_AFTER_BUSY,
+            );
+        };
+        if *self.ingress.shutdown.borrow() {
+            let detail = "sluice is shutting down";
+            return Answer::retry(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                detail,
+                RETRY_AFTER_BUSY,
+            );
+        }
+        let identity = match self.identify(&peer, &headers).await {
+            Ok(identity) => identity,
+            Err(answer) => return answer,
+        };
+        let limit = if batch {
+            self.settings.max_body_bytes
+        } else {
+            self.ingress.limits.max_payload_bytes
+        };
+        let body = match tokio::time::timeout_at(deadline, read_body(&headers, body, limit)).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(answer)) => return answer,
+            Err(_) => {
+                let detail = "the request body did not arrive in time";
+                return Answer::refused(StatusCode::REQUEST_TIMEOUT, "timeout", detail);
+            }
+        };
+        let items = match items(body) {
+            Ok(items) => items,
+            Err(answer) => return answer,
+        };
+        let client_id: Arc<str> = match &identity.name {
+            Some(name) => name.clone(),
+            None => format!("http:{}", peer.address).into(),
+        };
+        let rules = self.ingress.security.current();
+        let who = Who {
+            identity: identity.name.as_deref(),
+            client_id: &client_id,
+        };
+        for (index, item) in items.iter().enumerate() {
+            if let Err(answer) = self.authorise(&rules, who, item) {
+                return at(answer, batch.then_some(index));
+            }
+        }
+        let rate_key = match &identity.name {
+            Some(name) => RateKey::Identity(name.clone()),
+            None => RateKey::Anonymous(client_id.clone()),
+        };
+        let over_rate = items
+            .iter()
+            .filter_map(|item| self.ingress.rates.check(&rate_key, item.payload.len()))
+            .max();
+        if let Some(wait) = over_rate {
+            counter!("sluice_http_refused_total", "reason" => "rate").increment(1);
+            let detail =
+                "over the sender's rate ([ingress] max_messages_per_second, max_bytes_per_second)";
+            return Answer::retry(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail, wait);
+        }
+        if self.ingress.producer.kafka_down() {
+            counter!("sluice_http_refused_total", "reason" => "kafka_down").increment(1);
+            let detail = "kafka is unreachable; nothing was accepted";
+            return Answer::retry(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "kafka_unavailable",
+                detail,
+                RETRY_AFTER_KAFKA,
+            );
+        }
+        let sent = match self.send(items, &client_id, received_at).await {
+            Ok(sent) => sent,
+            Err(answer) => return answer,
+        };
+        let mut results = Vec::with_capacity(sent.len());
+        for item in sent {
+            results.push(item.result(deadline).await);
+        }
+        answer(results, batch)
+    }
+
+    /// A request names devices its sender may post for, through a mapping.
+    fn authorise(
+        &self,
+        rules: &crate::security::Rules,
+        who: Who<'_>,
+        item: &Item,
+    ) -> Result<(), Answer> {
+        for (what, name) in [
+            ("device id", Some(&item.device_id)),
+            ("metric", item.metric.as_ref()),
+        ] {
+            let Some(name) = name else { continue };
+            let level = !name.is_empty() && !name.contains(['/', '+', '#', '{', '}', '\0']);
+            if !level || check_name(name, &self.ingress.limits).is_err() {
+                let detail = format!("{what} {name:?} must be one topic level of at most {} bytes, without / + # {{ }}", self.ingress.limits.max_name_bytes);
+                return Err(Answer::refused(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_name",
+                    detail,
+                ));
+            }
+        }
+        if self.ingress.mappings.route(&item.topic).is_none() {
+            let detail = format!("no mapping matches {:?}", item.topic);
+            return Err(Answer::refused(StatusCode::NOT_FOUND, "unmapped", detail));
+        }
+        if !self.ingress.may_publish(rules, who, &item.topic) {
+            counter!("sluice_denied_total", "action" => "http").increment(1);
+            let detail = format!(
+                "not authorised to post readings of device {:?}",
+                item.device_id
+            );
+            return Err(Answer::refused(StatusCode::FORBIDDEN, "forbidden", detail));
+        }
+        Ok(())
+    }
+
+    /// Admits every item, reserves room for all of them (or refuses the request with
+    /// `503`), then hands them to the producer.
+    async fn send(
+        &self,
+        items: Vec<Item>,
+        client_id: &Arc<str>,
+        received_at: DateTime<Utc>,
+    ) -> Result<Vec<Sent>, Answer> {
+        let rules = Rules {
+            mappings: &self.ingress.mappings,
+            limits: &self.ingress.limits,
+            unmapped: self.ingress.settings.unmapped,
+        };
+        let mut admitted = Vec::with_capacity(items.len());
+        for item in items {
+            let mut properties = vec![("http.content_type".to_owned(), item.content_type.clone())];
+            if item.gzip {
+                properties.push(("http.content_encoding".to_owned(), "gzip".to_owned()));
+            }
+            let publish = wire::Publish {
+                topic: item.topic,
+                qos: Qos::AtLeastOnce,
+                dup: false,
+                retain: false,
+                pkid: 0,
+                payload: item.payload,
+                content_type: Some(item.content_type),
+                utf8: false,
+                topic_alias: None,
+                message_expiry: None,
+                user_properties: Vec::new(),
+            };
+            let admission = admit(&rules, publish, client_id, properties, received_at);
+            let bytes = admission.bytes();
+            let reservation = Reservation::try_reserve(&self.budget, &self.ingress.global, bytes);
+            let Some(reservation) = reservation else {
+                counter!("sluice_http_refused_total", "reason" => "inflight").increment(1);
+                let detail = "too many readings on their way to kafka; nothing was accepted";
+                return Err(Answer::retry(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    detail,
+                    RETRY_AFTER_BUSY,
+                ));
+            };
+            admitted.push((admission, reservation));
+        }
+        let producer = &self.ingress.producer;
+        let mut sent = Vec::with_capacity(admitted.len());
+        for (admission, reservation) in admitted {
+            let receipt = admission.policy == AckPolicy::Receipt;
+            let (waiter, heard) = match receipt {
+                true => (Waiter::unheard("receipt"), None),
+                false => {
+                    let (waiter, rx) = Waiter::request("http");
+                    (waiter, Some(rx))
+                }
+            };
+            let kind = match admission.destination {
+                Destination::Readings {
+                    topic,
+                    key,
+                    json,
+                    headers,
+                    origin,
+                    readings,
+                } => {
+                    let out = Outgoing {
+                        topic: &topic,
+                        key: &key,
+                        payload: &json,
+                        headers: crate::produce::headers(&headers),
+                    };
+                    let ticket = Ticket {
+                        reservation,
+                        waiter,
+                        origin: Some(origin),
+                    };
+                    producer.send(out, ticket, false).await;
+                    Kind::Readings(readings)
+                }
+                Destination::DeadLetter(letter) => {
+                    let refusal = Kind::Refused(letter.reason, letter.detail.clone());
+                    let ticket = Ticket {
+                        reservation,
+                        waiter,
+                        origin: None,
+                    };
+                    producer.dead_letter(letter, ticket, false).await;
+                    refusal
+                }
+                Destination::Nothing => {
+                    waiter.resolve(Ok(Delivered::Stored));
+                    Kind::Readings(0)
+                }
+            };
+            sent.push(Sent { kind, heard });
+        }
+        Ok(sent)
+    }
+}
+
+/// One device's readings in a request.
+struct Item {
+    device_id: String,
+    metric: Option<String>,
+    /// The MQTT topic it is routed as.
+    topic: String,
+    payload: Bytes,
+    content_type: String,
+    gzip: bool,
+}
+
+/// What an item became.
+enum Kind {
+    Readings(usize),
+    /// Refused (and dead-lettered): the reason label and why.
+    Refused(&'static str, String),
+}
+
+/// An item handed to the producer, with what will say how it went (none: on receipt).
+struct Sent {
+    kind: Kind,
+    heard: Option<oneshot::Receiver<Outcome>>,
+}
+
+/// What became of one item once Kafka answered (or did not in time).
+enum ItemResult {
+    Accepted(usize),
+    Refused(&'static str, String),
+    Unavailable(String),
+}
+
+impl Sent {
+    async fn result(self, deadline: Instant) -> ItemResult {
+        let outcome = match self.heard {
+            None => Ok(Delivered::Stored),
+            Some(rx) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(_)) => Err(crate::produce::ProduceError::Abandoned),
+                Err(_) => {
+                    return ItemResult::Unavailable(
+                        "kafka did not confirm in time; the readings may still be stored".into(),
+                    )
+                }
+            },
+        };
+        match (outcome, self.kind) {
+            (Ok(Delivered::Stored), Kind::Readings(n)) => ItemResult::Accepted(n),
+            (Ok(Delivered::Stored), Kind::Refused(reason, detail)) => {
+                ItemResult::Refused(reason, detail)
+            }
+            (Ok(Delivered::DeadLettered(why)), _) => ItemResult::Refused("kafka_refused", why),
+            (Err(e), _) => ItemResult::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// The request's answer from its items' results: `202` with the readings accepted (and, in
+/// a batch, the items refused), `400` when nothing was accepted for a bad payload, `503`
+/// when Kafka did not take something.
+fn answer(results: Vec<ItemResult>, batch: bool) -> Answer {
+    let mut accepted = 0;
+    let mut refused = Vec::new();
+    let mut unavailable = None;
+    for (index, result) in results.into_iter().enumerate() {
+        match result {
+            ItemResult::Accepted(n) => accepted += n,
+            ItemResult::Refused(reason, detail) => {
+                refused.push(json!({"index": index, "error": reason, "detail": detail}));
+            }
+            ItemResult::Unavailable(why) => unavailable = Some(why),
+        }
+    }
+    if let Some(why) = unavailable {
+        counter!("sluice_http_refused_total", "reason" => "kafka").increment(1);
+        return Answer::retry(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kafka_unavailable",
+            why,
+            RETRY_AFTER_KAFKA,
+        );
+    }
+    if !batch {
+        if let Some(first) = refused.pop() {
+            return Answer {
+                status: StatusCode::BAD_REQUEST,
+                body: json!({"error": first["error"], "detail": first["detail"]}),
+                retry_after: None,
+            };
+        }
+        return Answer {
+            status: StatusCode::ACCEPTED,
+            body: json!({"accepted": accepted}),
+            retry_after: None,
+        };
+    }
+    let status = if accepted == 0 && !refused.is_empty() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Answer {
+        status,
+        body: json!({"accepted": accepted, "rejected": refused}),
+        retry_after: None,
+    }
+}
+
+/// A batch's refusal says which item.
+fn at(mut answer: Answer, index: Option<usize>) -> Answer {
+    if let (Some(index), Some(body)) = (index, answer.body.as_object_mut()) {
+        body.insert("index".into(), index.into());
+    }
+    answer
+}
+
+/// The router with the connection's peer in every request.
+fn with_peer(
+    router: Router,
+    peer: Peer,
+) -> hyper_util::service::TowerToHyperService<
+    impl tower::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+            Future = impl Send,
+        > + Clone,
+> {
+    hyper_util::service::TowerToHyperService::new(router.map_request(
+        move |mut request: axum::http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(peer.clone());
+            request
+        },
+    ))
+}
+
+/// The body, decompressed (`Content-Encoding: gzip`), of at most `limit` bytes either way.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Answer> {
+    let too_large = || {
+        let detail = format!("the body is larger than {limit} bytes");
+        Answer::refused(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", detail)
+    };
+    let gzip = match encoding(headers) {
+        Ok(gzip) => gzip,
+        Err(answer) => return Err(answer),
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let collected = http_body_util::Limited::new(body, limit).collect().await;
+    let bytes = match collected {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) => {
+            let detail = format!("the request body could not be read: {e}");
+            return Err(Answer::refused(StatusCode::BAD_REQUEST, "bad_body", detail));
+        }
+    };
+    if !gzip {
+        return Ok(bytes);
+    }
+    let mut out = Vec::new();
+    let read = flate2::read::GzDecoder::new(&bytes[..])
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out);
+    match read {
+        Ok(n) if n > limit => Err(too_large()),
+        Ok(_) => Ok(out.into()),
+        Err(e) => Err(Answer::refused(
+            StatusCode::BAD_REQUEST,
+            "bad_gzip",
+            format!("Content-Encoding gzip, but the body does not inflate: {e}"),
+        )),
+    }
+}
+
+/// Whether the body is gzip; `415` for an encoding Sluice does not take.
+fn encoding(headers: &HeaderMap) -> Result<bool, Answer> {
+    match headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().map(str::trim))
+    {
+        None => Ok(false),
+        Some(Ok(e)) if e.eq_ignore_ascii_case("identity") => Ok(false),
+        Some(Ok(e)) if e.eq_ignore_ascii_case("gzip") => Ok(true),
+        Some(_) => Err(Answer::refused(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            "Content-Encoding must be gzip or none",
+        )),
+    }
+}
+
+/// The payload format the `Content-Type` names; `415` for any other.
+fn content_type(headers: &HeaderMap, accepted: &[Format]) -> Result<String, Answer> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    match Format::from_content_type(value) {
+        Some(format) if accepted.contains(&format) => Ok(value.to_owned()),
+        _ => {
+            let names = accepted
+                .iter()
+                .filter_map(|f| f.content_type())
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(Answer::refused(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_content_type",
+                format!("Content-Type {value:?}: send one of {names}"),
+            ))
+        }
+    }
+}
+
+const SINGLE_FORMATS: [Format; 4] = [
+    Format::Json,
+    Format::Cbor,
+    Format::SenmlJson,
+    Format::SenmlCbor,
+];
+
+async fn single(
+    State(front): State<Arc<Front>>,
+    Extension(peer): Extension<Peer>,
+    Path(device_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
+    one(front, peer, device_id, None, headers, body).await
+}
+
+async fn single_metric(
+    State(front): State<Arc<Front>>,
+    Extension(peer): Extension<Peer>,
+    Path((device_id, metric)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
+    one(front, peer, device_id, Some(metric), headers, body).await
+}
+
+/// One device's readings, in the format the `Content-Type` names.
+async fn one(
+    front: Arc<Front>,
+    peer: Peer,
+    device_id: String,
+    metric: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
+    let content_type = match content_type(&headers, &SINGLE_FORMATS) {
+        Ok(c) => c,
+        Err(answer) => return answer,
+    };
+    let gzip = matches!(encoding(&headers), Ok(true));
+    let topic = front.settings.topic_for(&device_id, metric.as_deref());
+    let items = |payload| {
+        Ok(vec![Item {
+            device_id,
+            metric,
+            topic,
+            payload,
+            content_type,
+            gzip,
+        }])
+    };
+    front.ingest(peer, headers, body, items, false).await
+}
+
+/// One entry of a batch: a device (and metric) and its payload, a JSON reading object or a
+/// SenML JSON pack.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchEntry {
+    device_id: String,
+    #[serde(default)]
+    metric: Option<String>,
+    payload: Box<RawValue>,
+}
+
+/// Many devices' readings in one JSON array of `{device_id, metric?, payload}`.
+async fn batch(
+    State(front): State<Arc<Front>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
+    if let Err(answer) = content_type(&headers, &[Format::Json]) {
+        return answer;
+    }
+    let gzip = matches!(encoding(&headers), Ok(true));
+    let settings = front.settings.clone();
+    let max_payload = front.ingress.limits.max_payload_bytes;
+    let items = move |body: Bytes| {
+        let entries: Vec<BatchEntry> = serde_json::from_slice(&body).map_err(|e| {
+            let detail = format!(
+                "a batch is a JSON array of {{\"device_id\", \"metric\"?, \"payload\"}}: {e}"
+            );
+            Answer::refused(StatusCode::BAD_REQUEST, "invalid_batch", detail)
+        })?;
+        let mut items = Vec::with_capacity(entries.len());
+        for (index, entry) in entries.into_iter().enumerate() {
+            let payload = entry.payload.get();
+            if payload.len() > max_payload {
+                let detail = format!("the payload is larger than {max_payload} bytes");
+                let answer =
+                    Answer::refused(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", detail);
+                return Err(at(answer, Some(index)));
+            }
+            // A JSON object is one reading, an array a SenML pack.
+            let content_type = match payload.starts_with('[') {
+                true => "application/senml+json",
+                false => "application/json",
+            };
+            items.push(Item {
+                topic: settings.topic_for(&entry.device_id, entry.metric.as_deref()),
+                device_id: entry.device_id,
+                metric: entry.metric,
+                payload: Bytes::copy_from_slice(payload.as_bytes()),
+                content_type: content_type.to_owned(),
+                gzip,
+            });
+        }
+        Ok(items)
+    };
+    front.ingest(peer, headers, body, items, true).await
+}
