@@ -1,14 +1,16 @@
 # Shared by the fault drills: a private stack (PostgreSQL, tansu, sluice) on its own ports
 # under .data/drill, 1,000 simulated sensors publishing QoS 1, and the verify check at the
 # end. Each drill script defines `fault` (what to break, and when to mend it) and calls
-# `drill`; SIM_ARGS (an array) adds simulator options. Source it; do not run it.
+# `drill`; SIM_ARGS (an array) adds simulator options, SIM_ADDR is where the sensors go
+# (default: the MQTT port). Source it; do not run it.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 DATA="$ROOT/.data/drill"
 PG_PORT=15434 KAFKA_PORT=29092 MQTT_PORT=21883 HTTP_PORT=29464
 SENSORS="${DRILL_SENSORS:-1000}" DURATION="${DRILL_DURATION:-60}"
-SIM_ARGS=() QOS=1 CONFIG="$ROOT/broker.toml"
-export SLUICE__INGRESS__LISTEN="127.0.0.1:$MQTT_PORT" SLUICE__INGRESS__HTTP__LISTEN="127.0.0.1:28080"
+SIM_ARGS=() QOS=1 CONFIG="$ROOT/broker.toml" INGEST_PORT=28080
+SIM_ADDR="127.0.0.1:$MQTT_PORT"
+export SLUICE__INGRESS__LISTEN="127.0.0.1:$MQTT_PORT" SLUICE__INGRESS__HTTP__LISTEN="127.0.0.1:$INGEST_PORT"
 export SLUICE__BROKER__V4__1__LISTEN="127.0.0.1:31883" SLUICE__BROKER__V5__1__LISTEN="127.0.0.1:31884"
 export SLUICE__WRITER__GROUP_ID="drill-writer"
 
@@ -49,7 +51,7 @@ drill() {
   wait_port 127.0.0.1 "$MQTT_PORT" sluice
   log "drill $name: $SENSORS sensors, QoS $QOS, ${DURATION}s"
   T0=$(date +%s)
-  "$ROOT/target/release/sluice-sim" --addr "127.0.0.1:$MQTT_PORT" --sensors "$SENSORS" \
+  "$ROOT/target/release/sluice-sim" --addr "$SIM_ADDR" --sensors "$SENSORS" \
     --duration "$DURATION" --qos "$QOS" --prefix drill --progress 10 "${SIM_ARGS[@]}" \
     --verify-db "$DATABASE_URL" --verify-wait 240 --json "$DATA/report.json" \
     >"$DATA/sim.out" 2>&1 &

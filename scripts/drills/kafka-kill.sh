@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Drill (a): the Kafka broker is killed with SIGKILL for 20 s, then restarted. Acks stop,
 # devices' inflight windows fill, memory stays bounded, nothing acknowledged is lost.
+# `kafka-kill.sh http`: the sensors POST over HTTP instead; they get 503 with Retry-After,
+# keep their readings and send them again, and nothing that got a 202 is lost.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+NAME=kafka-kill
+if [ "${1:-}" = http ]; then
+  NAME=kafka-kill-http SIM_ADDR="127.0.0.1:$INGEST_PORT" SIM_ARGS=(--transport http)
+fi
 fault() {
   sleep 15
   say "SIGKILL tansu; sluice RSS $(rss_mb "$DATA/sluice-main.pid") MB"
@@ -15,4 +21,4 @@ fault() {
   sleep 15
   say "sluice RSS $(rss_mb "$DATA/sluice-main.pid") MB"
 }
-drill kafka-kill
+drill "$NAME"
