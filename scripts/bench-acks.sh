@@ -31,6 +31,7 @@ kafka_topic = "sensor.readings"
 ack = "receipt"
 TOML
 SLUICE__INGRESS__LISTEN="127.0.0.1:$MQTT_PORT" SLUICE__HTTP__LISTEN="127.0.0.1:24464" \
+SLUICE__INGRESS__HTTP__LISTEN="127.0.0.1:24080" \
 SLUICE__BROKER__V4__1__LISTEN="127.0.0.1:24885" SLUICE__BROKER__V5__1__LISTEN="127.0.0.1:24886" \
   env "${LOCAL_FLEET[@]}" "$ROOT/target/release/sluice" --config "$DATA/broker.toml" >"$DATA/sluice.log" 2>&1 &
 echo $! >"$DATA/sluice.pid"

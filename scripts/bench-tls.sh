@@ -43,6 +43,7 @@ cafile = "$CERTS/ca.pem"
 require_certificate = true
 TOML
 SLUICE__INGRESS__LISTEN="127.0.0.1:$MQTT_PORT" SLUICE__HTTP__LISTEN="127.0.0.1:25464" \
+SLUICE__INGRESS__HTTP__LISTEN="127.0.0.1:25081" \
 SLUICE__BROKER__V4__1__LISTEN="127.0.0.1:25885" SLUICE__BROKER__V5__1__LISTEN="127.0.0.1:25886" \
 SLUICE__AUTH__ACL_FILE="$DATA/acl" \
   env "${LOCAL_FLEET[@]}" "$ROOT/target/release/sluice" --config "$DATA/broker.toml" >"$DATA/sluice.log" 2>&1 &

@@ -16,6 +16,7 @@ cp "$ROOT/broker.toml" "$DATA/broker.toml"
 sed -i "s/^kafka_topic = \"sensor.readings\"/kafka_topic = \"$TOPIC\"/" "$DATA/broker.toml"
 # Create the topic (12 partitions) the way sluice does, by starting an ingress briefly.
 SLUICE__INGRESS__LISTEN=127.0.0.1:61883 SLUICE__HTTP__LISTEN=127.0.0.1:61464 \
+SLUICE__INGRESS__HTTP__LISTEN=127.0.0.1:61080 \
 SLUICE__BROKER__V4__1__LISTEN=127.0.0.1:61884 SLUICE__BROKER__V5__1__LISTEN=127.0.0.1:61885 \
   "$ROOT/target/release/sluice" --config "$DATA/broker.toml" --role ingress >"$DATA/ingress.log" 2>&1 &
 echo $! >"$DATA/sluice-ingress.pid"

@@ -6,7 +6,10 @@
 # each at fixed rates (default 1k, 10k, 20k readings/s; Sluice's readings verified in the
 # database) and stepped up to its ceiling: the last rate with p99 publish-to-ack at most
 # 500 ms, no errors and at least 95% of the offered rate acknowledged. Then SenML packs of
-# 10 and 100 records (in-memory storage), stepped up the same way in readings/s.
+# 10 and 100 records (in-memory storage), stepped up the same way in readings/s. The same
+# sensors over HTTP (one keep-alive connection each, 202 after Kafka) run the fixed rates
+# on both storages and the ceiling on in-memory tansu, then once more with the mapping
+# acknowledging on receipt.
 # Every run also prints the CPU time each process spent per acknowledged publish
 # (/proc utime+stime over the run). The report goes to .data/bench/report.md, one chart
 # per fixed-rate run to .data/bench/runs/*.png.
@@ -59,15 +62,17 @@ cpu_snapshot() { # one "name seconds" line per process; postgres is its postmast
 # in this shell, not in a pipe; the simulator is the only child that ends during a run).
 children_cpu() { tail -1 "$1" | awk '{ gsub(/[ms]/, " "); split($0, t, " "); printf "%.2f", t[1] * 60 + t[2] + t[3] * 60 + t[4] }'; }
 
-# start_sluice STORAGE: a fresh tansu (STORAGE: memory:// or sqlite) and PostgreSQL, and sluice.
+# start_sluice STORAGE [VAR=VALUE ...]: a fresh tansu (STORAGE: memory:// or sqlite) and
+# PostgreSQL, and sluice with the settings given.
 start_sluice() {
   TANSU_STORAGE="$1" fresh_stack "$STACK" 15437 19095
+  shift
   trap 'stop_pidfile "$DATA/mosquitto.pid"; stop_stack "$STACK"' EXIT
-  "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" --migrate-only
+  "$ROOT/target/release/sluice" --config "$CONFIG" --migrate-only
   SLUICE__INGRESS__LISTEN="127.0.0.1:$MQTT_PORT" SLUICE__HTTP__LISTEN=127.0.0.1:25464 \
   SLUICE__INGRESS__HTTP__LISTEN="127.0.0.1:$INGEST_PORT" \
   SLUICE__BROKER__V4__1__LISTEN=127.0.0.1:25885 SLUICE__BROKER__V5__1__LISTEN=127.0.0.1:25886 \
-    env "${LOCAL_FLEET[@]}" "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" >"$STACK/sluice.log" 2>&1 &
+    env "${LOCAL_FLEET[@]}" "$@" "$ROOT/target/release/sluice" --config "$CONFIG" >"$STACK/sluice.log" 2>&1 &
   echo $! >"$STACK/sluice.pid"
   wait_port 127.0.0.1 "$MQTT_PORT" sluice
   printf 'sluice %s\ntansu %s\npostgres %s\n' "$(cat "$STACK/sluice.pid")" "$(cat "$STACK/kafka/tansu.pid")" \
@@ -89,11 +94,15 @@ EOF
   printf 'mosquitto %s\n' "$(cat "$DATA/mosquitto.pid")" >"$DATA/procs"
 }
 
-# sim TARGET NAME RATE [extra args]: one simulator run; its report in runs/NAME.json, the
-# CPU each process spent during it in runs/NAME.cpu.
+# sim TARGET NAME RATE [extra args]: one simulator run (TARGET: sluice, http (Sluice's HTTP
+# ingest) or mosquitto); its report in runs/NAME.json, the CPU each process spent during it
+# in runs/NAME.cpu.
 sim() {
-  local target="$1" name="$2" rate="$3"; shift 3
-  local port=$MQTT_PORT; [ "$target" = mosquitto ] && port=$MOSQ_PORT
+  local target="$1" name="$2" rate="$3" port=$MQTT_PORT; shift 3
+  case "$target" in
+    mosquitto) port=$MOSQ_PORT ;;
+    http) port=$INGEST_PORT; set -- --transport http "$@" ;;
+  esac
   cpu_snapshot >"$DATA/runs/$name.cpu-before"
   times >"$DATA/times-before"
   "$ROOT/target/release/sluice-sim" --addr "127.0.0.1:$port" --sensors "$SENSORS" \
@@ -135,6 +144,19 @@ ceiling() {
   done
 }
 
+# The HTTP receipt run routes POST /v1/readings/{device}/{metric} to a mapping that
+# acknowledges on receipt.
+CONFIG="$DATA/broker.toml"
+mkdir -p "$DATA"
+cp "$ROOT/broker.toml" "$CONFIG"
+cat >>"$CONFIG" <<'TOML'
+
+[[mappings]]
+filter = "receipt/{device_id}/{metric}"
+kafka_topic = "sensor.readings"
+ack = "receipt"
+TOML
+
 log "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; $SENSORS sensors, QoS 1, ${DURATION}s per run"
 for label in memory durable mosquitto; do
   case "$label" in
@@ -152,6 +174,21 @@ for label in memory durable mosquitto; do
   if [ "$label" = memory ]; then
     for pack in 10 100; do
       ceiling sluice "pack$pack" "$PACK_STEPS" --format senml --pack "$pack"
+    done
+  fi
+  [ "$target" = sluice ] || continue
+  DURATION=5 sim http "warmup-http-$label" 1000 >/dev/null
+  for rate in $RATES; do
+    log "fixed rate over HTTP: $label at $rate readings/s"
+    sim http "http-$label-$rate" "$rate" --format json --verify-db "$DATABASE_URL" --verify-wait 180
+  done
+  if [ "$label" = memory ]; then
+    ceiling http "http-memory" "$STEPS" --format json
+    start_sluice memory://tansu/ 'SLUICE__INGRESS__HTTP__METRIC_TOPIC=receipt/{device_id}/{metric}'
+    DURATION=5 sim http "warmup-receipt" 1000 >/dev/null
+    for rate in $RATES; do
+      log "fixed rate over HTTP, ack = \"receipt\": $rate readings/s"
+      sim http "receipt-memory-$rate" "$rate" --format json --verify-db "$DATABASE_URL" --verify-wait 180
     done
   fi
 done
@@ -202,6 +239,22 @@ for label, name in (("memory", "Sluice, in-memory tansu"), ("durable", "Sluice, 
     c = ceiling(label)
     top = " (held every step)" if str(c) == steps[-1] else ""
     print(f"| {name} | {c:,}{top} | {c / max(cm, 1):.2f} |")
+print("\nOver HTTP (the same sensors, each on one keep-alive HTTP/1.1 connection posting one reading per request and waiting for")
+print("its answer; 'kafka': 202 once Kafka has the record, 'receipt': the mapping acknowledges on receipt; in-memory or durable tansu):\n")
+print("| storage, ack | offered/s | requests acked/s | request-to-202 p50 / p99 ms | publish-to-row p50 / p99 ms | lost / duplicates | sluice CPU us | tansu CPU us | simulator CPU us |")
+print("|---|---|---|---|---|---|---|---|---|")
+for label, name in (("http-memory", "memory, kafka"), ("http-durable", "durable, kafka"), ("receipt-memory", "memory, receipt")):
+    for rate in rates:
+        r = load(f"{label}-{rate}")
+        if not r:
+            continue
+        l, v = r["ack_latency_ms"], r.get("verify") or {}
+        row = v.get("publish_to_row_ms", {})
+        print(f"| {name} | {int(rate):,} | {r['acked_per_second']:,.0f} | {l['p50']:.1f} / {l['p99']:.1f} | "
+              f"{row.get('p50', 0):.0f} / {row.get('p99', 0):.0f} | {v.get('lost', '?')} / {v.get('duplicates', '?')} | "
+              f"{us(r, 'sluice')} | {us(r, 'tansu')} | {us(r, 'simulator')} |")
+ch = ceiling("http-memory")
+print(f"\nHTTP ceiling (in-memory tansu, 202 after Kafka): {ch:,} requests/s, {ch / max(ceiling('memory'), 1):.2f} of MQTT's on the same storage.")
 print(f"\nSenML packs (in-memory tansu; steps in readings/s: {' '.join(pack_steps)}; CPU at the ceiling step):\n")
 print("| records per publish | ceiling readings/s | publishes/s there | sluice CPU us per reading | times single readings |")
 print("|---|---|---|---|---|")

@@ -30,7 +30,8 @@ if ! running "$DATA/sluice.pid"; then
   log "starting sluice (MQTT on $MQTT_ADDR, HTTP readings on http://$INGEST_ADDR/v1/readings, metrics on http://$HTTP_ADDR/metrics)"
   nohup env "${LOCAL_FLEET[@]}" "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" >"$DATA/sluice.log" 2>&1 &
   echo $! >"$DATA/sluice.pid"
-  if ! wait_port "${MQTT_ADDR%:*}" "${MQTT_ADDR##*:}" sluice; then
+  if ! wait_port "${MQTT_ADDR%:*}" "${MQTT_ADDR##*:}" sluice ||
+    ! wait_port "${INGEST_ADDR%:*}" "${INGEST_ADDR##*:}" sluice; then
     tail -20 "$DATA/sluice.log" >&2
     exit 1
   fi

@@ -141,15 +141,25 @@ pub struct HttpIngestSettings {
     /// loopback address and there is neither a password file nor a token file.
     #[serde(default)]
     pub allow_anonymous: Option<bool>,
-    /// Open HTTP connections; past it a new one is closed at once.
+    /// Open HTTP connections, in all and from one source address (an IPv4 address or an
+    /// IPv6 /64; 0: no cap); past them a new one is closed at once.
     #[serde(default = "default_http_max_connections")]
     pub max_connections: usize,
+    #[serde(default = "default_http_max_connections_per_address")]
+    pub max_connections_per_address: usize,
     /// Requests being served at once; past it `503`.
     #[serde(default = "default_http_max_concurrent_requests")]
     pub max_concurrent_requests: usize,
+    /// Requests being served at once from one source address (an IPv4 address or an IPv6
+    /// /64; 0: no cap); past it `429`, so one sender cannot hold every slot.
+    #[serde(default = "default_http_max_requests_per_address")]
+    pub max_requests_per_address: usize,
     /// A batch request's body, compressed or not.
     #[serde(default = "default_http_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Entries in one batch.
+    #[serde(default = "default_http_max_batch_entries")]
+    pub max_batch_entries: usize,
     /// Reading a request and waiting for Kafka's answer: past it `503` (the readings may
     /// still be stored).
     #[serde(default = "default_http_request_timeout_ms")]
@@ -165,8 +175,17 @@ fn default_http_metric_topic() -> String {
 fn default_http_max_connections() -> usize {
     1024
 }
+fn default_http_max_connections_per_address() -> usize {
+    128
+}
 fn default_http_max_concurrent_requests() -> usize {
-    1024
+    256
+}
+fn default_http_max_requests_per_address() -> usize {
+    64
+}
+fn default_http_max_batch_entries() -> usize {
+    1000
 }
 fn default_http_max_body_bytes() -> usize {
     1 << 20
@@ -683,6 +702,7 @@ impl Settings {
                 h.max_concurrent_requests,
             ),
             ("ingress.http.max_body_bytes", h.max_body_bytes),
+            ("ingress.http.max_batch_entries", h.max_batch_entries),
         ] {
             if n == 0 {
                 return invalid(key, "must be at least 1".into());

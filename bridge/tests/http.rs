@@ -575,6 +575,17 @@ async fn a_sender_over_its_rate_gets_429_and_one_under_it_does_not() {
             &reading(n, TS + n),
         )
     };
+    // More readings in one request than the burst could ever let through.
+    let batch: Vec<Value> = (0..4)
+        .map(|n| json!({"device_id": fast, "metric": "b", "payload": {"value": n, "ts": TS + n}}))
+        .collect();
+    let auth = "Authorization: Bearer fast-token";
+    let r = curl(
+        &url,
+        &["-H", JSON, "-H", auth],
+        json!(batch).to_string().as_bytes(),
+    );
+    assert_eq!((r.status, r.error()), (413, "over_burst"), "{r:?}");
     let mut accepted = Vec::new();
     let mut limited = None;
     for n in 0..10 {
@@ -615,11 +626,16 @@ async fn a_sender_over_its_rate_gets_429_and_one_under_it_does_not() {
 }
 
 #[tokio::test]
-async fn full_budgets_and_too_many_requests_get_503_with_retry_after() {
+async fn full_budgets_and_too_many_requests_get_503_and_idle_sockets_are_closed() {
     let gateway = Gateway::start(Some(Box::new(|c: &mut toml::Table| {
         // HTTP may use half of the process's budget: one record.
         set(c, &["ingress", "max_inflight_total"], 2);
-        set(c, &["ingress", "http", "max_concurrent_requests"], 1);
+        set(c, &["ingress", "connect_timeout_ms"], 1000);
+        let mut http = |key: &str, value: i64| set(c, &["ingress", "http", key], value);
+        http("max_concurrent_requests", 1);
+        http("max_requests_per_address", 2);
+        http("max_connections_per_address", 3);
+        http("max_batch_entries", 2);
     })));
     let db = db().await;
     let url = base(&gateway);
@@ -631,6 +647,9 @@ async fn full_budgets_and_too_many_requests_get_503_with_retry_after() {
     let r = curl(&url, &["-H", JSON], batch.to_string().as_bytes());
     assert_eq!((r.status, r.error()), (503, "busy"), "{r:?}");
     assert_eq!(r.header("retry-after"), Some("1"), "{r:?}");
+    let three = json!([batch[0], batch[1], batch[0]]);
+    let r = curl(&url, &["-H", JSON], three.to_string().as_bytes());
+    assert_eq!((r.status, r.error()), (413, "too_many_entries"), "{r:?}");
     // One request holds the only slot while its body trickles in.
     let mut held =
         std::net::TcpStream::connect(("127.0.0.1", gateway.ingest_port)).expect("connect");
@@ -649,6 +668,35 @@ async fn full_budgets_and_too_many_requests_get_503_with_retry_after() {
     let mut answer = [0u8; 12];
     std::io::Read::read_exact(&mut held, &mut answer).expect("answer");
     assert_eq!(&answer, b"HTTP/1.1 202", "the held request is served");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Sockets that send nothing hold a place for connect_timeout_ms, and one address holds
+    // at most three at once.
+    let idle: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", gateway.ingest_port)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let closed_within = |s: &std::net::TcpStream| {
+        let started = Instant::now();
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let n = std::io::Read::read(&mut &*s, &mut [0u8; 1]).unwrap_or(0);
+        assert_eq!(n, 0, "closed without an answer");
+        started.elapsed()
+    };
+    let fourth = std::net::TcpStream::connect(("127.0.0.1", gateway.ingest_port)).expect("connect");
+    assert!(
+        closed_within(&fourth) < Duration::from_millis(500),
+        "over the cap: closed at once"
+    );
+    for s in &idle {
+        let waited = closed_within(s);
+        assert!(
+            waited < Duration::from_secs(2),
+            "closed after connect_timeout_ms: {waited:?}"
+        );
+    }
+    assert!(gateway.metric("sluice_http_connections_refused_total{reason=\"per_address\"}") >= 1.0);
     let r = curl(&format!("{url}/{dev}/e"), &["-H", JSON], &reading(5, TS));
     assert_eq!(r.status, 202, "{r:?}");
     let got = wait_rows(&db, &dev, 2).await;

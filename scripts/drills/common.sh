@@ -49,7 +49,8 @@ drill() {
   "$ROOT/target/release/sluice" --config "$CONFIG" --migrate-only
   if declare -F start_stack >/dev/null; then start_stack; else start_sluice main all; fi
   wait_port 127.0.0.1 "$MQTT_PORT" sluice
-  log "drill $name: $SENSORS sensors, QoS $QOS, ${DURATION}s"
+  wait_port 127.0.0.1 "$INGEST_PORT" sluice
+  log "drill $name: $SENSORS sensors, ${SIM_ARGS[*]:-QoS $QOS}, ${DURATION}s"
   T0=$(date +%s)
   "$ROOT/target/release/sluice-sim" --addr "$SIM_ADDR" --sensors "$SENSORS" \
     --duration "$DURATION" --qos "$QOS" --prefix drill --progress 10 "${SIM_ARGS[@]}" \

@@ -5,9 +5,11 @@
 # keep their readings and send them again, and nothing that got a 202 is lost.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 NAME=kafka-kill
-if [ "${1:-}" = http ]; then
-  NAME=kafka-kill-http SIM_ADDR="127.0.0.1:$INGEST_PORT" SIM_ARGS=(--transport http)
-fi
+case "${1:-}" in
+  "") ;;
+  http) NAME=kafka-kill-http SIM_ADDR="127.0.0.1:$INGEST_PORT" SIM_ARGS=(--transport http) ;;
+  *) echo "usage: $0 [http]" >&2; exit 2 ;;
+esac
 fault() {
   sleep 15
   say "SIGKILL tansu; sluice RSS $(rss_mb "$DATA/sluice-main.pid") MB"

@@ -23,7 +23,10 @@ use stats::{Latency, Stats};
 use tokio::sync::watch;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Virtual MQTT sensors for load and latency tests")]
+#[command(
+    version,
+    about = "Virtual sensors (MQTT, or HTTP posts) for load and latency tests"
+)]
 struct Cli {
     /// A scenario file (TOML, the load options below by their long names with `_`, e.g.
     /// `sensors = 10000`); options given on the command line win.
@@ -68,7 +71,8 @@ struct Cli {
     username: Option<String>,
     #[arg(long, env = "SIM_PASSWORD", requires = "username")]
     password: Option<String>,
-    /// HTTP bearer token every sensor posts with (`--transport http`).
+    /// HTTP bearer token every sensor posts with (`--transport http`; the TLS and login
+    /// options above and --topic-root are for MQTT).
     #[arg(long, env = "SIM_TOKEN")]
     token: Option<String>,
 }
@@ -108,8 +112,9 @@ fn tls_config(cli: &Cli) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
 #[serde(deny_unknown_fields)]
 struct Load {
     /// Gateway addresses, host:port, comma-separated; sensors are spread over them
-    /// [default: 127.0.0.1:1883, with --transport http 127.0.0.1:8080].
-    #[arg(long, env = "MQTT_ADDR")]
+    /// [default: $MQTT_ADDR or 127.0.0.1:1883; with --transport http, $INGEST_ADDR or
+    /// 127.0.0.1:8080].
+    #[arg(long)]
     addr: Option<String>,
     /// "mqtt" (QoS as --qos) or "http": POST /v1/readings/..., acknowledged by 202 (QoS
     /// and TLS options do not apply) [default: mqtt].
@@ -237,12 +242,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let load = cli.load.clone().or(scenario);
     let transport = load.transport.unwrap_or(Transport::Mqtt);
-    let default_addr = match transport {
-        Transport::Mqtt => "127.0.0.1:1883",
-        Transport::Http => "127.0.0.1:8080",
+    let (variable, fallback) = match transport {
+        Transport::Mqtt => ("MQTT_ADDR", "127.0.0.1:1883"),
+        Transport::Http => ("INGEST_ADDR", "127.0.0.1:8080"),
     };
+    let default_addr = std::env::var(variable).unwrap_or_else(|_| fallback.to_owned());
     let gateways = list(
-        load.addr.as_deref().unwrap_or(default_addr),
+        load.addr.as_deref().unwrap_or(&default_addr),
         "--addr",
         |a| {
             let (h, p) = a.rsplit_once(':')?;

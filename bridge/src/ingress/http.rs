@@ -33,7 +33,8 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 use super::admit::{admit, Destination, Rules};
-use super::rate::RateKey;
+use super::rate::{Over, RateKey};
+use super::sources::{SourceSlot, Sources};
 use super::{Ingress, Listener};
 use crate::ack::{Delivered, Outcome, Waiter};
 use crate::budget::{Budget, Reservation};
@@ -55,6 +56,9 @@ pub struct Front {
     settings: HttpIngestSettings,
     /// Requests being served.
     requests: Arc<Semaphore>,
+    /// Connections and requests per source address.
+    sources: Arc<Sources>,
+    requests_by_source: Arc<Sources>,
     /// HTTP's records and bytes on their way to Kafka: at most half of the process's, so
     /// MQTT devices always have room.
     budget: Arc<Budget>,
@@ -121,6 +125,8 @@ impl Front {
         let i = &ingress.settings;
         Arc::new(Front {
             requests: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
+            sources: Arc::default(),
+            requests_by_source: Arc::default(),
             budget: Budget::new(
                 (i.max_inflight_total / 2).max(1),
                 (i.max_inflight_bytes_total / 2).max(1),
@@ -180,17 +186,10 @@ impl Front {
         router: Router,
         graceful: Arc<GracefulShutdown>,
     ) {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        let wait = Duration::from_millis(self.ingress.settings.connect_timeout_ms);
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(wait);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(100);
-        let builder = Arc::new(builder);
+        let builders = Arc::new(Builders::new(Duration::from_millis(
+            self.ingress.settings.connect_timeout_ms,
+        )));
+        let connects = super::rate::ConnectRate::new(self.ingress.settings.max_connects_per_second);
         loop {
             let (socket, peer) = match listener.socket.accept().await {
                 Ok(accepted) => accepted,
@@ -200,26 +199,52 @@ impl Front {
                     continue;
                 }
             };
-            let open = self.connections.fetch_add(1, Ordering::AcqRel);
-            if open >= self.settings.max_connections {
-                self.connections.fetch_sub(1, Ordering::AcqRel);
-                counter!("sluice_http_connections_refused_total").increment(1);
+            let Some(slot) = self.admit_connection(peer.ip(), &connects) else {
                 continue;
-            }
+            };
             let front = self.clone();
-            let (router, builder) = (router.clone(), builder.clone());
+            let (router, builders) = (router.clone(), builders.clone());
             let watcher = graceful.watcher();
             let (door, tls) = (listener.door, listener.tls);
             tokio::spawn(async move {
-                if let Err(e) = front
-                    .connection(socket, peer, door, tls, router, &builder, watcher)
-                    .await
-                {
+                let served = front
+                    .connection(socket, peer, door, tls, router, &builders, watcher)
+                    .await;
+                if let Err(e) = served {
                     tracing::debug!(%peer, error = %e, "HTTP connection ended");
                 }
-                front.connections.fetch_sub(1, Ordering::AcqRel);
+                drop(slot);
             });
         }
+    }
+
+    /// A place for a new connection, or `None` (it is closed at once) past
+    /// `max_connections`, `max_connections_per_address` or the listener's connect rate.
+    fn admit_connection(
+        self: &Arc<Front>,
+        address: IpAddr,
+        connects: &super::rate::ConnectRate,
+    ) -> Option<ConnectionSlot> {
+        let refused = |reason: &'static str| {
+            counter!("sluice_http_connections_refused_total", "reason" => reason).increment(1);
+            None
+        };
+        if !connects.allows() {
+            return refused("connect_rate");
+        }
+        if self.connections.fetch_add(1, Ordering::AcqRel) >= self.settings.max_connections {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return refused("total");
+        }
+        let max_each = self.settings.max_connections_per_address;
+        let Some(source) = self.sources.take(address, max_each) else {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return refused("per_address");
+        };
+        Some(ConnectionSlot {
+            front: self.clone(),
+            _source: source,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -230,7 +255,7 @@ impl Front {
         door: Door,
         tls: bool,
         router: Router,
-        builder: &auto::Builder<TokioExecutor>,
+        builders: &Builders,
         watcher: hyper_util::server::graceful::Watcher,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         socket.set_nodelay(true)?;
@@ -239,33 +264,35 @@ impl Front {
             door,
             certificates: None,
         };
+        let wait = Duration::from_millis(self.ingress.settings.connect_timeout_ms);
         if !tls {
+            let h2 = opens_with_h2_preface(&socket, wait).await?;
             let service = with_peer(router, who);
+            let builder = builders.for_version(h2);
             return watcher
                 .watch(builder.serve_connection(TokioIo::new(socket), service))
                 .await;
         }
-        let config = self
-            .ingress
-            .security
-            .current()
-            .tls
-            .as_ref()
-            .map(|t| t.https.clone());
+        let rules = self.ingress.security.current();
+        let config = rules.tls.as_ref().map(|t| t.https.clone());
         let config = config.ok_or("no TLS set up")?;
-        let wait = Duration::from_millis(self.ingress.settings.connect_timeout_ms);
         let accepting = tokio_rustls::TlsAcceptor::from(config).accept(socket);
         let stream = tokio::time::timeout(wait, accepting)
             .await?
             .inspect_err(|_| counter!("sluice_tls_handshake_failures_total").increment(1))?;
-        who.certificates = stream
-            .get_ref()
-            .1
+        let session = stream.get_ref().1;
+        who.certificates = session
             .peer_certificates()
             .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect());
+        // HTTP/2 only when ALPN chose it, so nothing waits to tell the two apart.
+        let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
         let service = with_peer(router, who);
         watcher
-            .watch(builder.serve_connection(TokioIo::new(stream), service))
+            .watch(
+                builders
+                    .for_version(h2)
+                    .serve_connection(TokioIo::new(stream), service),
+            )
             .await
     }
 
@@ -312,10 +339,15 @@ impl Front {
             certificates: peer.certificates.as_deref(),
         };
         let security = &self.ingress.security;
+        let source = super::source(peer.address);
         match security
-            .authenticate(&rules, peer.door, presented, peer.address)
+            .authenticate(&rules, peer.door, presented, source)
             .await
         {
+            // A certificate revoked by a reload is refused on a connection made before it.
+            Ok(identity) if !identity.still_valid(&rules) => {
+                Err(unauthorized("the client certificate is no longer trusted"))
+            }
             Ok(identity) => Ok(identity),
             Err(Refusal::BadCredentials) => Err(unauthorized("wrong user name or password")),
             Err(Refusal::NoCertificateIdentity) => Err(unauthorized(
@@ -339,28 +371,35 @@ impl Front {
     ) -> Answer {
         let received_at = Utc::now();
         let deadline = Instant::now() + Duration::from_millis(self.settings.request_timeout_ms);
-        let Ok(_slot) = self.requests.clone().try_acquire_owned() else {
-            counter!("sluice_http_refused_total", "reason" => "concurrency").increment(1);
-            let detail = "too many requests in progress";
-            return Answer::retry(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                detail,
-                RETRY_AFTER_BUSY,
-            );
+        // One source's requests first, so that it cannot hold every place below (a wrong
+        // password waits out its penalty, a slow body its timeout, in one of its own).
+        let max_each = self.settings.max_requests_per_address;
+        let Some(_source) = self.requests_by_source.take(peer.address, max_each) else {
+            counter!("sluice_http_refused_total", "reason" => "per_address").increment(1);
+            let detail = "too many requests in progress from this address";
+            let status = StatusCode::TOO_MANY_REQUESTS;
+            return Answer::retry(status, "too_many_requests", detail, RETRY_AFTER_BUSY);
         };
         if *self.ingress.shutdown.borrow() {
             let detail = "sluice is shutting down";
-            return Answer::retry(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                detail,
-                RETRY_AFTER_BUSY,
-            );
+            let status = StatusCode::SERVICE_UNAVAILABLE;
+            return Answer::retry(status, "shutting_down", detail, RETRY_AFTER_BUSY);
         }
-        let identity = match self.identify(&peer, &headers).await {
-            Ok(identity) => identity,
-            Err(answer) => return answer,
+        let identity = match tokio::time::timeout_at(deadline, self.identify(&peer, &headers)).await
+        {
+            Ok(Ok(identity)) => identity,
+            Ok(Err(answer)) => return answer,
+            Err(_) => {
+                let detail = "the credentials could not be checked in time";
+                let status = StatusCode::SERVICE_UNAVAILABLE;
+                return Answer::retry(status, "busy", detail, RETRY_AFTER_BUSY);
+            }
+        };
+        let Ok(_slot) = self.requests.clone().try_acquire_owned() else {
+            counter!("sluice_http_refused_total", "reason" => "concurrency").increment(1);
+            let detail = "too many requests in progress";
+            let status = StatusCode::SERVICE_UNAVAILABLE;
+            return Answer::retry(status, "busy", detail, RETRY_AFTER_BUSY);
         };
         let limit = if batch {
             self.settings.max_body_bytes
@@ -379,9 +418,10 @@ impl Front {
             Ok(items) => items,
             Err(answer) => return answer,
         };
+        let source = super::source(peer.address);
         let client_id: Arc<str> = match &identity.name {
             Some(name) => name.clone(),
-            None => format!("http:{}", peer.address).into(),
+            None => format!("http:{source}").into(),
         };
         let rules = self.ingress.security.current();
         let who = Who {
@@ -395,17 +435,20 @@ impl Front {
         }
         let rate_key = match &identity.name {
             Some(name) => RateKey::Identity(name.clone()),
-            None => RateKey::Anonymous(client_id.clone()),
+            None => RateKey::Address(source),
         };
-        let over_rate = items
-            .iter()
-            .filter_map(|item| self.ingress.rates.check(&rate_key, item.payload.len()))
-            .max();
-        if let Some(wait) = over_rate {
-            counter!("sluice_http_refused_total", "reason" => "rate").increment(1);
-            let detail =
-                "over the sender's rate ([ingress] max_messages_per_second, max_bytes_per_second)";
-            return Answer::retry(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail, wait);
+        let bytes = items.iter().map(|item| item.payload.len()).sum();
+        match self.ingress.rates.check_all(&rate_key, items.len(), bytes) {
+            Ok(()) => {}
+            Err(Over::Wait(wait)) => {
+                counter!("sluice_http_refused_total", "reason" => "rate").increment(1);
+                let detail = "over the sender's rate ([ingress] max_messages_per_second, max_bytes_per_second)";
+                return Answer::retry(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail, wait);
+            }
+            Err(Over::Never) => {
+                let detail = format!("{} readings at once are more than [ingress] burst_messages allows; send smaller batches", items.len());
+                return Answer::refused(StatusCode::PAYLOAD_TOO_LARGE, "over_burst", detail);
+            }
         }
         if self.ingress.producer.kafka_down() {
             counter!("sluice_http_refused_total", "reason" => "kafka_down").increment(1);
@@ -480,7 +523,8 @@ impl Front {
         };
         let mut admitted = Vec::with_capacity(items.len());
         for item in items {
-            let mut properties = vec![("http.content_type".to_owned(), item.content_type.clone())];
+            let content_type = item.content_type.to_owned();
+            let mut properties = vec![("http.content_type".to_owned(), content_type.clone())];
             if item.gzip {
                 properties.push(("http.content_encoding".to_owned(), "gzip".to_owned()));
             }
@@ -491,7 +535,7 @@ impl Front {
                 retain: false,
                 pkid: 0,
                 payload: item.payload,
-                content_type: Some(item.content_type),
+                content_type: Some(content_type),
                 utf8: false,
                 topic_alias: None,
                 message_expiry: None,
@@ -567,6 +611,79 @@ impl Front {
     }
 }
 
+/// A connection's place among `Front::connections`, given back when dropped.
+struct ConnectionSlot {
+    front: Arc<Front>,
+    _source: SourceSlot,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.front.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How connections are served once their HTTP version is known: HTTP/1.1 with a deadline
+/// for each request's headers, HTTP/2 with at most 100 streams and pings that find dead
+/// peers.
+struct Builders {
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(header_timeout: Duration) -> Builders {
+        let mut h1 = auto::Builder::new(TokioExecutor::new()).http1_only();
+        h1.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        let mut h2 = auto::Builder::new(TokioExecutor::new()).http2_only();
+        h2.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(100)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Builders { h1, h2 }
+    }
+
+    fn for_version(&self, h2: bool) -> &auto::Builder<TokioExecutor> {
+        if h2 {
+            &self.h2
+        } else {
+            &self.h1
+        }
+    }
+}
+
+/// Whether a plain connection opens with HTTP/2's preface (prior knowledge), peeked
+/// within `wait`: a client that sends nothing, or only part of the preface, is closed.
+async fn opens_with_h2_preface(
+    socket: &tokio::net::TcpStream,
+    wait: Duration,
+) -> std::io::Result<bool> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut first = [0u8; PREFACE.len()];
+    let peeking = async {
+        loop {
+            let n = socket.peek(&mut first).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if first[..n] != PREFACE[..n] {
+                return Ok(false);
+            }
+            if n == PREFACE.len() {
+                return Ok(true);
+            }
+            // Part of the preface: peek returns at once until more arrives.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(wait, peeking)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request in time"))?
+}
+
 /// One device's readings in a request.
 struct Item {
     device_id: String,
@@ -574,7 +691,7 @@ struct Item {
     /// The MQTT topic it is routed as.
     topic: String,
     payload: Bytes,
-    content_type: String,
+    content_type: &'static str,
     gzip: bool,
 }
 
@@ -731,7 +848,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         return Ok(bytes);
     }
     let mut out = Vec::new();
-    let read = flate2::read::GzDecoder::new(&bytes[..])
+    let read = flate2::read::MultiGzDecoder::new(&bytes[..])
         .take(limit as u64 + 1)
         .read_to_end(&mut out);
     match read {
@@ -762,15 +879,18 @@ fn encoding(headers: &HeaderMap) -> Result<bool, Answer> {
     }
 }
 
-/// The payload format the `Content-Type` names; `415` for any other.
-fn content_type(headers: &HeaderMap, accepted: &[Format]) -> Result<String, Answer> {
+/// The content type of the payload format the `Content-Type` names, as Sluice spells it
+/// (not as sent: a header's parameters go nowhere); `415` for any other.
+fn content_type(headers: &HeaderMap, accepted: &[Format]) -> Result<&'static str, Answer> {
     let value = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    match Format::from_content_type(value) {
-        Some(format) if accepted.contains(&format) => Ok(value.to_owned()),
-        _ => {
+    let format = Format::from_content_type(value).filter(|f| accepted.contains(f));
+    match format.and_then(Format::content_type) {
+        Some(named) => Ok(named),
+        None => {
+            let value: String = value.chars().take(100).collect();
             let names = accepted
                 .iter()
                 .filter_map(|f| f.content_type())
@@ -871,6 +991,15 @@ async fn batch(
             );
             Answer::refused(StatusCode::BAD_REQUEST, "invalid_batch", detail)
         })?;
+        if entries.len() > settings.max_batch_entries {
+            let (n, max) = (entries.len(), settings.max_batch_entries);
+            let detail = format!("{n} entries; a batch holds at most {max}");
+            return Err(Answer::refused(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_entries",
+                detail,
+            ));
+        }
         let mut items = Vec::with_capacity(entries.len());
         for (index, entry) in entries.into_iter().enumerate() {
             let payload = entry.payload.get();
@@ -890,7 +1019,7 @@ async fn batch(
                 device_id: entry.device_id,
                 metric: entry.metric,
                 payload: Bytes::copy_from_slice(payload.as_bytes()),
-                content_type: content_type.to_owned(),
+                content_type,
                 gzip,
             });
         }

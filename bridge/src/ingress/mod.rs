@@ -12,12 +12,12 @@ pub(crate) mod deliver;
 pub mod http;
 mod rate;
 mod receipts;
+mod sources;
 mod upstream;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -137,7 +137,7 @@ pub struct Ingress {
 #[derive(Default)]
 struct Connections {
     total: AtomicUsize,
-    by_address: Mutex<HashMap<IpAddr, usize>>,
+    sources: Arc<sources::Sources>,
     /// Notified when the last connection closes.
     idle: Notify,
 }
@@ -160,23 +160,22 @@ struct Gate {
 /// A connection's place in `Connections`, given back when dropped.
 struct Slot {
     ingress: Arc<Ingress>,
-    address: IpAddr,
+    _source: sources::SourceSlot,
+}
+
+impl Connections {
+    /// One connection fewer.
+    fn closed(&self) {
+        if self.total.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let open = &self.ingress.open;
-        let mut by_address = open.by_address.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = by_address.get_mut(&self.address) {
-            *n -= 1;
-            if *n == 0 {
-                by_address.remove(&self.address);
-            }
-        }
         gauge!("sluice_connections").decrement(1.0);
-        if open.total.fetch_sub(1, Ordering::AcqRel) == 1 {
-            open.idle.notify_waiters();
-        }
+        self.ingress.open.closed();
     }
 }
 
@@ -277,7 +276,7 @@ impl Ingress {
                     continue;
                 }
             };
-            let Some(slot) = self.clone().admit_connection(source(peer.ip())) else {
+            let Some(slot) = self.clone().admit_connection(peer.ip()) else {
                 continue;
             };
             let gate = gate.clone();
@@ -298,32 +297,27 @@ impl Ingress {
             self.settings.max_connections,
             self.settings.max_connections_per_address,
         );
-        {
-            let mut by_address = self
-                .open
-                .by_address
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let from_address = by_address.get(&address).copied().unwrap_or(0);
-            let refused = if self.open.total.load(Ordering::Acquire) >= max_total {
-                Some("total")
-            } else if max_each > 0 && from_address >= max_each {
-                Some("per_address")
-            } else {
-                None
-            };
-            if let Some(reason) = refused {
+        let source = if self.open.total.fetch_add(1, Ordering::AcqRel) >= max_total {
+            Err("total")
+        } else {
+            self.open
+                .sources
+                .take(address, max_each)
+                .ok_or("per_address")
+        };
+        let source = match source {
+            Ok(source) => source,
+            Err(reason) => {
+                self.open.closed();
                 counter!("sluice_connections_refused_total", "reason" => reason).increment(1);
                 tracing::debug!(%address, reason, "connection refused: over the cap");
                 return None;
             }
-            *by_address.entry(address).or_default() += 1;
-            self.open.total.fetch_add(1, Ordering::AcqRel);
-        }
+        };
         gauge!("sluice_connections").increment(1.0);
         Some(Slot {
             ingress: self,
-            address,
+            _source: source,
         })
     }
 

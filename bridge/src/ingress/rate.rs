@@ -2,6 +2,7 @@
 //! and new connections per second per listener. Over a limit the caller stops reading the
 //! socket for the time it is told, so the client slows down and its neighbours do not notice.
 
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +13,22 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use crate::settings::IngressSettings;
 
 /// Whose rate a publish counts against: an identity, all its connections together, or an
-/// anonymous client by its client id (never the same bucket as an identity's).
+/// anonymous client by its client id, or an anonymous HTTP sender by its source address
+/// (never the same bucket as an identity's).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RateKey {
     Identity(Arc<str>),
     Anonymous(Arc<str>),
+    Address(IpAddr),
+}
+
+/// Why readings may not go on now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Over {
+    /// Over the rate: try again after this long.
+    Wait(Duration),
+    /// More messages at once than the burst: never in one go.
+    Never,
 }
 
 /// Per-identity publish limits.
@@ -49,19 +61,33 @@ impl Rates {
     /// `None`: the publish of `bytes` may go on now. `Some(wait)`: the identity is over
     /// its rate; try again after `wait`.
     pub fn check(&self, key: &RateKey, bytes: usize) -> Option<Duration> {
-        // The clock is read only when a limit is hit: this runs on every publish.
-        if let Some(limiter) = &self.messages {
-            if let Err(not_until) = limiter.check_key(key) {
-                return Some(not_until.wait_time_from(limiter.clock().now()));
-            }
-        }
-        let limiter = self.bytes.as_ref()?;
-        let n = NonZeroU32::new(u32::try_from(bytes).unwrap_or(u32::MAX))?;
-        match limiter.check_key_n(key, n) {
-            Ok(Err(not_until)) => Some(not_until.wait_time_from(limiter.clock().now())),
-            // Ok, or more than any burst (settings keep bursts above the packet size).
+        match self.check_all(key, 1, bytes) {
+            Err(Over::Wait(wait)) => Some(wait),
             _ => None,
         }
+    }
+
+    /// `messages` readings of `bytes` in all (an HTTP request): each limit takes them all
+    /// or none.
+    pub fn check_all(&self, key: &RateKey, messages: usize, bytes: usize) -> Result<(), Over> {
+        // The clock is read only when a limit is hit: this runs on every publish.
+        if let (Some(limiter), Some(n)) = (&self.messages, count(messages)) {
+            match limiter.check_key_n(key, n) {
+                Ok(Ok(())) => {}
+                Ok(Err(not_until)) => {
+                    return Err(Over::Wait(not_until.wait_time_from(limiter.clock().now())))
+                }
+                Err(_) => return Err(Over::Never),
+            }
+        }
+        if let (Some(limiter), Some(n)) = (&self.bytes, count(bytes)) {
+            // More bytes than any burst passes (settings keep bursts above the packet
+            // size; an HTTP batch may be larger).
+            if let Ok(Err(not_until)) = limiter.check_key_n(key, n) {
+                return Err(Over::Wait(not_until.wait_time_from(limiter.clock().now())));
+            }
+        }
+        Ok(())
     }
 
     /// Forgets identities whose buckets are full again, so the map holds only the busy.
@@ -71,6 +97,10 @@ impl Rates {
             limiter.shrink_to_fit();
         }
     }
+}
+
+fn count(n: usize) -> Option<NonZeroU32> {
+    NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 /// New connections per second on one listener.
@@ -123,6 +153,18 @@ mod tests {
             None,
             "an anonymous client id of the same name is not slowed"
         );
+        let c = RateKey::Address("10.0.0.1".parse().expect("address"));
+        assert_eq!(
+            rates.check_all(&c, 4, 10),
+            Err(Over::Never),
+            "over the burst"
+        );
+        assert_eq!(
+            rates.check_all(&c, 3, 10),
+            Ok(()),
+            "all of the burst at once"
+        );
+        assert!(matches!(rates.check_all(&c, 1, 10), Err(Over::Wait(_))));
         let none = Rates::new(&settings(0));
         for _ in 0..1000 {
             assert_eq!(none.check(&a, 1 << 20), None);

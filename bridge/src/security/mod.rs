@@ -49,7 +49,7 @@ pub struct Security {
     defaults: Vec<String>,
     current: watch::Sender<Arc<Rules>>,
     /// Password checks at a time: hashing is CPU and (argon2) memory heavy.
-    verifying: Semaphore,
+    verifying: Arc<Semaphore>,
     throttle: throttle::LoginThrottle,
 }
 
@@ -136,7 +136,9 @@ impl Security {
             auth,
             tls,
             defaults,
-            verifying: Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
+            verifying: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
             throttle: throttle::LoginThrottle::default(),
         };
         let rules = security.read()?;
@@ -245,8 +247,11 @@ impl Security {
         let password = presented.password.unwrap_or_default().to_owned();
         let user = username.to_owned();
         let entry = {
-            let _slot = self.verifying.acquire().await;
+            // The slot goes with the hash: a caller that gives up waiting (an HTTP client
+            // resetting its stream) does not free it while the hash still runs.
+            let slot = self.verifying.clone().acquire_owned().await;
             tokio::task::spawn_blocking(move || {
+                let _slot = slot;
                 let passwords = rules.passwords.as_ref()?;
                 passwords
                     .verify(&user, password.as_bytes())
