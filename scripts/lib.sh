@@ -7,9 +7,12 @@ TANSU_VERSION="0.6.0"
 TIMESCALEDB_VERSION="2.28.3"
 PG_BIN="/usr/lib/postgresql/15/bin"
 
-# The local scripts' simulated fleets all connect from 127.0.0.1: no cap per address there.
+# The local scripts' simulated fleets all connect from 127.0.0.1: no cap per address there,
+# on MQTT and on HTTP (where each sensor holds a connection and a request at a time).
 # Scripts that start sluice for them use `env "${LOCAL_FLEET[@]}" ...`.
-LOCAL_FLEET=(SLUICE__INGRESS__MAX_CONNECTIONS_PER_ADDRESS=0 SLUICE__INGRESS__MAX_CONNECTIONS=20000)
+LOCAL_FLEET=(SLUICE__INGRESS__MAX_CONNECTIONS_PER_ADDRESS=0 SLUICE__INGRESS__MAX_CONNECTIONS=20000
+  SLUICE__INGRESS__HTTP__MAX_CONNECTIONS_PER_ADDRESS=0 SLUICE__INGRESS__HTTP__MAX_REQUESTS_PER_ADDRESS=0
+  SLUICE__INGRESS__HTTP__MAX_CONNECTIONS=20000 SLUICE__INGRESS__HTTP__MAX_CONCURRENT_REQUESTS=20000)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

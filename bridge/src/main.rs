@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use sluice::health::Health;
 use sluice::lifecycle;
+use sluice::security::tls::TlsSettings;
 use sluice::security::{Door, Security};
 use sluice::settings::Settings;
 use sluice::{http, ingress, mapping, produce, writer};
@@ -190,36 +191,15 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
 /// `ingress.tls.listen` when that is set.
 async fn listeners(settings: &Settings) -> anyhow::Result<Vec<ingress::Listener>> {
     let i = &settings.ingress;
-    let bind = |addr, key: &'static str| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("{key} {addr}"))
-    };
     let anonymous = i.plain_allows_anonymous(&settings.auth);
     tracing::info!(listen = %i.listen, anonymous, "accepting MQTT 3.1.1 and 5 devices");
     if anonymous && !i.listen.ip().is_loopback() {
         tracing::warn!(listen = %i.listen, "anonymous clients allowed beyond loopback (ingress.allow_anonymous)");
     }
-    let mut listeners = vec![ingress::Listener {
-        socket: bind(i.listen, "ingress.listen").await?,
-        door: Door {
-            allow_anonymous: anonymous,
-            certificate_is_identity: false,
-            identity_field: Default::default(),
-        },
-        tls: false,
-    }];
+    let mut listeners = vec![bind(i.listen, "ingress.listen", plain_door(anonymous), false).await?];
     if let Some(tls) = &i.tls {
         tracing::info!(listen = %tls.listen, client_certificates = tls.cafile.is_some(), "accepting MQTT over TLS");
-        listeners.push(ingress::Listener {
-            socket: bind(tls.listen, "ingress.tls.listen").await?,
-            door: Door {
-                allow_anonymous: tls.allow_anonymous,
-                certificate_is_identity: tls.use_identity_as_username,
-                identity_field: tls.identity,
-            },
-            tls: true,
-        });
+        listeners.push(bind(tls.listen, "ingress.tls.listen", tls_door(tls), true).await?);
     }
     Ok(listeners)
 }
@@ -235,33 +215,44 @@ async fn http_listeners(settings: &Settings) -> anyhow::Result<Vec<ingress::List
     if anonymous && !h.listen.ip().is_loopback() {
         tracing::warn!(listen = %h.listen, "anonymous HTTP senders allowed beyond loopback (ingress.http.allow_anonymous)");
     }
-    let bind = |addr, key: &'static str| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("{key} {addr}"))
-    };
-    let mut listeners = vec![ingress::Listener {
-        socket: bind(h.listen, "ingress.http.listen").await?,
-        door: Door {
-            allow_anonymous: anonymous,
-            certificate_is_identity: false,
-            identity_field: Default::default(),
-        },
-        tls: false,
-    }];
+    let door = plain_door(anonymous);
+    let mut listeners = vec![bind(h.listen, "ingress.http.listen", door, false).await?];
     if let (Some(addr), Some(tls)) = (h.tls_listen, &settings.ingress.tls) {
         tracing::info!(listen = %addr, "accepting readings over HTTPS");
-        listeners.push(ingress::Listener {
-            socket: bind(addr, "ingress.http.tls_listen").await?,
-            door: Door {
-                allow_anonymous: tls.allow_anonymous,
-                certificate_is_identity: tls.use_identity_as_username,
-                identity_field: tls.identity,
-            },
-            tls: true,
-        });
+        listeners.push(bind(addr, "ingress.http.tls_listen", tls_door(tls), true).await?);
     }
     Ok(listeners)
+}
+
+/// A listener on `addr` (`key` names its setting in errors).
+async fn bind(
+    addr: SocketAddr,
+    key: &str,
+    door: Door,
+    tls: bool,
+) -> anyhow::Result<ingress::Listener> {
+    let socket = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{key} {addr}"))?;
+    Ok(ingress::Listener { socket, door, tls })
+}
+
+/// A plain listener's door: anonymous clients, or only those with a password or token.
+fn plain_door(allow_anonymous: bool) -> Door {
+    Door {
+        allow_anonymous,
+        certificate_is_identity: false,
+        identity_field: Default::default(),
+    }
+}
+
+/// A TLS listener's door (MQTT or HTTPS), as `[ingress.tls]` says.
+fn tls_door(tls: &TlsSettings) -> Door {
+    Door {
+        allow_anonymous: tls.allow_anonymous,
+        certificate_is_identity: tls.use_identity_as_username,
+        identity_field: tls.identity,
+    }
 }
 
 /// SIGHUP re-reads the password file, the ACL and the TLS files.

@@ -7,11 +7,11 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{db, free_port, read_topic, rows, set, wait_rows, Gateway, Tansu};
+use common::{certificates, db, free_port, read_topic, rows, set, wait_rows, Gateway, Tansu};
 use serde_json::{json, Value};
 
 /// What curl saw.
@@ -334,19 +334,6 @@ async fn bad_requests_get_their_status_and_reason_and_the_others_are_served() {
     assert!(gateway.metric("sluice_http_requests_total{status=\"413\"}") >= 3.0);
 }
 
-/// CA, server and device certificates from `scripts/certs.sh`, as the README makes them.
-fn certificates(dir: &Path, devices: &[&str]) -> PathBuf {
-    let out = dir.join("certs");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/certs.sh");
-    let status = Command::new("bash")
-        .arg(script)
-        .arg(&out)
-        .args(devices)
-        .status();
-    assert!(status.is_ok_and(|s| s.success()), "scripts/certs.sh");
-    out
-}
-
 fn sha256_hex(text: &str) -> String {
     let output = Command::new("sha256sum")
         .stdin(Stdio::piped())
@@ -651,24 +638,11 @@ async fn full_budgets_and_too_many_requests_get_503_and_idle_sockets_are_closed(
     let r = curl(&url, &["-H", JSON], three.to_string().as_bytes());
     assert_eq!((r.status, r.error()), (413, "too_many_entries"), "{r:?}");
     // One request holds the only slot while its body trickles in.
-    let mut held =
-        std::net::TcpStream::connect(("127.0.0.1", gateway.ingest_port)).expect("connect");
-    let body = reading(3, TS);
-    write!(
-        held,
-        "POST /v1/readings/{dev}/c HTTP/1.1\r\nHost: x\r\n{JSON}\r\nContent-Length: {}\r\n\r\n{}",
-        body.len(),
-        String::from_utf8_lossy(&body[..5])
-    )
-    .expect("write");
+    let held = Held::start(&gateway, &format!("{dev}/c"), &reading(3, TS));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = curl(&format!("{url}/{dev}/d"), &["-H", JSON], &reading(4, TS));
     assert_eq!((r.status, r.error()), (503, "busy"), "{r:?}");
-    held.write_all(&body[5..]).expect("rest of the body");
-    let mut answer = [0u8; 12];
-    std::io::Read::read_exact(&mut held, &mut answer).expect("answer");
-    assert_eq!(&answer, b"HTTP/1.1 202", "the held request is served");
-    drop(held);
+    assert_eq!(held.finish(), "HTTP/1.1 202", "the held request is served");
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Sockets that send nothing hold a place for connect_timeout_ms, and one address holds
     // at most three at once.
@@ -702,6 +676,70 @@ async fn full_budgets_and_too_many_requests_get_503_and_idle_sockets_are_closed(
     let got = wait_rows(&db, &dev, 2).await;
     let metrics: Vec<&str> = got.iter().map(|r| r.metric.as_str()).collect();
     assert_eq!(metrics, ["c", "e"], "only the 202s");
+}
+
+/// An HTTP/1.1 request whose body is sent but for its last bytes, until `finish`.
+struct Held {
+    stream: std::net::TcpStream,
+    rest: Vec<u8>,
+}
+
+impl Held {
+    fn start(gateway: &Gateway, path: &str, body: &[u8]) -> Held {
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", gateway.ingest_port)).expect("connect");
+        let head = format!(
+            "POST /v1/readings/{path} HTTP/1.1\r\nHost: x\r\n{JSON}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let (first, rest) = body.split_at(body.len() / 2);
+        stream.write_all(head.as_bytes()).expect("head");
+        stream.write_all(first).expect("first half");
+        Held {
+            stream,
+            rest: rest.to_vec(),
+        }
+    }
+
+    /// Sends the rest and returns the status line.
+    fn finish(mut self) -> String {
+        self.stream.write_all(&self.rest).expect("rest of the body");
+        let mut answer = [0u8; 12];
+        std::io::Read::read_exact(&mut self.stream, &mut answer).expect("answer");
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_request_in_progress_finish_and_takes_no_new_ones() {
+    let mut gateway = Gateway::start(None);
+    let dev = format!("{}-drain", gateway.id);
+    let held = Held::start(&gateway, &format!("{dev}/temp"), &reading(1, TS));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gateway.signal(0, "TERM");
+    common::wait_for(Duration::from_secs(10), "the drain to start", || {
+        gateway.logs().contains("HTTP ingest stopped accepting")
+    });
+    let r = curl(
+        &format!("{}/{dev}/temp", base(&gateway)),
+        &["-H", JSON],
+        &reading(2, TS + 1),
+    );
+    assert!(
+        r.status == 0 && r.exit != 0,
+        "the listener is closed: {r:?}"
+    );
+    assert_eq!(
+        held.finish(),
+        "HTTP/1.1 202",
+        "the request in progress is answered"
+    );
+    let status = gateway.wait_exit(0);
+    assert!(status.success(), "{status}");
+    // The writer may have stopped before writing it: Kafka has it, once.
+    let records = read_topic(&gateway.readings_topic, 1).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].key, dev.as_bytes());
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::raw::{connect_login, connected, logged_in, packet, publish, string, subscribe, Raw};
-use common::{db, free_port, set, wait_for, wait_rows, Gateway};
+use common::{certificates, db, free_port, set, wait_for, wait_rows, Gateway};
 
 /// A password file written by the real `mosquitto_passwd`.
 fn password_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
@@ -32,20 +32,6 @@ fn password_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
         );
     }
     path
-}
-
-/// CA, server and device certificates from `scripts/certs.sh`, as the README makes them.
-fn certificates(dir: &Path, devices: &[&str]) -> PathBuf {
-    let out = dir.join("certs");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/certs.sh");
-    let status = Command::new("bash")
-        .arg(script)
-        .arg(&out)
-        .args(devices)
-        .status()
-        .expect("bash runs");
-    assert!(status.success(), "scripts/certs.sh");
-    out
 }
 
 fn text(o: &Output) -> String {

@@ -16,7 +16,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::sync::{watch, Mutex};
 
-use crate::sensor::{encode, spread, Acked, Format, Plan};
+use crate::sensor::{spread, Acked, Format, Made, Plan, Source};
 use crate::stats::Stats;
 
 /// Readings a sensor keeps while the gateway asks it to wait; past it new ones are skipped.
@@ -38,17 +38,15 @@ pub async fn run(
     acked: Arc<Mutex<Vec<Acked>>>,
     mut storms: watch::Receiver<u64>,
 ) {
-    let device = format!("{}-{index}", plan.prefix);
-    let (host, port) = plan.gateways[index % plan.gateways.len()].clone();
-    let format = plan.formats[index % plan.formats.len()];
-    let skew_ms = (spread(index, 1) * plan.clock_skew_ms as f64) as i64;
+    let mut source = Source::new(index, &plan);
+    let device = source.device.clone();
+    let (host, port) = source.gateway.clone();
     let mut tick = tokio::time::interval(plan.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut connection: Option<SendRequest<Full<Bytes>>> = None;
     let mut backlog: VecDeque<Post> = VecDeque::new();
     let mut hold_until = Instant::now();
     let mut mine = Vec::new();
-    let (mut seq, mut last_ts) = (0i64, 0i64);
     loop {
         let now = Instant::now();
         let draining = now >= plan.stop_at;
@@ -58,11 +56,8 @@ pub async fn run(
         tokio::select! {
             _ = tick.tick(), if !draining => {
                 for metric in &plan.metrics {
-                    seq += 1;
-                    let ts = (chrono::Utc::now().timestamp_millis() + skew_ms).max(last_ts + 1);
-                    last_ts = ts;
-                    let (payload, readings) = encode(format, &device, metric, &plan, ts, seq);
-                    let (path, content_type) = match format {
+                    let Made { payload, readings, duplicate } = source.next(metric, &plan);
+                    let (path, content_type) = match source.format {
                         Format::Senml => (format!("/v1/readings/{device}"), "application/senml+json"),
                         Format::Cbor => (format!("/v1/readings/{device}/{metric}"), "application/cbor"),
                         Format::Json => (format!("/v1/readings/{device}/{metric}"), "application/json"),
@@ -74,7 +69,6 @@ pub async fn run(
                         readings: readings.clone(),
                         first_sent: None,
                     };
-                    let duplicate = plan.duplicate_every > 0 && (seq as u64).is_multiple_of(plan.duplicate_every);
                     for _ in 0..1 + usize::from(duplicate) {
                         if backlog.len() >= BACKLOG {
                             stats.skipped.inc();

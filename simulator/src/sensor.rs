@@ -80,7 +80,7 @@ fn pad(mut json: Vec<u8>, size: usize) -> Vec<u8> {
 }
 
 /// The payload of one publish and the readings it carries.
-pub fn encode(
+fn encode(
     format: Format,
     device: &str,
     metric: &str,
@@ -149,6 +149,52 @@ pub fn spread(index: usize, salt: u64) -> f64 {
     (x % 2_000_001) as f64 / 1_000_000.0 - 1.0
 }
 
+/// What makes sensor `index` itself, whichever way it sends: its device id, gateway,
+/// format and clock, and the readings it makes.
+pub struct Source {
+    pub device: String,
+    pub gateway: (String, u16),
+    pub format: Format,
+    skew_ms: i64,
+    seq: i64,
+    last_ts: i64,
+}
+
+/// One publish's worth of readings.
+pub struct Made {
+    pub payload: Vec<u8>,
+    pub readings: Vec<Acked>,
+    /// Sent twice, as a device that missed its ack would.
+    pub duplicate: bool,
+}
+
+impl Source {
+    pub fn new(index: usize, plan: &Plan) -> Source {
+        Source {
+            device: format!("{}-{index}", plan.prefix),
+            gateway: plan.gateways[index % plan.gateways.len()].clone(),
+            format: plan.formats[index % plan.formats.len()],
+            skew_ms: (spread(index, 1) * plan.clock_skew_ms as f64) as i64,
+            seq: 0,
+            last_ts: 0,
+        }
+    }
+
+    /// The next publish of `metric`, timed by this sensor's clock, later than the last.
+    pub fn next(&mut self, metric: &str, plan: &Plan) -> Made {
+        self.seq += 1;
+        let ts = (chrono::Utc::now().timestamp_millis() + self.skew_ms).max(self.last_ts + 1);
+        self.last_ts = ts;
+        let (payload, readings) = encode(self.format, &self.device, metric, plan, ts, self.seq);
+        let every = plan.duplicate_every;
+        Made {
+            payload,
+            readings,
+            duplicate: every > 0 && (self.seq as u64).is_multiple_of(every),
+        }
+    }
+}
+
 pub async fn run(
     index: usize,
     plan: Arc<Plan>,
@@ -156,11 +202,10 @@ pub async fn run(
     acked: Arc<Mutex<Vec<Acked>>>,
     mut storms: watch::Receiver<u64>,
 ) {
-    let device = format!("{}-{index}", plan.prefix);
-    let (host, port) = plan.gateways[index % plan.gateways.len()].clone();
+    let mut source = Source::new(index, &plan);
+    let device = source.device.clone();
+    let (host, port) = source.gateway.clone();
     let qos = plan.qos[index % plan.qos.len()];
-    let format = plan.formats[index % plan.formats.len()];
-    let skew_ms = (spread(index, 1) * plan.clock_skew_ms as f64) as i64;
     let mut options = MqttOptions::new(device.clone(), host, port);
     options
         .set_keep_alive(Duration::from_secs(30))
@@ -189,8 +234,6 @@ pub async fn run(
     // rumqttc resends the older one after a reconnect. `true` once reported sent.
     let mut parked: Option<(u16, Out, bool)> = None;
     let mut mine = Vec::new();
-    let mut seq = 0i64;
-    let mut last_ts = 0i64;
     let mut connected = false;
     // Set when this sensor drops its own connection in a storm: the error that follows is
     // expected, not counted.
@@ -220,16 +263,13 @@ pub async fn run(
         tokio::select! {
             _ = tick.tick(), if !draining && connected => {
                 for metric in &plan.metrics {
-                    seq += 1;
-                    let ts = (chrono::Utc::now().timestamp_millis() + skew_ms).max(last_ts + 1);
-                    last_ts = ts;
-                    let (payload, readings) = encode(format, &device, metric, &plan, ts, seq);
-                    let topic = match format {
+                    let made = source.next(metric, &plan);
+                    let topic = match source.format {
                         Format::Senml => format!("devices/{device}/senml"),
                         _ => format!("{}/{device}/{metric}", plan.topic_root),
                     };
-                    let out = Out { readings, topic, payload };
-                    if plan.duplicate_every > 0 && (seq as u64).is_multiple_of(plan.duplicate_every) {
+                    let out = Out { readings: made.readings, topic, payload: made.payload };
+                    if made.duplicate {
                         stats.duplicates_sent.inc();
                         publish(out.clone(), &mut queued);
                     }

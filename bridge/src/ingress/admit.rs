@@ -7,9 +7,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use metrics::counter;
 
+use crate::ack::{Delivered, Waiter};
+use crate::budget::Reservation;
 use crate::decode::{check_name, decode, Context, DecodeError, Format, Limits};
 use crate::mapping::{AckPolicy, Mappings};
-use crate::produce::DeadLetter;
+use crate::produce::{DeadLetter, Outgoing, Producer, Ticket};
 use crate::record::Record;
 use crate::settings::UnmappedPolicy;
 use crate::wire::{Publish, Reason};
@@ -31,6 +33,51 @@ pub enum Destination {
     DeadLetter(DeadLetter),
     /// Nothing (an unmapped topic that is only routed, or refused).
     Nothing,
+}
+
+impl Destination {
+    /// Hands the record to the producer with its share of the budgets and the waiter that
+    /// hears Kafka's answer (at once for `Nothing`). `wait`: see `Producer::send`.
+    pub async fn send(
+        self,
+        producer: &Producer,
+        reservation: Reservation,
+        waiter: Waiter,
+        wait: bool,
+    ) {
+        match self {
+            Destination::Readings {
+                topic,
+                key,
+                json,
+                headers,
+                origin,
+                ..
+            } => {
+                let out = Outgoing {
+                    topic: &topic,
+                    key: &key,
+                    payload: &json,
+                    headers: crate::produce::headers(&headers),
+                };
+                let ticket = Ticket {
+                    reservation,
+                    waiter,
+                    origin: Some(origin),
+                };
+                producer.send(out, ticket, wait).await;
+            }
+            Destination::DeadLetter(letter) => {
+                let ticket = Ticket {
+                    reservation,
+                    waiter,
+                    origin: None,
+                };
+                producer.dead_letter(letter, ticket, wait).await;
+            }
+            Destination::Nothing => waiter.resolve(Ok(Delivered::Stored)),
+        }
+    }
 }
 
 /// A publish, decided.

@@ -24,7 +24,6 @@ use super::{ConnError, DeviceReader, DeviceWriter, Ingress};
 use crate::ack::{AckQueue, Acknowledgement, Delivered, Qos2Received, Waiter};
 use crate::budget::{Budget, BufferShare, Reservation};
 use crate::mapping::AckPolicy;
-use crate::produce::{Outgoing, Ticket};
 use crate::security::acl::{self, Access, Who};
 use crate::security::{self, Identity};
 use crate::sessions::Granted;
@@ -886,41 +885,11 @@ impl Conn {
             }
         }
         let wait = qos > Qos::AtMostOnce;
-        match admission.destination {
-            Destination::Readings {
-                topic,
-                key,
-                json,
-                headers,
-                origin,
-                ..
-            } => {
-                let out = Outgoing {
-                    topic: &topic,
-                    key: &key,
-                    payload: &json,
-                    headers: crate::produce::headers(&headers),
-                };
-                let ticket = Ticket {
-                    reservation,
-                    waiter,
-                    origin: Some(origin),
-                };
-                self.ingress.producer.send(out, ticket, wait).await;
-            }
-            Destination::DeadLetter(letter) => {
-                let ticket = Ticket {
-                    reservation,
-                    waiter,
-                    origin: None,
-                };
-                self.ingress
-                    .producer
-                    .dead_letter(letter, ticket, wait)
-                    .await;
-            }
-            Destination::Nothing => waiter.resolve(Ok(Delivered::Stored)),
-        }
+        let producer = &self.ingress.producer;
+        admission
+            .destination
+            .send(producer, reservation, waiter, wait)
+            .await;
     }
 
     /// The device releases a QoS 2 publish: Sluice answers PUBCOMP itself (rumqttd was

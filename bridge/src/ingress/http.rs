@@ -40,7 +40,6 @@ use crate::ack::{Delivered, Outcome, Waiter};
 use crate::budget::{Budget, Reservation};
 use crate::decode::{check_name, Format};
 use crate::mapping::AckPolicy;
-use crate::produce::{Outgoing, Ticket};
 use crate::security::acl::Who;
 use crate::security::{Door, Identity, Presented, Refusal, Security};
 use crate::settings::HttpIngestSettings;
@@ -168,6 +167,7 @@ impl Front {
             _ = futures::future::join_all(accepting) => {}
             _ = stop => {}
         }
+        tracing::info!("HTTP ingest stopped accepting; finishing the requests in progress");
         let wait = Duration::from_millis(self.ingress.settings.drain_timeout_ms + 1_000);
         let Ok(graceful) = Arc::try_unwrap(graceful) else {
             return;
@@ -191,14 +191,7 @@ impl Front {
         )));
         let connects = super::rate::ConnectRate::new(self.ingress.settings.max_connects_per_second);
         loop {
-            let (socket, peer) = match listener.socket.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+            let (socket, peer) = listener.next().await;
             let Some(slot) = self.admit_connection(peer.ip(), &connects) else {
                 continue;
             };
@@ -567,44 +560,14 @@ impl Front {
                     (waiter, Some(rx))
                 }
             };
-            let kind = match admission.destination {
-                Destination::Readings {
-                    topic,
-                    key,
-                    json,
-                    headers,
-                    origin,
-                    readings,
-                } => {
-                    let out = Outgoing {
-                        topic: &topic,
-                        key: &key,
-                        payload: &json,
-                        headers: crate::produce::headers(&headers),
-                    };
-                    let ticket = Ticket {
-                        reservation,
-                        waiter,
-                        origin: Some(origin),
-                    };
-                    producer.send(out, ticket, false).await;
-                    Kind::Readings(readings)
-                }
-                Destination::DeadLetter(letter) => {
-                    let refusal = Kind::Refused(letter.reason, letter.detail.clone());
-                    let ticket = Ticket {
-                        reservation,
-                        waiter,
-                        origin: None,
-                    };
-                    producer.dead_letter(letter, ticket, false).await;
-                    refusal
-                }
-                Destination::Nothing => {
-                    waiter.resolve(Ok(Delivered::Stored));
-                    Kind::Readings(0)
-                }
+            let kind = match &admission.destination {
+                Destination::Readings { readings, .. } => Kind::Readings(*readings),
+                Destination::DeadLetter(l) => Kind::Refused(l.reason, l.detail.clone()),
+                Destination::Nothing => Kind::Readings(0),
             };
+            // Never waits on librdkafka's queue: a full one is a 503, not a stalled request.
+            let destination = admission.destination;
+            destination.send(producer, reservation, waiter, false).await;
             sent.push(Sent { kind, heard });
         }
         Ok(sent)

@@ -150,6 +150,22 @@ pub struct Listener {
     pub tls: bool,
 }
 
+impl Listener {
+    /// The next connection; a failed accept (out of file descriptors and the like) is
+    /// logged and tried again shortly, so the others keep being served.
+    async fn next(&self) -> (TcpStream, SocketAddr) {
+        loop {
+            match self.socket.accept().await {
+                Ok(accepted) => return accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
 /// What every connection of one listener shares.
 struct Gate {
     door: Door,
@@ -267,15 +283,7 @@ impl Ingress {
             connects: rate::ConnectRate::new(self.settings.max_connects_per_second),
         });
         loop {
-            let (socket, peer) = match listener.socket.accept().await {
-                Ok(accepted) => accepted,
-                // Out of file descriptors and the like: keep serving the others.
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+            let (socket, peer) = listener.next().await;
             let Some(slot) = self.clone().admit_connection(peer.ip()) else {
                 continue;
             };

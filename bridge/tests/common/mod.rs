@@ -357,6 +357,20 @@ impl Drop for Tansu {
     }
 }
 
+/// CA, server and device certificates from `scripts/certs.sh`, as the README makes them.
+pub fn certificates(dir: &Path, devices: &[&str]) -> PathBuf {
+    let out = dir.join("certs");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/certs.sh");
+    let status = Command::new("bash")
+        .arg(script)
+        .arg(&out)
+        .args(devices)
+        .status()
+        .expect("bash runs");
+    assert!(status.success(), "scripts/certs.sh");
+    out
+}
+
 /// Adds a mapping `fast/{device_id}/{metric}` like the first one, acknowledged on receipt.
 pub fn add_receipt_mapping(c: &mut toml::Table) {
     let Some(toml::Value::Array(mappings)) = c.get_mut("mappings") else {
