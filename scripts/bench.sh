@@ -8,8 +8,8 @@
 # 500 ms, no errors and at least 95% of the offered rate acknowledged. Then SenML packs of
 # 10 and 100 records (in-memory storage), stepped up the same way in readings/s. The same
 # sensors over HTTP (one keep-alive connection each, 202 after Kafka) run the fixed rates
-# on both storages and the ceiling on in-memory tansu, then once more with the mapping
-# acknowledging on receipt.
+# on both storages (each on a fresh stack) and the ceiling on in-memory tansu, then once
+# more with the mapping acknowledging on receipt.
 # Every run also prints the CPU time each process spent per acknowledged publish
 # (/proc utime+stime over the run). The report goes to .data/bench/report.md, one chart
 # per fixed-rate run to .data/bench/runs/*.png.
@@ -160,8 +160,8 @@ TOML
 log "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; $SENSORS sensors, QoS 1, ${DURATION}s per run"
 for label in memory durable mosquitto; do
   case "$label" in
-    memory) start_sluice memory://tansu/; target=sluice ;;
-    durable) start_sluice sqlite://tansu.db; target=sluice ;;
+    memory) storage=memory://tansu/; start_sluice "$storage"; target=sluice ;;
+    durable) storage=sqlite://tansu.db; start_sluice "$storage"; target=sluice ;;
     mosquitto) start_mosquitto; target=mosquitto ;;
   esac
   DURATION=5 sim "$target" "warmup-$label" 1000 >/dev/null
@@ -177,6 +177,8 @@ for label in memory durable mosquitto; do
     done
   fi
   [ "$target" = sluice ] || continue
+  # A fresh stack: the writer's backlog from the steps above would load tansu meanwhile.
+  start_sluice "$storage"
   DURATION=5 sim http "warmup-http-$label" 1000 >/dev/null
   for rate in $RATES; do
     log "fixed rate over HTTP: $label at $rate readings/s"
