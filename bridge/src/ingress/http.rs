@@ -23,7 +23,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use metrics::counter;
+use metrics::{counter, gauge};
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -388,12 +388,13 @@ impl Front {
                 return Answer::retry(status, "busy", detail, RETRY_AFTER_BUSY);
             }
         };
-        let Ok(_slot) = self.requests.clone().try_acquire_owned() else {
+        let Ok(slot) = self.requests.clone().try_acquire_owned() else {
             counter!("sluice_http_refused_total", "reason" => "concurrency").increment(1);
             let detail = "too many requests in progress";
             let status = StatusCode::SERVICE_UNAVAILABLE;
             return Answer::retry(status, "busy", detail, RETRY_AFTER_BUSY);
         };
+        let _in_progress = InProgress::new(slot);
         let limit = if batch {
             self.settings.max_body_bytes
         } else {
@@ -439,7 +440,7 @@ impl Front {
                 return Answer::retry(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail, wait);
             }
             Err(Over::Never) => {
-                let detail = format!("{} readings at once are more than [ingress] burst_messages allows; send smaller batches", items.len());
+                let detail = format!("{} entries at once are more than [ingress] burst_messages or burst_bytes allow; send smaller batches", items.len());
                 return Answer::refused(StatusCode::PAYLOAD_TOO_LARGE, "over_burst", detail);
             }
         }
@@ -574,6 +575,25 @@ impl Front {
     }
 }
 
+/// A request being served: its place among `max_concurrent_requests`, shown in
+/// `sluice_http_requests_in_progress`.
+struct InProgress {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl InProgress {
+    fn new(slot: tokio::sync::OwnedSemaphorePermit) -> InProgress {
+        gauge!("sluice_http_requests_in_progress").increment(1.0);
+        InProgress { _slot: slot }
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        gauge!("sluice_http_requests_in_progress").decrement(1.0);
+    }
+}
+
 /// A connection's place among `Front::connections`, given back when dropped.
 struct ConnectionSlot {
     front: Arc<Front>,
@@ -626,6 +646,7 @@ async fn opens_with_h2_preface(
 ) -> std::io::Result<bool> {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let mut first = [0u8; PREFACE.len()];
+    let mut pause = Duration::from_millis(5);
     let peeking = async {
         loop {
             let n = socket.peek(&mut first).await?;
@@ -638,8 +659,10 @@ async fn opens_with_h2_preface(
             if n == PREFACE.len() {
                 return Ok(true);
             }
-            // Part of the preface: peek returns at once until more arrives.
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            // Part of the preface: peek returns at once until more arrives, so wait a
+            // little longer each time.
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
         }
     };
     tokio::time::timeout(wait, peeking)

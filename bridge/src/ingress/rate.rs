@@ -81,10 +81,15 @@ impl Rates {
             }
         }
         if let (Some(limiter), Some(n)) = (&self.bytes, count(bytes)) {
-            // More bytes than any burst passes (settings keep bursts above the packet
-            // size; an HTTP batch may be larger).
-            if let Ok(Err(not_until)) = limiter.check_key_n(key, n) {
-                return Err(Over::Wait(not_until.wait_time_from(limiter.clock().now())));
+            match limiter.check_key_n(key, n) {
+                Ok(Ok(())) => {}
+                Ok(Err(not_until)) => {
+                    return Err(Over::Wait(not_until.wait_time_from(limiter.clock().now())))
+                }
+                // One packet passes (settings keep bursts above the packet size); a batch
+                // larger than the burst would dodge the limit.
+                Err(_) if messages > 1 => return Err(Over::Never),
+                Err(_) => {}
             }
         }
         Ok(())
