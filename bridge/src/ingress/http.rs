@@ -6,7 +6,6 @@
 
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +33,7 @@ use tower::ServiceExt;
 
 use super::admit::{admit, Destination, Rules};
 use super::rate::{Over, RateKey};
-use super::sources::{SourceSlot, Sources};
+use super::sources::{Connections, Open, Sources};
 use super::{Ingress, Listener};
 use crate::ack::{Delivered, Outcome, Waiter};
 use crate::budget::{Budget, Reservation};
@@ -55,13 +54,12 @@ pub struct Front {
     settings: HttpIngestSettings,
     /// Requests being served.
     requests: Arc<Semaphore>,
-    /// Connections and requests per source address.
-    sources: Arc<Sources>,
+    /// Requests per source address.
     requests_by_source: Arc<Sources>,
     /// HTTP's records and bytes on their way to Kafka: at most half of the process's, so
     /// MQTT devices always have room.
     budget: Arc<Budget>,
-    connections: AtomicUsize,
+    connections: Arc<Connections>,
 }
 
 /// Who is on the other end of one connection.
@@ -124,13 +122,12 @@ impl Front {
         let i = &ingress.settings;
         Arc::new(Front {
             requests: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
-            sources: Arc::default(),
             requests_by_source: Arc::default(),
             budget: Budget::new(
                 (i.max_inflight_total / 2).max(1),
                 (i.max_inflight_bytes_total / 2).max(1),
             ),
-            connections: AtomicUsize::new(0),
+            connections: Arc::default(),
             settings,
             ingress,
         })
@@ -158,20 +155,17 @@ impl Front {
         listeners: Vec<Listener>,
         stop: impl std::future::Future<Output = ()>,
     ) {
-        let graceful = Arc::new(GracefulShutdown::new());
+        let graceful = GracefulShutdown::new();
         let router = self.router();
         let accepting = listeners
             .into_iter()
-            .map(|l| self.clone().accept(l, router.clone(), graceful.clone()));
+            .map(|l| self.clone().accept(l, router.clone(), &graceful));
         tokio::select! {
             _ = futures::future::join_all(accepting) => {}
             _ = stop => {}
         }
         tracing::info!("HTTP ingest stopped accepting; finishing the requests in progress");
         let wait = Duration::from_millis(self.ingress.settings.drain_timeout_ms + 1_000);
-        let Ok(graceful) = Arc::try_unwrap(graceful) else {
-            return;
-        };
         if tokio::time::timeout(wait, graceful.shutdown())
             .await
             .is_err()
@@ -184,7 +178,7 @@ impl Front {
         self: Arc<Front>,
         listener: Listener,
         router: Router,
-        graceful: Arc<GracefulShutdown>,
+        graceful: &GracefulShutdown,
     ) {
         let builders = Arc::new(Builders::new(Duration::from_millis(
             self.ingress.settings.connect_timeout_ms,
@@ -214,30 +208,22 @@ impl Front {
     /// A place for a new connection, or `None` (it is closed at once) past
     /// `max_connections`, `max_connections_per_address` or the listener's connect rate.
     fn admit_connection(
-        self: &Arc<Front>,
+        &self,
         address: IpAddr,
         connects: &super::rate::ConnectRate,
-    ) -> Option<ConnectionSlot> {
-        let refused = |reason: &'static str| {
-            counter!("sluice_http_connections_refused_total", "reason" => reason).increment(1);
-            None
+    ) -> Option<Open> {
+        let s = &self.settings;
+        let admitted = match connects.allows() {
+            true => {
+                (self.connections).admit(address, s.max_connections, s.max_connections_per_address)
+            }
+            false => Err("connect_rate"),
         };
-        if !connects.allows() {
-            return refused("connect_rate");
-        }
-        if self.connections.fetch_add(1, Ordering::AcqRel) >= self.settings.max_connections {
-            self.connections.fetch_sub(1, Ordering::AcqRel);
-            return refused("total");
-        }
-        let max_each = self.settings.max_connections_per_address;
-        let Some(source) = self.sources.take(address, max_each) else {
-            self.connections.fetch_sub(1, Ordering::AcqRel);
-            return refused("per_address");
-        };
-        Some(ConnectionSlot {
-            front: self.clone(),
-            _source: source,
-        })
+        admitted
+            .inspect_err(|reason| {
+                counter!("sluice_http_connections_refused_total", "reason" => *reason).increment(1)
+            })
+            .ok()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -291,8 +277,12 @@ impl Front {
 
     /// Who a request is: its bearer token's identity, its Basic credentials (checked as an
     /// MQTT password), its client certificate's (HTTPS), or anonymous where allowed.
-    async fn identify(&self, peer: &Peer, headers: &HeaderMap) -> Result<Identity, Answer> {
-        let rules = self.ingress.security.current();
+    async fn identify(
+        &self,
+        rules: &Arc<crate::security::Rules>,
+        peer: &Peer,
+        headers: &HeaderMap,
+    ) -> Result<Identity, Answer> {
         let authorization = headers
             .get(header::AUTHORIZATION)
             .map(|v| v.to_str().unwrap_or_default());
@@ -305,7 +295,7 @@ impl Front {
             None => ("", ""),
         };
         let basic = if scheme.eq_ignore_ascii_case("bearer") {
-            return Security::bearer(&rules, credentials.trim())
+            return Security::bearer(rules, credentials.trim())
                 .ok_or_else(|| unauthorized("unknown bearer token"));
         } else if scheme.eq_ignore_ascii_case("basic") {
             let decoded = base64::engine::general_purpose::STANDARD
@@ -334,11 +324,11 @@ impl Front {
         let security = &self.ingress.security;
         let source = super::source(peer.address);
         match security
-            .authenticate(&rules, peer.door, presented, source)
+            .authenticate(rules, peer.door, presented, source)
             .await
         {
             // A certificate revoked by a reload is refused on a connection made before it.
-            Ok(identity) if !identity.still_valid(&rules) => {
+            Ok(identity) if !identity.still_valid(rules) => {
                 Err(unauthorized("the client certificate is no longer trusted"))
             }
             Ok(identity) => Ok(identity),
@@ -378,16 +368,18 @@ impl Front {
             let status = StatusCode::SERVICE_UNAVAILABLE;
             return Answer::retry(status, "shutting_down", detail, RETRY_AFTER_BUSY);
         }
-        let identity = match tokio::time::timeout_at(deadline, self.identify(&peer, &headers)).await
-        {
-            Ok(Ok(identity)) => identity,
-            Ok(Err(answer)) => return answer,
-            Err(_) => {
-                let detail = "the credentials could not be checked in time";
-                let status = StatusCode::SERVICE_UNAVAILABLE;
-                return Answer::retry(status, "busy", detail, RETRY_AFTER_BUSY);
-            }
-        };
+        // One load of the rules decides who the sender is and what it may post.
+        let rules = self.ingress.security.current();
+        let identity =
+            match tokio::time::timeout_at(deadline, self.identify(&rules, &peer, &headers)).await {
+                Ok(Ok(identity)) => identity,
+                Ok(Err(answer)) => return answer,
+                Err(_) => {
+                    let detail = "the credentials could not be checked in time";
+                    let status = StatusCode::SERVICE_UNAVAILABLE;
+                    return Answer::retry(status, "busy", detail, RETRY_AFTER_BUSY);
+                }
+            };
         let Ok(slot) = self.requests.clone().try_acquire_owned() else {
             counter!("sluice_http_refused_total", "reason" => "concurrency").increment(1);
             let detail = "too many requests in progress";
@@ -408,6 +400,7 @@ impl Front {
                 return Answer::refused(StatusCode::REQUEST_TIMEOUT, "timeout", detail);
             }
         };
+        let (body, gzip) = body;
         let items = match items(body) {
             Ok(items) => items,
             Err(answer) => return answer,
@@ -417,7 +410,6 @@ impl Front {
             Some(name) => name.clone(),
             None => format!("http:{source}").into(),
         };
-        let rules = self.ingress.security.current();
         let who = Who {
             identity: identity.name.as_deref(),
             client_id: &client_id,
@@ -454,7 +446,7 @@ impl Front {
                 RETRY_AFTER_KAFKA,
             );
         }
-        let sent = match self.send(items, &client_id, received_at).await {
+        let sent = match self.send(items, gzip, &client_id, received_at).await {
             Ok(sent) => sent,
             Err(answer) => return answer,
         };
@@ -507,6 +499,7 @@ impl Front {
     async fn send(
         &self,
         items: Vec<Item>,
+        gzip: bool,
         client_id: &Arc<str>,
         received_at: DateTime<Utc>,
     ) -> Result<Vec<Sent>, Answer> {
@@ -519,7 +512,7 @@ impl Front {
         for item in items {
             let content_type = item.content_type.to_owned();
             let mut properties = vec![("http.content_type".to_owned(), content_type.clone())];
-            if item.gzip {
+            if gzip {
                 properties.push(("http.content_encoding".to_owned(), "gzip".to_owned()));
             }
             let publish = wire::Publish {
@@ -591,18 +584,6 @@ impl InProgress {
 impl Drop for InProgress {
     fn drop(&mut self) {
         gauge!("sluice_http_requests_in_progress").decrement(1.0);
-    }
-}
-
-/// A connection's place among `Front::connections`, given back when dropped.
-struct ConnectionSlot {
-    front: Arc<Front>,
-    _source: SourceSlot,
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.front.connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -678,7 +659,6 @@ struct Item {
     topic: String,
     payload: Bytes,
     content_type: &'static str,
-    gzip: bool,
 }
 
 /// What an item became.
@@ -805,8 +785,9 @@ fn with_peer(
     ))
 }
 
-/// The body, decompressed (`Content-Encoding: gzip`), of at most `limit` bytes either way.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Answer> {
+/// The body, decompressed (`Content-Encoding: gzip`), of at most `limit` bytes either way,
+/// and whether it came gzipped.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<(Bytes, bool), Answer> {
     let too_large = || {
         let detail = format!("the body is larger than {limit} bytes");
         Answer::refused(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", detail)
@@ -831,7 +812,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         }
     };
     if !gzip {
-        return Ok(bytes);
+        return Ok((bytes, false));
     }
     let mut out = Vec::new();
     let read = flate2::read::MultiGzDecoder::new(&bytes[..])
@@ -839,7 +820,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         .read_to_end(&mut out);
     match read {
         Ok(n) if n > limit => Err(too_large()),
-        Ok(_) => Ok(out.into()),
+        Ok(_) => Ok((out.into(), true)),
         Err(e) => Err(Answer::refused(
             StatusCode::BAD_REQUEST,
             "bad_gzip",
@@ -931,7 +912,6 @@ async fn one(
         Ok(c) => c,
         Err(answer) => return answer,
     };
-    let gzip = matches!(encoding(&headers), Ok(true));
     let topic = front.settings.topic_for(&device_id, metric.as_deref());
     let items = |payload| {
         Ok(vec![Item {
@@ -940,7 +920,6 @@ async fn one(
             topic,
             payload,
             content_type,
-            gzip,
         }])
     };
     front.ingest(peer, headers, body, items, false).await
@@ -967,7 +946,6 @@ async fn batch(
     if let Err(answer) = content_type(&headers, &[Format::Json]) {
         return answer;
     }
-    let gzip = matches!(encoding(&headers), Ok(true));
     let settings = front.settings.clone();
     let max_payload = front.ingress.limits.max_payload_bytes;
     let items = move |body: Bytes| {
@@ -1006,7 +984,6 @@ async fn batch(
                 metric: entry.metric,
                 payload: Bytes::copy_from_slice(payload.as_bytes()),
                 content_type,
-                gzip,
             });
         }
         Ok(items)

@@ -16,7 +16,6 @@ mod sources;
 mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,16 +129,7 @@ pub struct Ingress {
     rates: rate::Rates,
     /// Set when the process stops: connections drain.
     shutdown: watch::Sender<bool>,
-    open: Connections,
-}
-
-/// Open connections, in total and per source (see `source`).
-#[derive(Default)]
-struct Connections {
-    total: AtomicUsize,
-    sources: Arc<sources::Sources>,
-    /// Notified when the last connection closes.
-    idle: Notify,
+    open: Arc<sources::Connections>,
 }
 
 /// A listening socket and how it admits clients.
@@ -173,25 +163,14 @@ struct Gate {
     connects: rate::ConnectRate,
 }
 
-/// A connection's place in `Connections`, given back when dropped.
+/// A device connection's place among the open ones, counted in `sluice_connections`.
 struct Slot {
-    ingress: Arc<Ingress>,
-    _source: sources::SourceSlot,
-}
-
-impl Connections {
-    /// One connection fewer.
-    fn closed(&self) {
-        if self.total.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.idle.notify_waiters();
-        }
-    }
+    _open: sources::Open,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         gauge!("sluice_connections").decrement(1.0);
-        self.ingress.open.closed();
     }
 }
 
@@ -229,7 +208,7 @@ impl Ingress {
                 topic_alias_maximum: settings.topic_alias_maximum,
             },
             shutdown: watch::channel(false).0,
-            open: Connections::default(),
+            open: Arc::default(),
             settings,
         }
     }
@@ -262,14 +241,14 @@ impl Ingress {
             _ = stop => {}
         }
         tracing::info!(
-            connections = self.open.total.load(Ordering::Acquire),
+            connections = self.open.open(),
             "stopped accepting; draining connections"
         );
-        let idle = self.open.idle.notified();
+        let idle = self.open.idle();
         tokio::pin!(idle);
         idle.as_mut().enable();
         self.shutdown.send_replace(true);
-        if self.open.total.load(Ordering::Acquire) > 0 {
+        if self.open.open() > 0 {
             let limit = Duration::from_millis(self.settings.drain_timeout_ms + 3_000);
             let _ = tokio::time::timeout(limit, idle).await;
         }
@@ -284,12 +263,11 @@ impl Ingress {
         });
         loop {
             let (socket, peer) = listener.next().await;
-            let Some(slot) = self.clone().admit_connection(peer.ip()) else {
+            let Some(slot) = self.admit_connection(peer.ip()) else {
                 continue;
             };
-            let gate = gate.clone();
+            let (gate, ingress) = (gate.clone(), self.clone());
             tokio::spawn(async move {
-                let ingress = slot.ingress.clone();
                 if let Err(e) = ingress.connection(socket, peer, &gate).await {
                     tracing::info!(%peer, error = %e, "device connection closed");
                 }
@@ -300,33 +278,22 @@ impl Ingress {
 
     /// A slot for a new connection, or `None` (the socket is closed at once) past
     /// `ingress.max_connections` or `ingress.max_connections_per_address`.
-    fn admit_connection(self: Arc<Self>, address: IpAddr) -> Option<Slot> {
-        let (max_total, max_each) = (
-            self.settings.max_connections,
-            self.settings.max_connections_per_address,
-        );
-        let source = if self.open.total.fetch_add(1, Ordering::AcqRel) >= max_total {
-            Err("total")
-        } else {
-            self.open
-                .sources
-                .take(address, max_each)
-                .ok_or("per_address")
-        };
-        let source = match source {
-            Ok(source) => source,
+    fn admit_connection(&self, address: IpAddr) -> Option<Slot> {
+        let s = &self.settings;
+        match self
+            .open
+            .admit(address, s.max_connections, s.max_connections_per_address)
+        {
+            Ok(open) => {
+                gauge!("sluice_connections").increment(1.0);
+                Some(Slot { _open: open })
+            }
             Err(reason) => {
-                self.open.closed();
                 counter!("sluice_connections_refused_total", "reason" => reason).increment(1);
                 tracing::debug!(%address, reason, "connection refused: over the cap");
-                return None;
+                None
             }
-        };
-        gauge!("sluice_connections").increment(1.0);
-        Some(Slot {
-            ingress: self,
-            _source: source,
-        })
+        }
     }
 
     async fn connection(
