@@ -720,10 +720,42 @@ impl Held {
     /// Sends the rest and returns the status line.
     fn finish(mut self) -> String {
         self.stream.write_all(&self.rest).expect("rest of the body");
+        self.status()
+    }
+
+    /// The status line of the answer, the rest of the body never sent.
+    fn status(mut self) -> String {
         let mut answer = [0u8; 12];
         std::io::Read::read_exact(&mut self.stream, &mut answer).expect("answer");
         String::from_utf8_lossy(&answer).into_owned()
     }
+}
+
+#[tokio::test]
+async fn a_body_that_never_ends_gets_408_and_its_address_429_meanwhile() {
+    let gateway = Gateway::start(Some(Box::new(|c: &mut toml::Table| {
+        set(c, &["ingress", "http", "request_timeout_ms"], 1500);
+        set(c, &["ingress", "http", "max_requests_per_address"], 1);
+    })));
+    let dev = format!("{}-slow", gateway.id);
+    let held = Held::start(&gateway, &format!("{dev}/temp"), &reading(1, TS));
+    held.wait_served(&gateway);
+    let r = curl(
+        &format!("{}/{dev}/temp", base(&gateway)),
+        &["-H", JSON],
+        &reading(2, TS),
+    );
+    assert_eq!((r.status, r.error()), (429, "too_many_requests"), "{r:?}");
+    assert_eq!(r.header("retry-after"), Some("1"), "{r:?}");
+    let started = Instant::now();
+    assert_eq!(held.status(), "HTTP/1.1 408", "the body never came");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let r = curl(
+        &format!("{}/{dev}/temp", base(&gateway)),
+        &["-H", JSON],
+        &reading(3, TS),
+    );
+    assert_eq!(r.status, 202, "its place is given back: {r:?}");
 }
 
 #[tokio::test]
