@@ -5,6 +5,7 @@
 //! the connection is busy with.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
@@ -57,6 +58,12 @@ pub struct Waiter {
 /// HTTP `202`), in microseconds, since the last `take_confirmations`: the status page's
 /// live p50/p99, which a Prometheus summary (never forgetting) cannot give.
 static CONFIRMATIONS: LazyLock<Mutex<Histogram<u64>>> = LazyLock::new(|| Mutex::new(latencies()));
+/// Whether anyone looks at them (so nobody else pays for the lock).
+static RECORDING: AtomicBool = AtomicBool::new(false);
+
+pub fn record_confirmations(on: bool) {
+    RECORDING.store(on, Ordering::Relaxed);
+}
 
 fn latencies() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("static bounds")
@@ -105,7 +112,8 @@ impl Waiter {
     }
 
     pub fn resolve(self, outcome: Outcome) {
-        if let (Some(since), Ok(_)) = (self.since, &outcome) {
+        let recording = RECORDING.load(Ordering::Relaxed);
+        if let (Some(since), Ok(_), true) = (self.since, &outcome, recording) {
             let micros = since.elapsed().as_micros() as u64;
             let mut recorded = CONFIRMATIONS.lock().unwrap_or_else(|e| e.into_inner());
             recorded.saturating_record(micros.max(1));

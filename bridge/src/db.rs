@@ -86,16 +86,27 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// The URL without its password, for messages.
+/// The URL (or key=value string) without its password, for messages.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let mut out = match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
             let user = userinfo.split(':').next().unwrap_or_default();
             format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
         }
         _ => url.to_owned(),
+    };
+    // `password=` in a URL's query or a key=value string.
+    let mut from = 0;
+    while let Some(found) = out[from..].find("password=") {
+        let start = from + found + "password=".len();
+        let end = out[start..]
+            .find(['&', ' '])
+            .map_or(out.len(), |n| start + n);
+        out.replace_range(start..end, "********");
+        from = start;
     }
+    out
 }
 
 #[cfg(test)]
@@ -107,5 +118,13 @@ mod tests {
             "postgres://u@h:5/db"
         );
         assert_eq!(super::redact("postgres://h/db"), "postgres://h/db");
+        assert_eq!(
+            super::redact("postgres://h/db?user=u&password=secret&x=1"),
+            "postgres://h/db?user=u&password=********&x=1"
+        );
+        assert_eq!(
+            super::redact("host=h password=secret dbname=d"),
+            "host=h password=******** dbname=d"
+        );
     }
 }

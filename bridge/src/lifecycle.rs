@@ -204,7 +204,7 @@ async fn configure(
 /// and refreshes `readings_1m`; with it, watches its jobs. Database outages are logged
 /// and retried next time.
 pub async fn run(url: String, storage: StorageSettings, backend: Backend, health: Arc<Health>) {
-    let period = storage.rollup_refresh.0.unwrap_or(Duration::from_secs(60));
+    let period = storage.rollup_period();
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut client = None;

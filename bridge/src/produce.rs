@@ -241,6 +241,7 @@ impl Producer {
     /// Sends a payload that could not be decoded, mapped or stored, with its original
     /// bytes and why.
     pub async fn dead_letter(&self, letter: DeadLetter, ticket: Ticket, wait: bool) {
+        counter!("sluice_dead_letters_total", "reason" => letter.reason).increment(1);
         let received_at = letter.received_at.to_rfc3339();
         let headers = OwnedHeaders::new()
             .insert(header("mqtt_topic", &letter.mqtt_topic))

@@ -50,6 +50,10 @@ pub struct ApiSettings {
     /// senders (the loopback default). Devices are not readers.
     #[serde(default)]
     pub readers: Vec<String>,
+    /// Anonymous readers (on a listener that admits anonymous senders). Unset: only from
+    /// a loopback address.
+    #[serde(default)]
+    pub allow_anonymous: Option<bool>,
     /// Database connections the API's queries share.
     #[serde(default = "default_api_connections")]
     pub database_connections: usize,
@@ -65,6 +69,7 @@ impl Default for ApiSettings {
     fn default() -> ApiSettings {
         ApiSettings {
             readers: Vec::new(),
+            allow_anonymous: None,
             database_connections: default_api_connections(),
             statement_timeout_ms: default_api_statement_timeout_ms(),
             max_streams: default_api_streams(),
@@ -486,6 +491,13 @@ impl std::fmt::Display for Span {
     }
 }
 
+impl StorageSettings {
+    /// How often readings_1m is brought up to date (a minute when `rollup_refresh` is off).
+    pub fn rollup_period(&self) -> Duration {
+        self.rollup_refresh.0.unwrap_or(Duration::from_secs(60))
+    }
+}
+
 impl Span {
     /// Seconds, for PostgreSQL's `make_interval(secs => ..)`; NULL when off.
     pub fn seconds(&self) -> Option<f64> {
@@ -507,32 +519,46 @@ pub struct LogSettings {
     pub json: bool,
 }
 
-/// `value` with every secret replaced: the database URL's password, and any key that
-/// names a password, secret or key material (librdkafka's `sasl.password`, say).
+/// `value` with every secret replaced, whole: the database URL's password, and anything
+/// under a key that names a password, secret, key, token or credentials (librdkafka's
+/// `ssl.key.pem` or `sasl.password`, rumqttd's `auth` tables of users and passwords).
+/// File paths are kept.
 fn masked(mut value: serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
-    fn walk(value: &mut Value) {
+    // `auth` is rumqttd's table of users and passwords, except Sluice's own [auth]
+    // section, which names files.
+    fn secret(key: &str, top: bool) -> bool {
+        let key = key.to_ascii_lowercase();
+        let words = [
+            "pass",
+            "secret",
+            "private",
+            "sasl",
+            "token",
+            "credential",
+            "pem",
+            "key",
+        ];
+        let named = words.iter().any(|w| key.contains(w));
+        // Paths to such files, and a mapping's Kafka `key` template, are not secrets.
+        let harmless = key.ends_with("_file") || key.ends_with(".location") || key == "key";
+        (named && !harmless) || (key == "auth" && !top)
+    }
+    fn walk(value: &mut Value, top: bool) {
         match value {
             Value::Object(map) => {
                 for (key, v) in map.iter_mut() {
-                    let key = key.to_ascii_lowercase();
-                    let secret = ["password", "secret", "private", "sasl", "token"]
-                        .iter()
-                        .any(|s| key.contains(s))
-                        && !key.ends_with("_file");
-                    match v {
-                        Value::String(_) | Value::Number(_) if secret => {
-                            *v = Value::String("********".into())
-                        }
-                        _ => walk(v),
+                    match secret(key, top) {
+                        true => *v = Value::String("********".into()),
+                        false => walk(v, false),
                     }
                 }
             }
-            Value::Array(items) => items.iter_mut().for_each(walk),
+            Value::Array(items) => items.iter_mut().for_each(|v| walk(v, false)),
             _ => {}
         }
     }
-    walk(&mut value);
+    walk(&mut value, true);
     if let Some(url) = value.pointer_mut("/writer/database_url") {
         if let Some(text) = url.as_str() {
             *url = Value::String(crate::db::redact(text));
@@ -817,8 +843,31 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
-    use super::Span;
+    use super::{masked, Span};
     use std::time::Duration;
+
+    #[test]
+    fn secrets_are_masked_whole_and_paths_kept() {
+        let set = serde_json::json!({
+            "writer": {"database_url": "postgres://u:pw@h/db"},
+            "kafka": {"properties": {"sasl.password": "s", "ssl.key.pem": "-----BEGIN",
+                                     "ssl.key.location": "/etc/k.pem", "acks": "all"}},
+            "auth": {"password_file": "passwd", "token_file": "tokens"},
+            "broker": {"v4": {"1": {"connections": {"auth": {"dev": "pw"}}}}},
+            "mappings": [{"key": "{device_id}"}],
+        });
+        let m = masked(set);
+        assert_eq!(m["writer"]["database_url"], "postgres://u@h/db");
+        let p = &m["kafka"]["properties"];
+        assert_eq!(p["sasl.password"], "********");
+        assert_eq!(p["ssl.key.pem"], "********");
+        assert_eq!(p["ssl.key.location"], "/etc/k.pem");
+        assert_eq!(p["acks"], "all");
+        assert_eq!(m["auth"]["password_file"], "passwd");
+        assert_eq!(m["auth"]["token_file"], "tokens");
+        assert_eq!(m["broker"]["v4"]["1"]["connections"]["auth"], "********");
+        assert_eq!(m["mappings"][0]["key"], "{device_id}");
+    }
 
     fn span(s: &str) -> Result<Option<u64>, String> {
         Span::try_from(s.to_owned()).map(|s| s.0.map(|d| d.as_secs()))

@@ -451,6 +451,8 @@ impl Store {
             let late = (Utc::now() - oldest).num_milliseconds().max(0) as f64 / 1000.0;
             gauge!("sluice_writer_lag_seconds").set(late);
         }
+        let now = Utc::now().timestamp_millis() as f64 / 1000.0;
+        gauge!("sluice_writer_last_commit_seconds").set(now);
         Ok(())
     }
 

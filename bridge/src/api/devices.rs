@@ -7,14 +7,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 
-use super::params::{cursor, Params};
-use super::{reply, Api, ApiError};
+use super::params::{page, Params};
+use super::{answer, Api, ApiError};
 
 #[derive(Serialize)]
 struct Device {
@@ -71,10 +70,7 @@ SELECT m.device_id, m.metric,
  ORDER BY m.device_id, m.metric";
 
 pub async fn list(State(api): State<Arc<Api>>, RawQuery(query): RawQuery) -> Response {
-    match devices(&api, query.as_deref()).await {
-        Ok(body) => reply(StatusCode::OK, body),
-        Err(e) => axum::response::IntoResponse::into_response(e),
-    }
+    answer(async move { devices(&api, query.as_deref()).await }).await
 }
 
 async fn devices(api: &Api, query: Option<&str>) -> Result<serde_json::Value, ApiError> {
@@ -89,9 +85,8 @@ async fn devices(api: &Api, query: Option<&str>) -> Result<serde_json::Value, Ap
     let rows = db
         .query(IDS, &[&after, &search, &(limit as i64 + 1)])
         .await?;
-    let mut ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    let more = ids.len() > limit;
-    ids.truncate(limit);
+    let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let (ids, next) = page(ids, limit, |id| vec![id.clone()]);
     // The database's order (its collation), which the cursor follows too.
     let mut devices: Vec<Device> = ids
         .iter()
@@ -129,6 +124,5 @@ async fn devices(api: &Api, query: Option<&str>) -> Result<serde_json::Value, Ap
         );
         device.metrics.push(metric);
     }
-    let next = more.then(|| cursor(&[ids.last().map(String::as_str).unwrap_or("")]));
     Ok(json!({"devices": devices, "next": next}))
 }

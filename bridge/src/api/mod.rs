@@ -6,8 +6,10 @@
 mod devices;
 mod params;
 mod series;
-pub mod status;
+mod status;
 
+use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,15 +22,14 @@ use serde_json::{json, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::db;
+use crate::ingress::sources::Sources;
 use crate::settings::{ApiSettings, Settings};
-
-pub use params::Params;
 
 /// The OpenAPI description of every endpoint, ingest included.
 const OPENAPI: &str = include_str!("openapi.json");
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -37,31 +38,61 @@ pub enum ApiError {
     Db(#[from] db::DbError),
     #[error("database: {}", db::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
+    #[error("the query task failed")]
+    Internal,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, error) = match &self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
-            ApiError::Postgres(e)
-                if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) =>
-            {
-                (StatusCode::SERVICE_UNAVAILABLE, "query_timeout")
-            }
-            ApiError::Db(_) | ApiError::Postgres(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
-            }
+        use tokio_postgres::error::SqlState;
+        // Clients learn what they can act on; the database's own words go to the log.
+        let (status, error, detail) = match &self {
+            ApiError::BadRequest(d) => (StatusCode::BAD_REQUEST, "bad_request", d.as_str()),
+            ApiError::Busy(d) => (StatusCode::SERVICE_UNAVAILABLE, "busy", d.as_str()),
+            ApiError::Postgres(e) if e.code() == Some(&SqlState::QUERY_CANCELED) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "query_timeout",
+                "the query ran longer than [api] statement_timeout_ms; ask for less",
+            ),
+            ApiError::Postgres(e) if e.as_db_error().is_some() => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the database refused the query; see sluice's log",
+            ),
+            ApiError::Db(_) | ApiError::Postgres(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the database cannot be reached",
+            ),
+            ApiError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the query task failed; see sluice's log",
+            ),
         };
         if status != StatusCode::BAD_REQUEST {
             tracing::warn!(error = %self, "read API request failed");
         }
-        reply(status, json!({"error": error, "detail": self.to_string()}))
+        reply(status, json!({"error": error, "detail": detail}))
+    }
+}
+
+/// Runs a request's queries in a task of their own, so a client that hangs up does not
+/// leave its query queued on a pooled connection: it finishes (within the statement
+/// timeout) and the connection goes back clean.
+async fn answer<F>(work: F) -> Response
+where
+    F: Future<Output = Result<Value, ApiError>> + Send + 'static,
+{
+    match tokio::spawn(work).await {
+        Ok(Ok(body)) => reply(StatusCode::OK, body),
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => ApiError::Internal.into_response(),
     }
 }
 
 /// A JSON answer, counted by status.
-pub fn reply(status: StatusCode, body: Value) -> Response {
+fn reply(status: StatusCode, body: Value) -> Response {
     counter!("sluice_api_requests_total", "status" => status.as_str().to_owned()).increment(1);
     let mut response = (status, axum::Json(body)).into_response();
     let headers = response.headers_mut();
@@ -75,9 +106,8 @@ pub struct Api {
     status: status::Sampler,
     config: Value,
     streams: Arc<Semaphore>,
+    streams_by_source: Arc<Sources>,
     stop: tokio::sync::watch::Receiver<bool>,
-    /// Whether readings_1m is TimescaleDB's real-time aggregate (asked once).
-    live_rollup: tokio::sync::OnceCell<bool>,
     /// How far readings_1m may be behind where Sluice refreshes it.
     rollup_lag: chrono::Duration,
 }
@@ -100,31 +130,28 @@ impl Api {
         Ok(Arc::new(Api {
             settings: settings.api.clone(),
             streams: Arc::new(Semaphore::new(settings.api.max_streams)),
+            streams_by_source: Arc::default(),
             config: settings.as_set.clone(),
             pool,
             status,
             stop,
-            live_rollup: tokio::sync::OnceCell::new(),
             rollup_lag: chrono::Duration::from_std(
-                settings.storage.rollup_refresh.0.unwrap_or_default() + Duration::from_secs(60),
+                settings.storage.rollup_period() + Duration::from_secs(60),
             )
-            .unwrap_or(chrono::Duration::MAX),
+            .unwrap_or(chrono::Duration::days(1)),
         }))
     }
 
-    /// Readers: anonymous senders where the listener admits them, and `api.readers`.
-    pub fn may_read(&self, identity: Option<&str>) -> bool {
-        identity.is_none_or(|name| self.settings.readers.iter().any(|r| r == name))
-    }
-
-    /// TimescaleDB's readings_1m is a view over materialised minutes and the newest
-    /// readings; Sluice's own is a table.
-    async fn rollup_is_live(&self, db: &tokio_postgres::Client) -> Result<bool, ApiError> {
-        let ask = || async {
-            let sql = "SELECT relkind <> 'r' FROM pg_class WHERE oid = 'readings_1m'::regclass";
-            Ok::<bool, ApiError>(db.query_one(sql, &[]).await?.get(0))
-        };
-        self.live_rollup.get_or_try_init(ask).await.copied()
+    /// Readers: the identities in `api.readers`, and anonymous clients (on a listener
+    /// that admits them) where `api.allow_anonymous` says, by default from loopback only.
+    pub fn may_read(&self, identity: Option<&str>, address: IpAddr) -> bool {
+        match identity {
+            Some(name) => self.settings.readers.iter().any(|r| r == name),
+            None => self
+                .settings
+                .allow_anonymous
+                .unwrap_or(address.is_loopback()),
+        }
     }
 
     pub fn routes(self: &Arc<Api>) -> Router {
@@ -141,14 +168,25 @@ impl Api {
     }
 }
 
-async fn config(axum::extract::State(api): axum::extract::State<Arc<Api>>) -> Response {
-    reply(StatusCode::OK, api.config.clone())
+/// Where a reader's request came from, as the gate saw it.
+#[derive(Clone, Copy)]
+pub struct Reader {
+    pub address: IpAddr,
+}
+
+async fn config(
+    axum::extract::State(api): axum::extract::State<Arc<Api>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    match params::Params::parse(query.as_deref(), &[]) {
+        Ok(_) => reply(StatusCode::OK, api.config.clone()),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn openapi() -> Response {
-    let mut response = reply(StatusCode::OK, Value::Null);
-    *response.body_mut() = axum::body::Body::from(OPENAPI);
-    response
+    counter!("sluice_api_requests_total", "status" => "200").increment(1);
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 /// The API's database connections: at most `api.database_connections`, kept while they
@@ -161,7 +199,7 @@ struct Pool {
 }
 
 /// A connection lent to one request; back to the pool when dropped, unless it broke.
-pub struct Lease<'a> {
+struct Lease<'a> {
     client: Option<tokio_postgres::Client>,
     pool: &'a Pool,
     _slot: OwnedSemaphorePermit,
@@ -198,7 +236,11 @@ impl Pool {
         let client = match idle {
             Some(client) => client,
             None => {
-                let client = db::connect(&self.url).await?;
+                let connecting =
+                    tokio::time::timeout(Duration::from_secs(5), db::connect(&self.url));
+                let client = connecting.await.map_err(|_| {
+                    ApiError::Busy("the database did not answer within 5 s".into())
+                })??;
                 let timeout = format!("SET statement_timeout = {}", self.statement_timeout_ms);
                 client.batch_execute(&timeout).await?;
                 client

@@ -44,9 +44,17 @@ impl Params {
             .collect()
     }
 
-    /// The `device` values (repeated), at most `MAX_DEVICES`.
+    /// The `device` values (repeated), each once, at most `MAX_DEVICES`.
     pub fn devices(&self) -> Result<Vec<String>, ApiError> {
-        let devices: Vec<String> = self.all("device").into_iter().map(str::to_owned).collect();
+        let mut devices: Vec<String> = Vec::new();
+        for device in self.all("device") {
+            if device.is_empty() {
+                return Err(bad("device= names no device".into()));
+            }
+            if !devices.iter().any(|d| d == device) {
+                devices.push(device.to_owned());
+            }
+        }
         if devices.len() > MAX_DEVICES {
             return Err(bad(format!("at most {MAX_DEVICES} devices at once")));
         }
@@ -56,7 +64,8 @@ impl Params {
     pub fn time(&self, key: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
         self.one(key)?
             .map(|text| {
-                DateTime::parse_from_rfc3339(text)
+                // An unencoded `+01:00` arrives as ` 01:00` (a query string's `+` is a space).
+                DateTime::parse_from_rfc3339(&text.replace(' ', "+"))
                     .map(|t| t.with_timezone(&Utc))
                     .map_err(|e| bad(format!("{key}={text:?} is not an RFC 3339 time ({e}), e.g. 2026-11-30T12:00:00Z")))
             })
@@ -110,6 +119,25 @@ impl Params {
     }
 }
 
+/// The first `limit` of `rows` (fetched `limit + 1`), and the last one's key as the
+/// next page's cursor if there were more.
+pub fn page<T>(
+    mut rows: Vec<T>,
+    limit: usize,
+    key: impl Fn(&T) -> Vec<String>,
+) -> (Vec<T>, Option<String>) {
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next = match (more, rows.last()) {
+        (true, Some(last)) => {
+            let key = key(last);
+            Some(cursor(&key.iter().map(String::as_str).collect::<Vec<_>>()))
+        }
+        _ => None,
+    };
+    (rows, next)
+}
+
 /// The cursor for the page after the one ending with `key`.
 pub fn cursor(key: &[&str]) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(key).unwrap_or_default())
@@ -140,6 +168,25 @@ mod tests {
         assert!(p
             .range(chrono::Duration::hours(1), chrono::Duration::days(1))
             .is_err());
+    }
+
+    #[test]
+    fn offsets_with_an_unencoded_plus_and_repeated_devices() {
+        let p = Params::parse(Some("from=2026-11-30T12:00:00+01:00"), &["from"]).unwrap();
+        let t = p.time("from").unwrap().unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-30T11:00:00+00:00");
+        let p = Params::parse(Some("device=a&device=b&device=a"), &["device"]).unwrap();
+        assert_eq!(p.devices().unwrap(), ["a", "b"]);
+        let p = Params::parse(Some("device="), &["device"]).unwrap();
+        assert!(p.devices().is_err());
+    }
+
+    #[test]
+    fn pages_end_with_a_cursor_only_when_there_is_more() {
+        let (rows, next) = page(vec![1, 2, 3], 2, |n| vec![n.to_string()]);
+        assert_eq!((rows, next), (vec![1, 2], Some(cursor(&["2"]))));
+        let (rows, next) = page(vec![1, 2], 2, |n| vec![n.to_string()]);
+        assert_eq!((rows, next), (vec![1, 2], None));
     }
 
     #[test]

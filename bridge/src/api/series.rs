@@ -1,20 +1,19 @@
 //! Readings over time: `GET /v1/series` (bucketed, from `readings_1m` when the buckets are
-//! whole minutes and the rollup is up to date, else from `readings`), `GET /v1/summary` (per device and metric over a
+//! whole minutes and the rollup has been refreshed, else from `readings`), `GET /v1/summary` (per device and metric over a
 //! range, percentiles included) and `GET /v1/anomalies` (what the detector flagged).
 
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::params::{bad, cursor, Params};
-use super::{reply, Api, ApiError};
+use super::params::{bad, page, Params};
+use super::{answer, Api, ApiError};
 
-/// Most buckets one series may have: a chart needs far fewer.
+/// Most buckets one answer may have, all devices together: a chart needs far fewer.
 const MAX_POINTS: i64 = 10_000;
 /// Widths chosen from the range when the caller gives none: the smallest that keeps a
 /// series under about 500 points.
@@ -59,22 +58,15 @@ SELECT device_id, time_bucket(make_interval(secs => $1), time) AS t,
  GROUP BY device_id, t ORDER BY device_id, t";
 
 pub async fn series(State(api): State<Arc<Api>>, RawQuery(query): RawQuery) -> Response {
-    answer(bucketed(&api, query.as_deref()).await)
+    answer(async move { bucketed(&api, query.as_deref()).await }).await
 }
 
 pub async fn summary(State(api): State<Arc<Api>>, RawQuery(query): RawQuery) -> Response {
-    answer(summaries(&api, query.as_deref()).await)
+    answer(async move { summaries(&api, query.as_deref()).await }).await
 }
 
 pub async fn anomalies(State(api): State<Arc<Api>>, RawQuery(query): RawQuery) -> Response {
-    answer(flagged(&api, query.as_deref()).await)
-}
-
-fn answer(result: Result<Value, ApiError>) -> Response {
-    match result {
-        Ok(body) => reply(StatusCode::OK, body),
-        Err(e) => e.into_response(),
-    }
+    answer(async move { flagged(&api, query.as_deref()).await }).await
 }
 
 async fn bucketed(api: &Api, query: Option<&str>) -> Result<Value, ApiError> {
@@ -97,22 +89,24 @@ async fn bucketed(api: &Api, query: Option<&str>) -> Result<Value, ApiError> {
     };
     // Whole buckets, so both sources answer for the same instants.
     let (from, to) = (align(from, width, false), align(to, width, true));
-    let points = (to - from).num_seconds() / width;
+    let points = (to - from).num_seconds() / width * devices.len() as i64;
     if points > MAX_POINTS {
         return Err(bad(format!(
-            "{points} buckets of {width} s; at most {MAX_POINTS}: ask for wider buckets or a shorter range"
+            "{points} buckets of {width} s (all devices together); at most {MAX_POINTS}: ask for wider buckets, fewer devices or a shorter range"
         )));
     }
     let db = api.pool.get().await?;
-    // Without TimescaleDB, readings_1m is brought up to date every rollup_refresh, so the
-    // newest buckets come from the readings themselves (TimescaleDB's real-time aggregate
-    // does the same inside readings_1m).
+    // readings_1m is brought up to date every rollup_refresh (TimescaleDB's real-time
+    // aggregate adds only minutes past its last refresh, not late readings in minutes it
+    // already has), so the newest buckets come from the readings themselves.
     let rollup_until = match width % 60 == 0 {
         false => from,
-        true => match api.rollup_is_live(&db).await? {
-            true => to,
-            false => align(Utc::now() - api.rollup_lag, width, false).clamp(from, to),
-        },
+        true => {
+            let refreshed = Utc::now()
+                .checked_sub_signed(api.rollup_lag)
+                .unwrap_or(from);
+            align(refreshed, width, false).clamp(from, to)
+        }
     };
     let width_s = width as f64;
     let mut rows = Vec::new();
@@ -172,7 +166,14 @@ fn parse_width(text: &str) -> Result<i64, ApiError> {
         _ => 0,
     };
     match number.parse::<i64>() {
-        Ok(n) if scale > 0 && n > 0 && n * scale <= 7 * 86_400 => Ok(n * scale),
+        Ok(n) if scale > 0 && n > 0 && n.checked_mul(scale).is_some_and(|w| w <= 7 * 86_400) => {
+            match scale >= 60 || n * scale < 60 || n * scale % 60 == 0 {
+                true => Ok(n * scale),
+                false => Err(bad(format!(
+                    "bucket={text:?}: a bucket of a minute or more is whole minutes (readings_1m serves it)"
+                ))),
+            }
+        }
         _ => Err(bad(format!(
             "bucket={text:?}: give seconds, or a number with s, m, h or d, up to 7d"
         ))),
@@ -227,10 +228,9 @@ async fn summaries(api: &Api, query: Option<&str>) -> Result<Value, ApiError> {
             ],
         )
         .await?;
-    let more = rows.len() > limit;
+    let (rows, next) = page(rows, limit, |r| vec![r.get(0), r.get(1)]);
     let summaries: Vec<Value> = rows
         .iter()
-        .take(limit)
         .map(|r| {
             json!({
                 "device_id": r.get::<_, &str>(0),
@@ -246,10 +246,6 @@ async fn summaries(api: &Api, query: Option<&str>) -> Result<Value, ApiError> {
             })
         })
         .collect();
-    let next = match (more, rows.get(limit - 1)) {
-        (true, Some(last)) => Some(cursor(&[last.get(0), last.get(1)])),
-        _ => None,
-    };
     Ok(json!({"from": from, "to": to, "summaries": summaries, "next": next}))
 }
 
@@ -310,10 +306,12 @@ async fn flagged(api: &Api, query: Option<&str>) -> Result<Value, ApiError> {
             ],
         )
         .await?;
-    let more = rows.len() > limit;
+    let (rows, next) = page(rows, limit, |r| {
+        let time = r.get::<_, DateTime<Utc>>(0).to_rfc3339();
+        vec![time, r.get(1), r.get(2), r.get(3)]
+    });
     let anomalies: Vec<Value> = rows
         .iter()
-        .take(limit)
         .map(|r| {
             json!({
                 "time": r.get::<_, DateTime<Utc>>(0),
@@ -328,13 +326,6 @@ async fn flagged(api: &Api, query: Option<&str>) -> Result<Value, ApiError> {
             })
         })
         .collect();
-    let next = match (more, rows.get(limit - 1)) {
-        (true, Some(r)) => {
-            let time = r.get::<_, DateTime<Utc>>(0).to_rfc3339();
-            Some(cursor(&[&time, r.get(1), r.get(2), r.get(3)]))
-        }
-        _ => None,
-    };
     Ok(json!({"anomalies": anomalies, "next": next}))
 }
 
@@ -344,10 +335,21 @@ mod tests {
 
     #[test]
     fn widths_parse_with_units_and_refuse_nonsense() {
-        assert_eq!(parse_width("90").unwrap(), 90);
         assert_eq!(parse_width("5m").unwrap(), 300);
         assert_eq!(parse_width("1d").unwrap(), 86_400);
-        for bad in ["0", "-5", "5x", "m", "8d", ""] {
+        assert_eq!(parse_width("45").unwrap(), 45);
+        assert_eq!(parse_width("120").unwrap(), 120);
+        for bad in [
+            "0",
+            "-5",
+            "5x",
+            "m",
+            "8d",
+            "",
+            "90",
+            "61s",
+            "99999999999999999d",
+        ] {
             assert!(parse_width(bad).is_err(), "{bad}");
         }
     }

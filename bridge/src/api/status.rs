@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -20,13 +20,19 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::{reply, Api, ApiError};
+use super::params::Params;
+use super::{reply, Api, ApiError, Reader};
 use crate::settings::Settings;
 
 /// Rates are over this many one-second samples; latencies too.
 const WINDOW: usize = 10;
 /// Kafka's offsets are fetched while a status was asked for this recently.
 const WATCHED_FOR: Duration = Duration::from_secs(30);
+/// Live streams one address may hold, and how long one lasts.
+const STREAMS_PER_ADDRESS: usize = 4;
+const STREAM_LIFETIME: Duration = Duration::from_secs(600);
+/// Longest the sampler waits for Kafka's offsets and the database's.
+const LAG_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Status {
@@ -39,9 +45,10 @@ pub struct Status {
     ack_latency_ms: Latency,
     /// Per readings partition: Kafka's end offset against the writers' stored offset.
     kafka_lag: Option<Vec<Lag>>,
-    /// How late the last batch's oldest reading reached the database.
+    /// How late the last batch's oldest reading reached the database; while readings
+    /// wait in Kafka, at least the time since that batch.
     writer_lag_seconds: Option<f64>,
-    /// Publishes refused and dead-lettered since start, by reason.
+    /// Dead letters this process sent since start, by reason.
     dead_letters: BTreeMap<String, u64>,
     connections: Connections,
     /// Why a figure is missing.
@@ -115,7 +122,10 @@ impl Sampler {
     }
 }
 
-pub async fn now(State(api): State<Arc<Api>>) -> Response {
+pub async fn now(State(api): State<Arc<Api>>, RawQuery(query): RawQuery) -> Response {
+    if let Err(e) = Params::parse(query.as_deref(), &[]) {
+        return e.into_response();
+    }
     let status = api.status.now();
     reply(
         StatusCode::OK,
@@ -123,22 +133,40 @@ pub async fn now(State(api): State<Arc<Api>>) -> Response {
     )
 }
 
-/// `event: status` every second, until the client leaves or Sluice stops.
-pub async fn stream(State(api): State<Arc<Api>>) -> Response {
+/// `event: status` every second, until the client leaves, Sluice stops or
+/// `STREAM_LIFETIME` passes (a browser's EventSource reconnects by itself).
+pub async fn stream(
+    State(api): State<Arc<Api>>,
+    Extension(reader): Extension<Reader>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if let Err(e) = Params::parse(query.as_deref(), &[]) {
+        return e.into_response();
+    }
+    let mine = api
+        .streams_by_source
+        .take(reader.address, STREAMS_PER_ADDRESS);
+    let Some(mine) = mine else {
+        let detail =
+            format!("{STREAMS_PER_ADDRESS} live status streams are open from this address already");
+        return ApiError::Busy(detail).into_response();
+    };
     let Ok(place) = api.streams.clone().try_acquire_owned() else {
         let detail = "too many live status streams open ([api] max_streams)";
         return ApiError::Busy(detail.into()).into_response();
     };
-    let api = api.clone();
+    let ends = tokio::time::Instant::now() + STREAM_LIFETIME;
     let latest = api.status.latest.clone();
+    let places = (place, mine);
     let events = futures::stream::unfold(
-        (api, latest, place, true),
-        |(api, mut latest, place, first)| async move {
+        (api, latest, places, true),
+        move |(api, mut latest, places, first)| async move {
             let mut stop = api.stop.clone();
             if !first {
                 tokio::select! {
                     changed = latest.changed() => changed.ok()?,
                     _ = stop.wait_for(|s| *s) => return None,
+                    _ = tokio::time::sleep_until(ends) => return None,
                 }
             }
             if *stop.borrow() {
@@ -147,7 +175,7 @@ pub async fn stream(State(api): State<Arc<Api>>) -> Response {
             latest.borrow_and_update();
             let status = api.status.now();
             let event = Event::default().event("status").json_data(&*status).ok()?;
-            Some((Ok::<_, Infallible>(event), (api, latest, place, false)))
+            Some((Ok::<_, Infallible>(event), (api, latest, places, false)))
         },
     );
     Sse::new(events)
@@ -184,6 +212,8 @@ impl Task {
             let watched = tx.receiver_count() > 1
                 || Utc::now().timestamp_millis() - self.asked.load(Ordering::Relaxed)
                     < WATCHED_FOR.as_millis() as i64;
+            // Confirmation times are recorded only while someone looks at them.
+            crate::ack::record_confirmations(watched);
             let status = self.sample(watched).await;
             tx.send_replace(Arc::new(status));
         }
@@ -207,15 +237,24 @@ impl Task {
         }
         let mut problems = Vec::new();
         let kafka_lag = match watched {
-            true => match self.lag().await {
-                Ok(lag) => Some(lag),
-                Err(e) => {
+            true => match tokio::time::timeout(LAG_TIMEOUT, self.lag()).await {
+                Ok(Ok(lag)) => Some(lag),
+                Ok(Err(e)) => {
                     problems.push(e);
+                    None
+                }
+                Err(_) => {
+                    self.client = None;
+                    problems.push(format!("kafka lag: no answer within {LAG_TIMEOUT:?}"));
                     None
                 }
             },
             false => None,
         };
+        let writer_lag_seconds = self
+            .writer
+            .then(|| writer_lag(&metrics, kafka_lag.as_deref()))
+            .flatten();
         let rate = |of: fn(&Sample) -> f64| {
             let (first, last) = (self.samples.front()?, self.samples.back()?);
             let seconds = (last.at - first.at).as_secs_f64();
@@ -227,11 +266,8 @@ impl Task {
             readings_written_per_second: self.writer.then(|| rate(|s| s.written)).flatten(),
             ack_latency_ms: self.latency(),
             kafka_lag,
-            writer_lag_seconds: self
-                .writer
-                .then(|| metrics.last("sluice_writer_lag_seconds"))
-                .flatten(),
-            dead_letters: metrics.by_label("sluice_rejected_total", "reason"),
+            writer_lag_seconds,
+            dead_letters: metrics.by_label("sluice_dead_letters_total", "reason"),
             connections: Connections {
                 mqtt: metrics.sum("sluice_connections") as u64,
                 http: metrics.sum("sluice_http_connections") as u64,
@@ -258,6 +294,8 @@ impl Task {
         let topics = self.topics.clone();
         let ends = tokio::task::spawn_blocking(move || {
             let timeout = Duration::from_secs(2);
+            // Nothing else polls this consumer: its events are dropped here.
+            let _ = consumer.poll(Duration::ZERO);
             let mut ends = Vec::new();
             for topic in topics {
                 let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
@@ -310,6 +348,21 @@ impl Task {
             .iter()
             .map(|r| ((r.get(0), r.get(1)), r.get(2)))
             .collect())
+    }
+}
+
+/// The last batch's lateness, or, while readings wait in Kafka, the time since that
+/// batch if longer: a stalled writer's lag grows instead of freezing.
+fn writer_lag(metrics: &Metrics<'_>, kafka_lag: Option<&[Lag]>) -> Option<f64> {
+    let last_batch = metrics.last("sluice_writer_lag_seconds")?;
+    let waiting = kafka_lag.is_some_and(|lag| lag.iter().any(|p| p.lag > 0));
+    let committed = metrics.last("sluice_writer_last_commit_seconds");
+    match (waiting, committed) {
+        (true, Some(at)) => {
+            let since = Utc::now().timestamp_millis() as f64 / 1000.0 - at;
+            Some(last_batch.max(since))
+        }
+        _ => Some(last_batch),
     }
 }
 

@@ -801,7 +801,7 @@ fn at(mut answer: Answer, index: Option<usize>) -> Answer {
 async fn reader(
     State(front): State<Arc<Front>>,
     Extension(peer): Extension<Peer>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let max_each = front.settings.max_requests_per_address;
@@ -821,15 +821,22 @@ async fn reader(
         Ok(identity) => identity,
         Err(answer) => return answer.into_response(),
     };
+    let (name, address) = (identity.name.as_deref(), peer.address);
     let may_read = front
         .api
         .as_ref()
-        .is_some_and(|api| api.may_read(identity.name.as_deref()));
+        .is_some_and(|api| api.may_read(name, address));
     if !may_read {
         counter!("sluice_denied_total", "action" => "read").increment(1);
-        let detail = "this identity may not read; list it in [api] readers";
+        let detail = match name {
+            Some(_) => "this identity may not read; list it in [api] readers",
+            None => "anonymous clients may not read here ([api] allow_anonymous); send credentials",
+        };
         return Answer::refused(StatusCode::FORBIDDEN, "forbidden", detail).into_response();
     }
+    request
+        .extensions_mut()
+        .insert(crate::api::Reader { address });
     next.run(request).await
 }
 

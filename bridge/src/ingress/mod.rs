@@ -12,7 +12,7 @@ pub(crate) mod deliver;
 pub mod http;
 mod rate;
 mod receipts;
-mod sources;
+pub(crate) mod sources;
 mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
