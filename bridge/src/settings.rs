@@ -893,5 +893,10 @@ mod tests {
             small_broker.is_err_and(|e| e.contains("max_payload_size")),
             "relayed packets must fit"
         );
+        let bad_threshold = load_edited(|t| t.replace("threshold = 6.0", "threshold = -1"));
+        assert!(
+            bad_threshold.is_err_and(|e| e.contains("anomalies.threshold")),
+            "anomaly thresholds are checked"
+        );
     }
 }
