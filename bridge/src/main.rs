@@ -179,7 +179,16 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             let storage = settings.storage.clone();
             tokio::spawn(lifecycle::run(url, storage, backend, health.clone()));
         }
-        let w = writer::Writer::new(settings.writer.clone(), &settings.kafka, &topic_refs)?;
+        let anomalies = &settings.anomalies;
+        if anomalies.enabled {
+            tokio::spawn(create_anomalies_topic(settings.clone()));
+        }
+        let w = writer::Writer::new(
+            settings.writer.clone(),
+            anomalies,
+            &settings.kafka,
+            &topic_refs,
+        )?;
         tracing::info!(group = %settings.writer.group_id, "writer consuming");
         w.run(health.clone(), stop.clone()).await.context("writer")
     };
@@ -336,6 +345,21 @@ async fn create_topics(settings: &Settings, topics: &[&str]) -> anyhow::Result<(
                 settings.kafka.brokers
             ),
         }
+    }
+}
+
+/// The writer's own topic. Kafka may be down while the writer starts, and the writer
+/// waits it out: so does this, in the background, while readings are written.
+async fn create_anomalies_topic(settings: Settings) {
+    let topic = settings.anomalies.topic.as_str();
+    loop {
+        match produce::ensure_topics(&settings.kafka, [topic]).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "cannot create the anomalies topic yet; retrying")
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub writer: WriterSettings,
     #[serde(default)]
+    pub anomalies: AnomalySettings,
+    #[serde(default)]
     pub storage: StorageSettings,
     pub http: HttpSettings,
     #[serde(default)]
@@ -392,6 +394,95 @@ pub struct WriterSettings {
     pub max_rows_per_second: u64,
 }
 
+/// `[anomalies]`: the writer's streaming detector (see `anomaly`). Scales are robust
+/// standard deviations of a series' recent values (1.4826 x MAD).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnomalySettings {
+    pub enabled: bool,
+    /// The Kafka topic anomalies are published to (JSON, keyed by device).
+    pub topic: String,
+    /// Readings of a series taken before it is judged.
+    pub warmup: usize,
+    /// Recent values a series' median and MAD are taken over.
+    pub window: usize,
+    /// A spike: a value more than this many scales from the median.
+    pub threshold: f64,
+    /// The smallest scale a series is judged with, in its own units, so that a perfectly
+    /// flat series does not flag every tiny change.
+    pub min_scale: f64,
+    /// Stuck: the same value this many times in a row, from a series that seldom repeats.
+    pub stuck_after: usize,
+    /// Dropout: a gap longer than this many times the series' typical interval.
+    pub dropout_factor: f64,
+    /// Drift: a fast average of the values (this weight for each new one) more than
+    /// `drift_threshold` noise standard deviations (from the steps between readings) from
+    /// a baseline ten times slower, for `drift_for` readings in a row.
+    pub drift_alpha: f64,
+    pub drift_threshold: f64,
+    pub drift_for: usize,
+    /// Series kept; past it the ones seen least recently are dropped.
+    pub max_series: usize,
+}
+
+impl Default for AnomalySettings {
+    fn default() -> Self {
+        AnomalySettings {
+            enabled: true,
+            topic: "sensor.anomalies".into(),
+            warmup: 30,
+            window: 64,
+            threshold: 6.0,
+            min_scale: 1e-3,
+            stuck_after: 10,
+            dropout_factor: 5.0,
+            drift_alpha: 0.05,
+            drift_threshold: 2.0,
+            drift_for: 10,
+            max_series: 1_000_000,
+        }
+    }
+}
+
+impl AnomalySettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        let invalid =
+            |key: &str, why: &str| Err(SettingsError::Invalid(format!("anomalies.{key}: {why}")));
+        if self.topic.trim().is_empty() {
+            return invalid("topic", "must name a Kafka topic");
+        }
+        if self.window < 8 || self.window > 4096 {
+            return invalid("window", "must be between 8 and 4096 readings");
+        }
+        if self.warmup < self.window.min(30) / 2 {
+            return invalid(
+                "warmup",
+                "must be at least half of the window or of 30, whichever is smaller",
+            );
+        }
+        if self.stuck_after < 3 {
+            return invalid("stuck_after", "must be at least 3");
+        }
+        if self.drift_for == 0 || self.max_series == 0 {
+            return invalid("drift_for and max_series", "must be at least 1");
+        }
+        for (key, v, low) in [
+            ("threshold", self.threshold, 0.0),
+            ("min_scale", self.min_scale, 0.0),
+            ("drift_threshold", self.drift_threshold, 0.0),
+            ("dropout_factor", self.dropout_factor, 1.0),
+        ] {
+            if !(v.is_finite() && v > low) {
+                return invalid(key, &format!("must be a number above {low}"));
+            }
+        }
+        if !(self.drift_alpha > 0.0 && self.drift_alpha <= 1.0) {
+            return invalid("drift_alpha", "must be above 0 and at most 1");
+        }
+        Ok(())
+    }
+}
+
 /// The database's lifecycle, applied at every start (see `lifecycle`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -725,6 +816,7 @@ impl Settings {
         if self.writer.max_batch_bytes == 0 {
             return invalid("writer.max_batch_bytes", "must be at least 1");
         }
+        self.anomalies.validate()?;
         let st = &self.storage;
         for (key, span) in [
             ("storage.chunk_interval", st.chunk_interval),
@@ -936,6 +1028,11 @@ mod tests {
         assert!(
             small_broker.is_err_and(|e| e.contains("max_payload_size")),
             "relayed packets must fit"
+        );
+        let bad_threshold = load_edited(|t| t.replace("threshold = 6.0", "threshold = -1"));
+        assert!(
+            bad_threshold.is_err_and(|e| e.contains("anomalies.threshold")),
+            "anomaly thresholds are checked"
         );
     }
 }

@@ -3,7 +3,9 @@
 //! over whenever the store is free, so batches stay small under light load and grow with
 //! the backlog. Each batch is one transaction: the rows, and the next Kafka offsets in
 //! `sluice_offsets`. The database is the source of truth for progress: the writer assigns
-//! itself its partitions at the offsets stored there.
+//! itself its partitions at the offsets stored there. The anomaly detector judges each
+//! batch once, as it is taken; its anomalies go into the same transaction and, once that
+//! is committed, to Kafka.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,11 +24,12 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
+use crate::anomaly::{Anomaly, Detector, Publisher};
 use crate::db;
 use crate::health::Health;
 use crate::produce::client_config;
 use crate::record::{Reading, Record};
-use crate::settings::{KafkaSettings, WriterSettings};
+use crate::settings::{AnomalySettings, KafkaSettings, WriterSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriterError {
@@ -62,11 +65,19 @@ pub struct Writer {
     settings: WriterSettings,
     consumer: Arc<StreamConsumer>,
     topics: Vec<String>,
+    anomalies: Option<Anomalies>,
+}
+
+/// The detector and where its findings go to, when `anomalies.enabled`.
+struct Anomalies {
+    detector: Detector,
+    publisher: Arc<Publisher>,
 }
 
 impl Writer {
     pub fn new(
         settings: WriterSettings,
+        anomalies: &AnomalySettings,
         kafka: &KafkaSettings,
         topics: &[&str],
     ) -> Result<Writer, WriterError> {
@@ -84,21 +95,34 @@ impl Writer {
             config.set("fetch.wait.max.ms", "10");
         }
         let consumer: StreamConsumer = config.create()?;
+        let anomalies = match anomalies.enabled {
+            true => Some(Anomalies {
+                detector: Detector::new(anomalies.clone()),
+                publisher: Publisher::new(kafka, &anomalies.topic)?,
+            }),
+            false => None,
+        };
         Ok(Writer {
             settings,
             consumer: Arc::new(consumer),
             topics: topics.iter().map(|t| t.to_string()).collect(),
+            anomalies,
         })
     }
 
     /// Runs until `stop` turns true, then returns once the batch being written, if any, is
     /// committed; database outages are waited out batch by batch.
     pub async fn run(
-        self,
+        mut self,
         health: Arc<Health>,
         stop: watch::Receiver<bool>,
     ) -> Result<(), WriterError> {
-        let mut store = Store::new(self.settings.clone(), self.consumer.clone(), health);
+        let mut store = Store::new(
+            self.settings.clone(),
+            self.consumer.clone(),
+            health,
+            self.anomalies.take(),
+        );
         let committed = store.load_committed().await;
         self.assign(&committed).await?;
         let (requests, waiting) = mpsc::channel(1);
@@ -276,15 +300,22 @@ struct Store {
     /// number (`SLUICE_CRASH_BEFORE_COMMIT=N`), as a kill at the worst moment would.
     crash_before_commit: Option<u64>,
     health: Arc<Health>,
+    anomalies: Option<Anomalies>,
 }
 
 impl Store {
-    fn new(settings: WriterSettings, consumer: Arc<StreamConsumer>, health: Arc<Health>) -> Store {
+    fn new(
+        settings: WriterSettings,
+        consumer: Arc<StreamConsumer>,
+        health: Arc<Health>,
+        anomalies: Option<Anomalies>,
+    ) -> Store {
         Store {
             settings,
             consumer,
             client: None,
             health,
+            anomalies,
             crash_before_commit: std::env::var("SLUICE_CRASH_BEFORE_COMMIT")
                 .ok()
                 .and_then(|n| n.parse().ok()),
@@ -315,11 +346,17 @@ impl Store {
                 _ = stop.changed() => return true,
             };
             let started = Instant::now();
+            // Judged once, before any attempt: a retried write stores the same anomalies,
+            // and each reading moves its series' state once.
+            let found = self.detect(&batch);
             let mut backoff = Duration::from_millis(100);
             loop {
-                match self.write(&batch).await {
+                match self.write(&batch, &found).await {
                     Ok(()) => {
                         self.health.database_working();
+                        if let Some(a) = &self.anomalies {
+                            a.publisher.publish(&found);
+                        }
                         break;
                     }
                     Err(e) => {
@@ -384,7 +421,23 @@ impl Store {
         }
     }
 
-    async fn write(&mut self, batch: &Batch) -> Result<(), WriterError> {
+    /// The batch's anomalies, with the detector's time in `sluice_detector_seconds`.
+    fn detect(&mut self, batch: &Batch) -> Vec<Anomaly> {
+        let Some(a) = self.anomalies.as_mut() else {
+            return Vec::new();
+        };
+        let started = Instant::now();
+        let found = a.detector.observe(
+            batch
+                .rows
+                .iter()
+                .map(|r| (r.device_id.as_str(), &r.reading)),
+        );
+        histogram!("sluice_detector_seconds").record(started.elapsed().as_secs_f64());
+        found
+    }
+
+    async fn write(&mut self, batch: &Batch, anomalies: &[Anomaly]) -> Result<(), WriterError> {
         let started = Instant::now();
         let group = self.settings.group_id.clone();
         let crash = match self.crash_before_commit.as_mut() {
@@ -420,6 +473,9 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         };
+        if !anomalies.is_empty() {
+            insert_anomalies(&tx, anomalies).await?;
+        }
         let (topics, partitions, offsets): (Vec<&str>, Vec<i32>, Vec<i64>) = batch
             .next_offsets
             .iter()
@@ -481,6 +537,37 @@ impl Store {
             tracing::debug!(error = %e, "offset hint not committed to kafka");
         }
     }
+}
+
+/// Anomalies are few, so one multi-row INSERT; one found again (the batch fetched again
+/// after a crash before its commit was seen) is already there and left alone.
+async fn insert_anomalies(
+    tx: &Transaction<'_>,
+    anomalies: &[Anomaly],
+) -> Result<u64, tokio_postgres::Error> {
+    let column = |f: fn(&Anomaly) -> f64| anomalies.iter().map(f).collect::<Vec<f64>>();
+    let times: Vec<DateTime<Utc>> = anomalies.iter().map(|a| a.time).collect();
+    let devices: Vec<&str> = anomalies.iter().map(|a| a.device_id.as_str()).collect();
+    let metrics: Vec<&str> = anomalies.iter().map(|a| a.metric.as_str()).collect();
+    let kinds: Vec<&str> = anomalies.iter().map(|a| a.kind.name()).collect();
+    tx.execute(
+        "INSERT INTO anomalies (time, device_id, metric, kind, value, expected, low, high, score) \
+         SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], \
+                              $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[]) \
+         ON CONFLICT DO NOTHING",
+        &[
+            &times,
+            &devices,
+            &metrics,
+            &kinds,
+            &column(|a| a.value),
+            &column(|a| a.expected),
+            &column(|a| a.low),
+            &column(|a| a.high),
+            &column(|a| a.score),
+        ],
+    )
+    .await
 }
 
 /// Binary COPY of `rows` into `table`; returns the number of rows copied.

@@ -55,8 +55,10 @@ pub async fn run(
         }
         tokio::select! {
             _ = tick.tick(), if !draining => {
-                for metric in &plan.metrics {
-                    let Made { payload, readings, duplicate } = source.next(metric, &plan);
+                for (m, metric) in plan.metrics.iter().enumerate() {
+                    let Some(Made { payload, readings, duplicate }) = source.next(m, metric, &plan) else {
+                        continue;
+                    };
                     let (path, content_type) = match source.format {
                         Format::Senml => (format!("/v1/readings/{device}"), "application/senml+json"),
                         Format::Cbor => (format!("/v1/readings/{device}/{metric}"), "application/cbor"),

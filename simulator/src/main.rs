@@ -1,10 +1,13 @@
 //! `sluice-sim`: connects N virtual sensors to an MQTT gateway (or its HTTP ingest), each on
 //! its own connection, publishes a reading per sensor and metric every interval for a
 //! bounded time, shows progress, and reports throughput and publish-to-ack latency; `--verify-db` then checks
-//! that every acknowledged reading is in the database exactly once.
+//! that every acknowledged reading is in the database exactly once. With `--anomalies` the
+//! sensors inject labelled anomalies, and the run ends with the detector's precision and
+//! recall (`--score` scores a labels file alone).
 
 mod chart;
 mod http;
+mod labels;
 mod sensor;
 mod stats;
 mod verify;
@@ -75,6 +78,16 @@ struct Cli {
     /// options above and --topic-root are for MQTT).
     #[arg(long, env = "SIM_TOKEN")]
     token: Option<String>,
+    /// With --anomalies: where the labels go (JSON lines: a first line with the run's
+    /// device prefix and times, then device, metric, start_ms, end_ms, kind).
+    #[arg(long)]
+    labels: Option<std::path::PathBuf>,
+    /// Only score this labels file against the `anomalies` table at --verify-db, and exit.
+    #[arg(long, requires = "verify_db")]
+    score: Option<std::path::PathBuf>,
+    /// An anomaly matches a label whose span, widened this much either way, holds its time.
+    #[arg(long, default_value_t = 1000)]
+    tolerance_ms: i64,
 }
 
 /// A TLS client configuration from PEM files: the CA bundle that signed the gateway's
@@ -162,6 +175,11 @@ struct Load {
     /// New connections per second while ramping up [default: 500].
     #[arg(long)]
     connect_rate: Option<u64>,
+    /// Chance that a reading starts a labelled anomaly (spike, stuck value, drift or
+    /// dropout; after each metric's first 100 readings, 100 apart at least); each metric
+    /// is then a noisy signal of its own [default: none].
+    #[arg(long)]
+    anomalies: Option<f64>,
 }
 
 impl Load {
@@ -184,6 +202,7 @@ impl Load {
             reconnect_every_s: self.reconnect_every_s.or(other.reconnect_every_s),
             reconnect_fraction: self.reconnect_fraction.or(other.reconnect_fraction),
             connect_rate: self.connect_rate.or(other.connect_rate),
+            anomalies: self.anomalies.or(other.anomalies),
         }
     }
 }
@@ -232,6 +251,10 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let (Some(path), Some(url)) = (&cli.score, &cli.verify_db) {
+        labels::print(&labels::score(url, path, cli.tolerance_ms).await?);
+        return Ok(());
+    }
     let scenario: Load = match &cli.scenario {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -281,6 +304,22 @@ async fn main() -> anyhow::Result<()> {
         _ => Duration::from_millis(load.interval_ms.unwrap_or(1000).max(1)),
     };
     let duplicates = load.duplicates.unwrap_or(0.0);
+    let skew = load.clock_skew_ms.unwrap_or(0).abs();
+    let injection = match (load.anomalies, &cli.labels) {
+        (None, _) => None,
+        (Some(_), None) => anyhow::bail!("--anomalies needs --labels PATH"),
+        (Some(f), Some(_)) if !(0.0..=1.0).contains(&f) => {
+            anyhow::bail!("--anomalies: {f} is not a fraction")
+        }
+        (Some(_), Some(_)) if formats.contains(&Format::Senml) && pack > 1 => {
+            anyhow::bail!("--anomalies: SenML packs of one record only (--pack 1)")
+        }
+        (Some(fraction), Some(_)) => Some(Arc::new(labels::Injection {
+            fraction,
+            labels: std::sync::Mutex::new(Vec::new()),
+        })),
+    };
+    let started_ms = chrono::Utc::now().timestamp_millis();
     let started = Instant::now();
     let plan = Arc::new(Plan {
         gateways,
@@ -303,6 +342,7 @@ async fn main() -> anyhow::Result<()> {
         tls: tls_config(&cli)?,
         login: cli.username.clone().zip(cli.password.clone()),
         token: cli.token.clone(),
+        injection: injection.clone(),
     });
     let stats = Arc::new(Stats::new());
     let acked = Arc::new(Mutex::new(Vec::new()));
@@ -377,6 +417,26 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = &cli.markdown {
         std::fs::write(path, markdown_report(&report))
             .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let (Some(injection), Some(path)) = (&injection, &cli.labels) {
+        let run = labels::Run {
+            prefix: cli.prefix.clone(),
+            from_ms: started_ms - skew,
+            to_ms: chrono::Utc::now().timestamp_millis() + skew,
+        };
+        let mut written = injection
+            .labels
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a sensor panicked"))?
+            .clone();
+        written.sort_by(|a, b| {
+            (&a.device, &a.metric, a.start_ms).cmp(&(&b.device, &b.metric, b.start_ms))
+        });
+        labels::write(path, &run, &written)?;
+        if let Some(url) = &cli.verify_db {
+            println!("anomalies (labels in {}):", path.display());
+            labels::print(&labels::score(url, path, cli.tolerance_ms).await?);
+        }
     }
     match &report.verify {
         Some(v) if v.lost > 0 || v.duplicates > 0 => std::process::exit(3),

@@ -13,6 +13,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex};
 
+use crate::labels::{Injection, Signal};
 use crate::stats::Stats;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +53,8 @@ pub struct Plan {
     pub login: Option<(String, String)>,
     /// HTTP bearer token (`--transport http`).
     pub token: Option<String>,
+    /// Labelled anomalies to inject (`--anomalies`): each metric is then a noisy signal.
+    pub injection: Option<Arc<Injection>>,
 }
 
 /// A reading the gateway acknowledged, as the verify step looks for it.
@@ -87,9 +90,9 @@ fn encode(
     plan: &Plan,
     ts: i64,
     seq: i64,
+    value: f64,
 ) -> (Vec<u8>, Vec<Acked>) {
     let pack = plan.pack;
-    let value = 20.0 + (seq % 100) as f64 / 10.0;
     let reading = |metric: String| Acked {
         device: device.to_owned(),
         metric,
@@ -158,6 +161,8 @@ pub struct Source {
     skew_ms: i64,
     seq: i64,
     last_ts: i64,
+    /// One per metric, with `--anomalies`.
+    signals: Vec<Signal>,
 }
 
 /// One publish's worth of readings.
@@ -177,21 +182,40 @@ impl Source {
             skew_ms: (spread(index, 1) * plan.clock_skew_ms as f64) as i64,
             seq: 0,
             last_ts: 0,
+            signals: match plan.injection {
+                Some(_) => (0..plan.metrics.len())
+                    .map(|m| Signal::new(index, m))
+                    .collect(),
+                None => Vec::new(),
+            },
         }
     }
 
-    /// The next publish of `metric`, timed by this sensor's clock, later than the last.
-    pub fn next(&mut self, metric: &str, plan: &Plan) -> Made {
+    /// The next publish of `metric` (the `m`th), timed by this sensor's clock, later than
+    /// the last; None when an injected dropout skips it.
+    pub fn next(&mut self, m: usize, metric: &str, plan: &Plan) -> Option<Made> {
         self.seq += 1;
         let ts = (chrono::Utc::now().timestamp_millis() + self.skew_ms).max(self.last_ts + 1);
         self.last_ts = ts;
-        let (payload, readings) = encode(self.format, &self.device, metric, plan, ts, self.seq);
+        let value = match (&plan.injection, self.signals.get_mut(m)) {
+            (Some(injection), Some(signal)) => {
+                // Labels name the reading's metric as it is stored (SenML: the pack's one record).
+                let stored = match self.format {
+                    Format::Senml => format!("{metric}.0"),
+                    _ => metric.to_owned(),
+                };
+                signal.next(&self.device, &stored, ts, injection)?
+            }
+            _ => 20.0 + (self.seq % 100) as f64 / 10.0,
+        };
+        let (payload, readings) =
+            encode(self.format, &self.device, metric, plan, ts, self.seq, value);
         let every = plan.duplicate_every;
-        Made {
+        Some(Made {
             payload,
             readings,
             duplicate: every > 0 && (self.seq as u64).is_multiple_of(every),
-        }
+        })
     }
 }
 
@@ -262,8 +286,10 @@ pub async fn run(
         }
         tokio::select! {
             _ = tick.tick(), if !draining && connected => {
-                for metric in &plan.metrics {
-                    let made = source.next(metric, &plan);
+                for (m, metric) in plan.metrics.iter().enumerate() {
+                    let Some(made) = source.next(m, metric, &plan) else {
+                        continue;
+                    };
                     let topic = match source.format {
                         Format::Senml => format!("devices/{device}/senml"),
                         _ => format!("{}/{device}/{metric}", plan.topic_root),

@@ -44,6 +44,7 @@ pub struct Gateway {
     pub ingest_port: u16,
     pub readings_topic: String,
     pub dlq_topic: String,
+    pub anomalies_topic: String,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     children: Vec<Child>,
@@ -71,6 +72,7 @@ impl Gateway {
         let (mqtt_port, http_port, ingest_port) = (free_port(), free_port(), free_port());
         let readings_topic = format!("sensor.readings.{id}");
         let dlq_topic = format!("sensor.dlq.{id}");
+        let anomalies_topic = format!("sensor.anomalies.{id}");
         set(
             &mut config,
             &["ingress", "listen"],
@@ -103,6 +105,11 @@ impl Gateway {
         );
         set(&mut config, &["kafka", "partitions"], 3);
         set(&mut config, &["writer", "group_id"], format!("writer-{id}"));
+        set(
+            &mut config,
+            &["anomalies", "topic"],
+            anomalies_topic.clone(),
+        );
         // Tests publish readings timed in 2023; the shared database keeps them.
         set(&mut config, &["storage", "retain_for"], "off");
         if let Some(toml::Value::Array(mappings)) = config.get_mut("mappings") {
@@ -122,6 +129,7 @@ impl Gateway {
             ingest_port,
             readings_topic,
             dlq_topic,
+            anomalies_topic,
             dir,
             config: path,
             children: Vec::new(),
