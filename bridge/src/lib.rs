@@ -4,6 +4,7 @@
 
 pub mod ack;
 pub mod budget;
+pub mod dashboard;
 pub mod db;
 pub mod decode;
 pub mod health;

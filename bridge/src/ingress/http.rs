@@ -146,6 +146,7 @@ impl Front {
                 )
             })
             .with_state(self.clone())
+            .merge(crate::dashboard::routes())
     }
 
     /// Serves `listeners` until `stop` resolves, then stops accepting and lets every
