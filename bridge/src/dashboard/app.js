@@ -161,7 +161,10 @@ function pushLive(s) {
       {
         width: chartWidth(node),
         height: 220,
-        scales: { y: { range: (u, min, max) => [0, Math.max(max ?? 0, 1) * 1.1] } },
+        scales: {
+          x: { time: true, range: (u, min, max) => [max - LIVE_WINDOW_SECONDS, max] },
+          y: { range: (u, min, max) => [0, Math.max(max ?? 0, 1) * 1.1] },
+        },
         series: [
           {},
           { label: "in /s", stroke: "#2563eb", width: 2, value: (u, v) => number(v, 1) },
