@@ -5,7 +5,10 @@
 //! the connection is busy with.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
 
 use metrics::counter;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -46,6 +49,23 @@ pub struct Waiter {
     /// What a successful delivery means: the dead letter of a refused record stands in
     /// for the record.
     success: Delivered,
+    /// When the record set out, where someone waits for Kafka's answer.
+    since: Option<Instant>,
+}
+
+/// How long Kafka took to confirm the records someone waited for (a device's PUBACK, an
+/// HTTP `202`), in microseconds, since the last `take_confirmations`: the status page's
+/// live p50/p99, which a Prometheus summary (never forgetting) cannot give.
+static CONFIRMATIONS: LazyLock<Mutex<Histogram<u64>>> = LazyLock::new(|| Mutex::new(latencies()));
+
+fn latencies() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("static bounds")
+}
+
+/// The confirmation times recorded since the last call.
+pub fn take_confirmations() -> Histogram<u64> {
+    let mut recorded = CONFIRMATIONS.lock().unwrap_or_else(|e| e.into_inner());
+    std::mem::replace(&mut *recorded, latencies())
 }
 
 impl Waiter {
@@ -56,6 +76,7 @@ impl Waiter {
             session: None,
             policy,
             success: Delivered::Stored,
+            since: None,
         }
     }
 
@@ -65,6 +86,7 @@ impl Waiter {
         let (tx, rx) = oneshot::channel();
         let waiter = Waiter {
             ack: Some(Listener::Request(tx)),
+            since: Some(Instant::now()),
             ..Waiter::unheard(policy)
         };
         (waiter, rx)
@@ -83,6 +105,11 @@ impl Waiter {
     }
 
     pub fn resolve(self, outcome: Outcome) {
+        if let (Some(since), Ok(_)) = (self.since, &outcome) {
+            let micros = since.elapsed().as_micros() as u64;
+            let mut recorded = CONFIRMATIONS.lock().unwrap_or_else(|e| e.into_inner());
+            recorded.saturating_record(micros.max(1));
+        }
         let outcome = outcome.map(|_| self.success.clone());
         if let Some(session) = &self.session {
             session.send_replace(Some(outcome.clone()));
@@ -166,6 +193,7 @@ impl AckQueue {
             session: None,
             policy: "kafka",
             success: Delivered::Stored,
+            since: Some(Instant::now()),
         }
     }
 

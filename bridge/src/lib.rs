@@ -3,6 +3,7 @@
 //! acknowledging only what Kafka has; the `writer` puts each reading in the database once.
 
 pub mod ack;
+pub mod api;
 pub mod budget;
 pub mod dashboard;
 pub mod db;

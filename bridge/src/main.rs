@@ -13,7 +13,7 @@ use sluice::lifecycle;
 use sluice::security::tls::TlsSettings;
 use sluice::security::{Door, Security};
 use sluice::settings::Settings;
-use sluice::{http, ingress, mapping, produce, writer};
+use sluice::{api, http, ingress, mapping, produce, writer};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -139,10 +139,17 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             producer.clone(),
             security,
         ));
+        let api = match &i.http {
+            Some(_) => Some(
+                api::Api::new(&settings, metrics.clone(), with_writer, stop.clone())
+                    .context("read API")?,
+            ),
+            None => None,
+        };
         let http = i
             .http
             .clone()
-            .map(|h| ingress::http::Front::new(ingress.clone(), h));
+            .map(|h| ingress::http::Front::new(ingress.clone(), h, api));
         let serving_http = async {
             if let Some(front) = http {
                 front.serve(http_listeners, stopping()).await;
@@ -183,7 +190,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             tracing::info!("stopped");
             Ok(())
         }
-        r = http::serve(http_listener, metrics, health.clone()) => r.context("http"),
+        r = http::serve(http_listener, metrics.clone(), health.clone()) => r.context("http"),
     }
 }
 

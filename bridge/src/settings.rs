@@ -34,6 +34,54 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// The embedded rumqttd broker's own configuration, in rumqttd's format.
     pub broker: rumqttd::Config,
+    #[serde(default)]
+    pub api: ApiSettings,
+    /// The configuration as the file and the environment set it, secrets masked, for
+    /// the read API and the dashboard (unset keys take the defaults the README lists).
+    #[serde(skip)]
+    pub as_set: serde_json::Value,
+}
+
+/// The read API (query endpoints, status, dashboard) on the `[ingress.http]` listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Identities that may read; anonymous readers where the listener takes anonymous
+    /// senders (the loopback default). Devices are not readers.
+    #[serde(default)]
+    pub readers: Vec<String>,
+    /// Database connections the API's queries share.
+    #[serde(default = "default_api_connections")]
+    pub database_connections: usize,
+    /// Longest a query may run, in milliseconds.
+    #[serde(default = "default_api_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+    /// Live status streams (`/v1/status/stream`) open at once.
+    #[serde(default = "default_api_streams")]
+    pub max_streams: usize,
+}
+
+impl Default for ApiSettings {
+    fn default() -> ApiSettings {
+        ApiSettings {
+            readers: Vec::new(),
+            database_connections: default_api_connections(),
+            statement_timeout_ms: default_api_statement_timeout_ms(),
+            max_streams: default_api_streams(),
+        }
+    }
+}
+
+fn default_api_connections() -> usize {
+    4
+}
+
+fn default_api_statement_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_api_streams() -> usize {
+    64
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -459,6 +507,40 @@ pub struct LogSettings {
     pub json: bool,
 }
 
+/// `value` with every secret replaced: the database URL's password, and any key that
+/// names a password, secret or key material (librdkafka's `sasl.password`, say).
+fn masked(mut value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    fn walk(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    let key = key.to_ascii_lowercase();
+                    let secret = ["password", "secret", "private", "sasl", "token"]
+                        .iter()
+                        .any(|s| key.contains(s))
+                        && !key.ends_with("_file");
+                    match v {
+                        Value::String(_) | Value::Number(_) if secret => {
+                            *v = Value::String("********".into())
+                        }
+                        _ => walk(v),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut value);
+    if let Some(url) = value.pointer_mut("/writer/database_url") {
+        if let Some(text) = url.as_str() {
+            *url = Value::String(crate::db::redact(text));
+        }
+    }
+    value
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("configuration file {path}: {source}")]
@@ -495,11 +577,10 @@ impl Settings {
             path: path.display().to_string(),
             source,
         };
-        let settings: Settings = builder
-            .build()
-            .map_err(file_error)?
-            .try_deserialize()
-            .map_err(file_error)?;
+        let built = builder.build().map_err(file_error)?;
+        let as_set = built.clone().try_deserialize().map_err(file_error)?;
+        let mut settings: Settings = built.try_deserialize().map_err(file_error)?;
+        settings.as_set = masked(as_set);
         settings.validate()?;
         Ok(settings)
     }
@@ -513,6 +594,12 @@ impl Settings {
             if let Err(e) = crate::mapping::TopicTemplate::parse(&m.filter, &m.key) {
                 return invalid(&format!("mappings[{i}].filter"), &e.to_string());
             }
+        }
+        if self.api.database_connections == 0 || self.api.max_streams == 0 {
+            return invalid(
+                "api.database_connections, api.max_streams",
+                "must be at least 1",
+            );
         }
         if self.kafka.brokers.trim().is_empty() {
             return invalid("kafka.brokers", "must name at least one host:port");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
-use metrics::{counter, histogram};
+use metrics::{counter, gauge, histogram};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -446,6 +446,11 @@ impl Store {
         counter!("sluice_writer_duplicates_total").increment(duplicates);
         histogram!("sluice_writer_batch_rows").record(batch.rows.len() as f64);
         histogram!("sluice_writer_batch_seconds").record(started.elapsed().as_secs_f64());
+        // How late the batch's oldest reading got into the database: the writer's lag.
+        if let Some(oldest) = batch.rows.iter().map(|r| r.received_at).min() {
+            let late = (Utc::now() - oldest).num_milliseconds().max(0) as f64 / 1000.0;
+            gauge!("sluice_writer_lag_seconds").set(late);
+        }
         Ok(())
     }
 

@@ -52,8 +52,10 @@ impl Destination {
                 json,
                 headers,
                 origin,
-                ..
+                readings,
             } => {
+                // Readings in, for the status page and Prometheus.
+                counter!("sluice_readings_accepted_total").increment(readings as u64);
                 let out = Outgoing {
                     topic: &topic,
                     key: &key,

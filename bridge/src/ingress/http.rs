@@ -36,6 +36,7 @@ use super::rate::{Over, RateKey};
 use super::sources::{Connections, Open, Sources};
 use super::{Ingress, Listener};
 use crate::ack::{Delivered, Outcome, Waiter};
+use crate::api::Api;
 use crate::budget::{Budget, Reservation};
 use crate::decode::{check_name, Format};
 use crate::mapping::AckPolicy;
@@ -60,6 +61,8 @@ pub struct Front {
     /// MQTT devices always have room.
     budget: Arc<Budget>,
     connections: Arc<Connections>,
+    /// The read API, served to readers on the same listener.
+    api: Option<Arc<Api>>,
 }
 
 /// Who is on the other end of one connection.
@@ -110,15 +113,22 @@ impl IntoResponse for Answer {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if self.status == StatusCode::UNAUTHORIZED {
-            let challenge = HeaderValue::from_static("Bearer realm=\"sluice\"");
-            headers.insert(header::WWW_AUTHENTICATE, challenge);
+            // Basic too, so that a browser opening the dashboard asks for a password.
+            for challenge in ["Bearer realm=\"sluice\"", "Basic realm=\"sluice\""] {
+                let challenge = HeaderValue::from_static(challenge);
+                headers.append(header::WWW_AUTHENTICATE, challenge);
+            }
         }
         response
     }
 }
 
 impl Front {
-    pub fn new(ingress: Arc<Ingress>, settings: HttpIngestSettings) -> Arc<Front> {
+    pub fn new(
+        ingress: Arc<Ingress>,
+        settings: HttpIngestSettings,
+        api: Option<Arc<Api>>,
+    ) -> Arc<Front> {
         let i = &ingress.settings;
         Arc::new(Front {
             requests: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
@@ -130,23 +140,30 @@ impl Front {
             connections: Arc::default(),
             settings,
             ingress,
+            api,
         })
     }
 
     fn router(self: &Arc<Front>) -> Router {
-        Router::new()
+        let reads = match &self.api {
+            Some(api) => api
+                .routes()
+                .merge(crate::dashboard::routes())
+                .route_layer(axum::middleware::from_fn_with_state(self.clone(), reader)),
+            None => Router::new(),
+        };
+        let ingest = Router::new()
             .route("/v1/readings", post(batch))
             .route("/v1/readings/{device_id}", post(single))
             .route("/v1/readings/{device_id}/{metric}", post(single_metric))
-            .fallback(|| async {
-                Answer::refused(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "POST /v1/readings/{device_id}[/{metric}] or POST /v1/readings",
-                )
-            })
-            .with_state(self.clone())
-            .merge(crate::dashboard::routes())
+            .with_state(self.clone());
+        ingest.merge(reads).fallback(|| async {
+            Answer::refused(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "POST /v1/readings/{device_id}[/{metric}], POST /v1/readings, or the read API in /v1/openapi.json",
+            )
+        })
     }
 
     /// Serves `listeners` until `stop` resolves, then stops accepting and lets every
@@ -195,12 +212,14 @@ impl Front {
             let watcher = graceful.watcher();
             let (door, tls) = (listener.door, listener.tls);
             tokio::spawn(async move {
+                gauge!("sluice_http_connections").increment(1.0);
                 let served = front
                     .connection(socket, peer, door, tls, router, &builders, watcher)
                     .await;
                 if let Err(e) = served {
                     tracing::debug!(%peer, error = %e, "HTTP connection ended");
                 }
+                gauge!("sluice_http_connections").decrement(1.0);
                 drop(slot);
             });
         }
@@ -343,6 +362,25 @@ impl Front {
         }
     }
 
+    /// Who a request is, under the request deadline, with one of its source's places held
+    /// meanwhile (ingest and reads alike).
+    async fn sender(
+        &self,
+        rules: &Arc<crate::security::Rules>,
+        peer: &Peer,
+        headers: &HeaderMap,
+        deadline: Instant,
+    ) -> Result<Identity, Answer> {
+        match tokio::time::timeout_at(deadline, self.identify(rules, peer, headers)).await {
+            Ok(result) => result,
+            Err(_) => {
+                let detail = "the credentials could not be checked in time";
+                let status = StatusCode::SERVICE_UNAVAILABLE;
+                Err(Answer::retry(status, "busy", detail, RETRY_AFTER_BUSY))
+            }
+        }
+    }
+
     /// Serves one request of `items`, all or nothing up to admission: each is authorised,
     /// rate checked and given room in the budgets before any goes to Kafka.
     async fn ingest(
@@ -371,16 +409,10 @@ impl Front {
         }
         // One load of the rules decides who the sender is and what it may post.
         let rules = self.ingress.security.current();
-        let identity =
-            match tokio::time::timeout_at(deadline, self.identify(&rules, &peer, &headers)).await {
-                Ok(Ok(identity)) => identity,
-                Ok(Err(answer)) => return answer,
-                Err(_) => {
-                    let detail = "the credentials could not be checked in time";
-                    let status = StatusCode::SERVICE_UNAVAILABLE;
-                    return Answer::retry(status, "busy", detail, RETRY_AFTER_BUSY);
-                }
-            };
+        let identity = match self.sender(&rules, &peer, &headers, deadline).await {
+            Ok(identity) => identity,
+            Err(answer) => return answer,
+        };
         let Ok(slot) = self.requests.clone().try_acquire_owned() else {
             counter!("sluice_http_refused_total", "reason" => "concurrency").increment(1);
             let detail = "too many requests in progress";
@@ -764,6 +796,42 @@ fn at(mut answer: Answer, index: Option<usize>) -> Answer {
         body.insert("index".into(), index.into());
     }
     answer
+}
+
+/// The read API's gate: the sender is identified as for ingest, and must be a reader.
+async fn reader(
+    State(front): State<Arc<Front>>,
+    Extension(peer): Extension<Peer>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let max_each = front.settings.max_requests_per_address;
+    let Some(_source) = front.requests_by_source.take(peer.address, max_each) else {
+        counter!("sluice_http_refused_total", "reason" => "per_address").increment(1);
+        let detail = "too many requests in progress from this address";
+        let status = StatusCode::TOO_MANY_REQUESTS;
+        return Answer::retry(status, "too_many_requests", detail, RETRY_AFTER_BUSY)
+            .into_response();
+    };
+    let deadline = Instant::now() + Duration::from_millis(front.settings.request_timeout_ms);
+    let rules = front.ingress.security.current();
+    let identity = match front
+        .sender(&rules, &peer, request.headers(), deadline)
+        .await
+    {
+        Ok(identity) => identity,
+        Err(answer) => return answer.into_response(),
+    };
+    let may_read = front
+        .api
+        .as_ref()
+        .is_some_and(|api| api.may_read(identity.name.as_deref()));
+    if !may_read {
+        counter!("sluice_denied_total", "action" => "read").increment(1);
+        let detail = "this identity may not read; list it in [api] readers";
+        return Answer::refused(StatusCode::FORBIDDEN, "forbidden", detail).into_response();
+    }
+    next.run(request).await
 }
 
 /// The router with the connection's peer in every request.
