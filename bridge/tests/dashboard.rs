@@ -140,6 +140,8 @@ impl Drop for Chromium {
 /// What the page shows, read as a person would (text) plus the charts' drawn counts.
 const SEEN: &str = r#"(() => {
   const q = (s) => document.querySelector(s);
+  // Page.navigate answers before the page has loaded.
+  if (location.pathname !== '/dashboard/' || !q('#tiles')) return null;
   const banner = q('#banner');
   return {
     readings_in: q('#t-in .value').textContent,
@@ -158,20 +160,26 @@ fn figure(seen: &Value) -> f64 {
 }
 
 /// A device publishing a temperature near 20 every 100-300 ms until `stop`, so the rate
-/// in moves from second to second.
-async fn publish_until(gateway_port: u16, device: String, stop: Arc<AtomicBool>) {
+/// in moves from second to second; with `history`, first the last 10 minutes of it every
+/// 10 s, so its chart has a line to draw.
+async fn publish_until(gateway_port: u16, device: String, history: bool, stop: Arc<AtomicBool>) {
     let options = MqttOptions::new(&device, "127.0.0.1", gateway_port);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     let topic = format!("sensors/{device}/temp");
+    let temperature = |ts: i64| 20.0 + ((ts / 1000) as f64 / 60.0).sin() * 0.5;
+    let send = |ts: i64| {
+        let payload = json!({"value": temperature(ts), "ts": ts}).to_string();
+        client.publish(topic.clone(), QoS::AtLeastOnce, false, payload)
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    for ts in (now - 600_000..now).step_by(10_000).filter(|_| history) {
+        send(ts).await.expect("queued");
+    }
     let mut n: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
-        let value = 20.0 + (n % 7) as f64 * 0.1;
-        let ts = chrono::Utc::now().timestamp_millis();
-        let payload = json!({"value": value, "ts": ts}).to_string();
-        client
-            .publish(&topic, QoS::AtLeastOnce, false, payload)
+        send(chrono::Utc::now().timestamp_millis())
             .await
             .expect("queued");
         tokio::time::sleep(Duration::from_millis(100 + (n * 37) % 200)).await;
@@ -194,14 +202,22 @@ async fn a_person_sees_live_throughput_a_device_chart_and_its_anomaly() {
     let stop = Arc::new(AtomicBool::new(false));
     let publishers: Vec<_> = devices
         .iter()
-        .map(|d| tokio::spawn(publish_until(gateway.mqtt_port, d.clone(), stop.clone())))
+        .map(|d| {
+            let history = *d == chosen;
+            tokio::spawn(publish_until(
+                gateway.mqtt_port,
+                d.clone(),
+                history,
+                stop.clone(),
+            ))
+        })
         .collect();
-    wait_rows(&db, &chosen, 5).await;
+    wait_rows(&db, &chosen, 65).await;
 
     // An anomaly a little in the past, as the detector would have recorded it.
     db.execute(
         "INSERT INTO anomalies (time, device_id, metric, kind, value, expected, low, high, score) \
-         VALUES (now() - interval '20 seconds', $1, 'temp', 'spike', 95.0, 20.3, 19.9, 20.8, 40.0)",
+         VALUES (now() - interval '150 seconds', $1, 'temp', 'spike', 35.0, 20.3, 19.6, 20.9, 40.0)",
         &[&chosen],
     )
     .await
@@ -244,6 +260,10 @@ async fn a_person_sees_live_throughput_a_device_chart_and_its_anomaly() {
         );
         assert_ne!(seen["status_time"], first_time, "{seen}");
         assert!(count(&seen, "live_points") > 5, "{seen}");
+        assert!(
+            count(&seen, "points") > 5,
+            "the device's history is not drawn: {seen}"
+        );
         assert!(seen["banner"].is_null(), "an error banner: {seen}");
         browser.screenshot(&artefact("dashboard.png"));
 
