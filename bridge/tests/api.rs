@@ -278,6 +278,32 @@ async fn endpoints_on(path: &Storage) {
             }
         }
     }
+    // A reading newer than the last refresh of readings_1m is in the series at once:
+    // TimescaleDB's real-time aggregate has it, and without TimescaleDB the newest
+    // buckets come from the readings.
+    let fresh = now - chrono::Duration::seconds(5);
+    db.execute(
+        "INSERT INTO readings (time, device_id, metric, value, received_at) VALUES ($1, $2, 'temp', 1000, $1)",
+        &[&fresh, &alpha],
+    )
+    .await
+    .expect("insert");
+    let got = api(
+        &gateway,
+        &format!("/v1/series?device={alpha}&metric=temp&{range}&bucket=1m"),
+    );
+    assert_eq!(got["raw_from"].is_null(), path.timescaledb(), "{got}");
+    let points = got["series"][0]["points"].as_array().expect("points");
+    let newest = points.last().expect("points");
+    assert!(time(&newest["time"]) <= fresh, "{newest}");
+    assert_eq!(newest["max"], 1000.0, "{newest}");
+    db.execute(
+        "DELETE FROM readings WHERE time = $1 AND device_id = $2",
+        &[&fresh, &alpha],
+    )
+    .await
+    .expect("delete");
+
     // No bucket: one chosen for about 500 points or fewer.
     let auto = api(
         &gateway,

@@ -76,6 +76,10 @@ pub struct Api {
     config: Value,
     streams: Arc<Semaphore>,
     stop: tokio::sync::watch::Receiver<bool>,
+    /// Whether readings_1m is TimescaleDB's real-time aggregate (asked once).
+    live_rollup: tokio::sync::OnceCell<bool>,
+    /// How far readings_1m may be behind where Sluice refreshes it.
+    rollup_lag: chrono::Duration,
 }
 
 impl Api {
@@ -100,12 +104,27 @@ impl Api {
             pool,
             status,
             stop,
+            live_rollup: tokio::sync::OnceCell::new(),
+            rollup_lag: chrono::Duration::from_std(
+                settings.storage.rollup_refresh.0.unwrap_or_default() + Duration::from_secs(60),
+            )
+            .unwrap_or(chrono::Duration::MAX),
         }))
     }
 
     /// Readers: anonymous senders where the listener admits them, and `api.readers`.
     pub fn may_read(&self, identity: Option<&str>) -> bool {
         identity.is_none_or(|name| self.settings.readers.iter().any(|r| r == name))
+    }
+
+    /// TimescaleDB's readings_1m is a view over materialised minutes and the newest
+    /// readings; Sluice's own is a table.
+    async fn rollup_is_live(&self, db: &tokio_postgres::Client) -> Result<bool, ApiError> {
+        let ask = || async {
+            let sql = "SELECT relkind <> 'r' FROM pg_class WHERE oid = 'readings_1m'::regclass";
+            Ok::<bool, ApiError>(db.query_one(sql, &[]).await?.get(0))
+        };
+        self.live_rollup.get_or_try_init(ask).await.copied()
     }
 
     pub fn routes(self: &Arc<Api>) -> Router {

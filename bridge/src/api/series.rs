@@ -1,5 +1,5 @@
 //! Readings over time: `GET /v1/series` (bucketed, from `readings_1m` when the buckets are
-//! whole minutes, else from `readings`), `GET /v1/summary` (per device and metric over a
+//! whole minutes and the rollup is up to date, else from `readings`), `GET /v1/summary` (per device and metric over a
 //! range, percentiles included) and `GET /v1/anomalies` (what the detector flagged).
 
 use std::sync::Arc;
@@ -103,12 +103,29 @@ async fn bucketed(api: &Api, query: Option<&str>) -> Result<Value, ApiError> {
             "{points} buckets of {width} s; at most {MAX_POINTS}: ask for wider buckets or a shorter range"
         )));
     }
-    let rollup = width % 60 == 0;
-    let sql = if rollup { FROM_ROLLUP } else { FROM_READINGS };
     let db = api.pool.get().await?;
-    let rows = db
-        .query(sql, &[&(width as f64), &devices, &metric, &from, &to])
-        .await?;
+    // Without TimescaleDB, readings_1m is brought up to date every rollup_refresh, so the
+    // newest buckets come from the readings themselves (TimescaleDB's real-time aggregate
+    // does the same inside readings_1m).
+    let rollup_until = match width % 60 == 0 {
+        false => from,
+        true => match api.rollup_is_live(&db).await? {
+            true => to,
+            false => align(Utc::now() - api.rollup_lag, width, false).clamp(from, to),
+        },
+    };
+    let width_s = width as f64;
+    let mut rows = Vec::new();
+    if rollup_until > from {
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&width_s, &devices, &metric, &from, &rollup_until];
+        rows.extend(db.query(FROM_ROLLUP, &args).await?);
+    }
+    if rollup_until < to {
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&width_s, &devices, &metric, &rollup_until, &to];
+        rows.extend(db.query(FROM_READINGS, &args).await?);
+    }
     let mut series: Vec<Series> = devices
         .iter()
         .map(|d| Series {
@@ -134,7 +151,9 @@ async fn bucketed(api: &Api, query: Option<&str>) -> Result<Value, ApiError> {
         "from": from,
         "to": to,
         "bucket_seconds": width,
-        "source": if rollup { "readings_1m" } else { "readings" },
+        "source": if rollup_until > from { "readings_1m" } else { "readings" },
+        // Buckets from here on come from the readings (null: none do).
+        "raw_from": (rollup_until < to).then_some(rollup_until),
         "series": series,
     }))
 }
