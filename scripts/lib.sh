@@ -29,6 +29,8 @@ ensure_deps() {
   # Tests drive the device port with Debian's Paho Python client too (/usr/bin/python3).
   /usr/bin/python3 -c 'import paho.mqtt' 2>/dev/null || pkgs+=(python3-paho-mqtt)
   command -v runuser >/dev/null || pkgs+=(util-linux)
+  # The dashboard test opens the page in headless Chromium.
+  command -v chromium >/dev/null || pkgs+=(chromium)
   if [ ${#pkgs[@]} -gt 0 ]; then
     log "installing ${pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -6,6 +6,7 @@ pub mod ack;
 pub mod anomaly;
 pub mod api;
 pub mod budget;
+pub mod dashboard;
 pub mod db;
 pub mod decode;
 pub mod health;

@@ -148,6 +148,7 @@ impl Front {
         let reads = match &self.api {
             Some(api) => api
                 .routes()
+                .merge(crate::dashboard::routes())
                 .route_layer(axum::middleware::from_fn_with_state(self.clone(), reader)),
             None => Router::new(),
         };
