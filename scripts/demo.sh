@@ -38,5 +38,6 @@ psql_q -c "SELECT time_bucket('1 minute', time) AS minute, device_id, count(*) A
            FROM readings WHERE device_id IN ('$PREFIX-0','$PREFIX-1','$PREFIX-2','$PREFIX-3','$PREFIX-4')
            GROUP BY minute, device_id ORDER BY device_id, minute"
 echo "Still running. Tail live readings:  mosquitto_sub -h ${MQTT_ADDR%:*} -p ${MQTT_ADDR##*:} -t 'sensors/#' -v"
+echo "Dashboard:  http://$INGEST_ADDR/dashboard/     Read API:  curl -s http://$INGEST_ADDR/v1/status"
 echo "Query:  psql $DATABASE_URL     Metrics: curl -s http://$HTTP_ADDR/metrics     Stop: scripts/down.sh"
 [ "$ROWS" = "$ACKED" ]

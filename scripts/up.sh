@@ -27,7 +27,7 @@ set -a; source "$DATA/env"; set +a
 export SLUICE__INGRESS__LISTEN="$MQTT_ADDR" SLUICE__HTTP__LISTEN="$HTTP_ADDR" SLUICE__INGRESS__HTTP__LISTEN="$INGEST_ADDR"
 
 if ! running "$DATA/sluice.pid"; then
-  log "starting sluice (MQTT on $MQTT_ADDR, HTTP readings on http://$INGEST_ADDR/v1/readings, metrics on http://$HTTP_ADDR/metrics)"
+  log "starting sluice (MQTT on $MQTT_ADDR, HTTP readings on http://$INGEST_ADDR/v1/readings, dashboard on http://$INGEST_ADDR/dashboard/, metrics on http://$HTTP_ADDR/metrics)"
   nohup env "${LOCAL_FLEET[@]}" "$ROOT/target/release/sluice" --config "$ROOT/broker.toml" >"$DATA/sluice.log" 2>&1 &
   echo $! >"$DATA/sluice.pid"
   if ! wait_port "${MQTT_ADDR%:*}" "${MQTT_ADDR##*:}" sluice ||

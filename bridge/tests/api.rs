@@ -399,6 +399,64 @@ async fn endpoints_on(path: &Storage) {
     let (status, body, _) = get(&format!("{base}/v1/openapi.json"), &[]);
     assert_eq!(status, 200);
     assert!(body["paths"]["/v1/series"]["get"].is_object(), "{body}");
+    // Anomalies: filtered by device, metric, kind and range, oldest first, in pages.
+    let flagged: Vec<(DateTime<Utc>, &str, &str)> = vec![
+        (now - chrono::Duration::minutes(50), alpha.as_str(), "spike"),
+        (now - chrono::Duration::minutes(40), alpha.as_str(), "stuck"),
+        (now - chrono::Duration::minutes(30), alpha.as_str(), "spike"),
+        (now - chrono::Duration::minutes(20), beta.as_str(), "spike"),
+        (now - chrono::Duration::hours(30), alpha.as_str(), "spike"),
+    ];
+    for (t, device, kind) in &flagged {
+        db.execute(
+            "INSERT INTO anomalies (time, device_id, metric, kind, value, expected, low, high, score) \
+             VALUES ($1, $2, 'temp', $3, 99, 20, 18, 22, 12.5)",
+            &[t, device, kind],
+        )
+        .await
+        .expect("insert anomaly");
+    }
+    let first = api(
+        &gateway,
+        &format!("/v1/anomalies?device={alpha}&kind=spike&limit=1"),
+    );
+    let rest = api(
+        &gateway,
+        &format!(
+            "/v1/anomalies?device={alpha}&kind=spike&limit=1&after={}",
+            first["next"].as_str().expect("a second page")
+        ),
+    );
+    assert!(
+        rest["next"].is_null(),
+        "two spikes of alpha's in the last day: {rest}"
+    );
+    let got: Vec<DateTime<Utc>> = [&first, &rest]
+        .iter()
+        .flat_map(|p| p["anomalies"].as_array().cloned().unwrap_or_default())
+        .map(|a| time(&a["time"]))
+        .collect();
+    let want: Vec<DateTime<Utc>> = flagged
+        .iter()
+        .filter(|(t, d, k)| *d == alpha && *k == "spike" && *t > now - chrono::Duration::hours(24))
+        .map(|(t, _, _)| *t)
+        .collect();
+    assert_eq!(got, want);
+    let one = &first["anomalies"][0];
+    assert_eq!(
+        (
+            one["metric"].as_str(),
+            one["value"].as_f64(),
+            one["low"].as_f64(),
+            one["high"].as_f64(),
+            one["score"].as_f64()
+        ),
+        (Some("temp"), Some(99.0), Some(18.0), Some(22.0), Some(12.5)),
+        "{one}"
+    );
+    let all = api(&gateway, &format!("/v1/anomalies?{wide}"));
+    assert_eq!(all["anomalies"].as_array().map(Vec::len), Some(5), "{all}");
+
     let config = api(&gateway, "/v1/config");
     assert_eq!(config["kafka"]["partitions"], 3, "{config}");
     let url = config["writer"]["database_url"]

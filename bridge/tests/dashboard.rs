@@ -161,18 +161,23 @@ fn figure(seen: &Value) -> f64 {
 
 /// A device publishing a temperature near 20 every 100-300 ms until `stop`, so the rate
 /// in moves from second to second; with `history`, first the last 10 minutes of it every
-/// 10 s, so its chart has a line to draw.
+/// 10 s, so its chart has a line to draw, with a spike (35) 150 s ago for the detector to
+/// flag once its warm-up is over.
 async fn publish_until(gateway_port: u16, device: String, history: bool, stop: Arc<AtomicBool>) {
     let options = MqttOptions::new(&device, "127.0.0.1", gateway_port);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     let topic = format!("sensors/{device}/temp");
     let temperature = |ts: i64| 20.0 + ((ts / 1000) as f64 / 60.0).sin() * 0.5;
+    let now = chrono::Utc::now().timestamp_millis();
     let send = |ts: i64| {
-        let payload = json!({"value": temperature(ts), "ts": ts}).to_string();
+        let value = match now - ts == 150_000 {
+            true => 35.0,
+            false => temperature(ts),
+        };
+        let payload = json!({"value": value, "ts": ts}).to_string();
         client.publish(topic.clone(), QoS::AtLeastOnce, false, payload)
     };
-    let now = chrono::Utc::now().timestamp_millis();
     for ts in (now - 600_000..now).step_by(10_000).filter(|_| history) {
         send(ts).await.expect("queued");
     }
@@ -214,14 +219,23 @@ async fn a_person_sees_live_throughput_a_device_chart_and_its_anomaly() {
         .collect();
     wait_rows(&db, &chosen, 65).await;
 
-    // An anomaly a little in the past, as the detector would have recorded it.
-    db.execute(
-        "INSERT INTO anomalies (time, device_id, metric, kind, value, expected, low, high, score) \
-         VALUES (now() - interval '150 seconds', $1, 'temp', 'spike', 35.0, 20.3, 19.6, 20.9, 40.0)",
-        &[&chosen],
-    )
-    .await
-    .expect("anomaly inserted");
+    // The detector flags the injected spike as the writer stores it.
+    let spikes =
+        "SELECT count(*) FROM anomalies WHERE device_id = $1 AND kind = 'spike' AND value = 35";
+    let start = Instant::now();
+    while db
+        .query_one(spikes, &[&chosen])
+        .await
+        .expect("anomalies")
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the spike was not flagged"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let url = format!(
         "http://127.0.0.1:{}/dashboard/#device={chosen}&metric=temp&range=15m",
