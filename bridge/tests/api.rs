@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, TimeZone, Utc};
-use common::{connect, set, storages, wait_for, Gateway, Storage};
+use common::{connect, insert_reading, set, sha256_hex, storages, wait_for, Gateway, Storage};
 use serde_json::{json, Value};
 
 /// `curl` GET of `url` with `args`; the status and the JSON body (Null if none).
@@ -145,12 +145,7 @@ async fn endpoints_on(path: &Storage) {
         .expect("now");
     let data = known_data(&prefix, now);
     for s in &data {
-        db.execute(
-            "INSERT INTO readings (time, device_id, metric, value, received_at) VALUES ($1, $2, $3, $4, $1)",
-            &[&s.time, &s.device, &s.metric, &s.value],
-        )
-        .await
-        .expect("insert");
+        insert_reading(&db, s.time, &s.device, s.metric, s.value).await;
     }
     let refresh = match path.timescaledb() {
         true => "CALL refresh_continuous_aggregate('readings_1m', NULL, NULL)",
@@ -282,12 +277,7 @@ async fn endpoints_on(path: &Storage) {
     // newest buckets come from the readings (on TimescaleDB too, whose real-time aggregate
     // would not show it: the test's refresh materialised its minute).
     let fresh = now - chrono::Duration::seconds(5);
-    db.execute(
-        "INSERT INTO readings (time, device_id, metric, value, received_at) VALUES ($1, $2, 'temp', 1000, $1)",
-        &[&fresh, &alpha],
-    )
-    .await
-    .expect("insert");
+    insert_reading(&db, fresh, &alpha, "temp", 1000.0).await;
     let got = api(
         &gateway,
         &format!("/v1/series?device={alpha}&metric=temp&{range}&bucket=1m"),
@@ -466,27 +456,6 @@ async fn endpoints_on(path: &Storage) {
         url.contains(&own.url.rsplit('/').next().unwrap_or("?").to_owned()),
         "{config}"
     );
-}
-
-fn sha256_hex(text: &str) -> String {
-    let mut child = Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("sha256sum runs");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 #[tokio::test]

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{certificates, db, free_port, read_topic, rows, set, wait_rows, Gateway, Tansu};
+use common::{
+    certificates, db, free_port, read_topic, rows, set, sha256_hex, wait_rows, Gateway, Tansu,
+};
 use serde_json::{json, Value};
 
 /// What curl saw.
@@ -332,23 +334,6 @@ async fn bad_requests_get_their_status_and_reason_and_the_others_are_served() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].value, Some(5.0));
     assert!(gateway.metric("sluice_http_requests_total{status=\"413\"}") >= 3.0);
-}
-
-fn sha256_hex(text: &str) -> String {
-    let output = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin.take().expect("stdin").write_all(text.as_bytes())?;
-            c.wait_with_output()
-        })
-        .expect("sha256sum runs");
-    String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 #[tokio::test]

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use common::{
-    connect, postgres, set, storages, timescaledb, wait_for, Gateway, OwnDatabase, Storage,
+    connect, insert_reading, postgres, set, storages, timescaledb, wait_for, Gateway, OwnDatabase,
+    Storage,
 };
 
 /// One `readings_1m` row: minute (ms from the test's start), count, min, max, avg, last.
@@ -389,12 +390,7 @@ async fn analyst_queries(path: &Storage) {
     let now = Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap();
     let data = known_data(now);
     for s in &data {
-        db.execute(
-            "INSERT INTO readings (time, device_id, metric, value, received_at) VALUES ($1, $2, $3, $4, $1)",
-            &[&s.time, &s.device, &s.metric, &s.value],
-        )
-        .await
-        .expect("insert");
+        insert_reading(&db, s.time, s.device, s.metric, s.value).await;
     }
     // Materialise readings_1m, so the rollup query reads what the refresh wrote.
     let refresh = if path.timescaledb() {

@@ -413,6 +413,41 @@ pub fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// The SHA-256 of `text` in hex, as a token file holds it (computed by `sha256sum`).
+pub fn sha256_hex(text: &str) -> String {
+    use std::io::Write;
+    let output = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().expect("stdin").write_all(text.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("sha256sum runs");
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// One numeric reading put straight into `readings`, received when it was taken.
+pub async fn insert_reading(
+    db: &tokio_postgres::Client,
+    time: chrono::DateTime<chrono::Utc>,
+    device: &str,
+    metric: &str,
+    value: f64,
+) {
+    db.execute(
+        "INSERT INTO readings (time, device_id, metric, value, received_at) VALUES ($1, $2, $3, $4, $1)",
+        &[&time, &device, &metric, &value],
+    )
+    .await
+    .expect("insert a reading");
+}
+
 pub async fn db() -> tokio_postgres::Client {
     connect(&env("DATABASE_URL")).await
 }
