@@ -17,7 +17,7 @@ LOCAL_FLEET=(SLUICE__INGRESS__MAX_CONNECTIONS_PER_ADDRESS=0 SLUICE__INGRESS__MAX
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # Debian packages and tansu, each only when missing.
-ensure_deps() {
+ensure_deps() { # [--browser]: also Chromium, for the dashboard test
   local pkgs=()
   [ -x "$PG_BIN/initdb" ] || pkgs+=(postgresql-15)
   command -v mosquitto_pub >/dev/null || pkgs+=(mosquitto-clients)
@@ -30,7 +30,7 @@ ensure_deps() {
   /usr/bin/python3 -c 'import paho.mqtt' 2>/dev/null || pkgs+=(python3-paho-mqtt)
   command -v runuser >/dev/null || pkgs+=(util-linux)
   # The dashboard test opens the page in headless Chromium.
-  command -v chromium >/dev/null || pkgs+=(chromium)
+  if [ "${1:-}" = --browser ] && ! command -v chromium >/dev/null; then pkgs+=(chromium); fi
   if [ ${#pkgs[@]} -gt 0 ]; then
     log "installing ${pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive

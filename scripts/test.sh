@@ -10,7 +10,7 @@ DATA="$ROOT/.data/test"
 PG_PORT="${TEST_PG_PORT:-15433}"
 KAFKA_PORT="${TEST_KAFKA_PORT:-19092}"
 
-ensure_deps
+ensure_deps --browser
 fresh_stack "$DATA" "$PG_PORT" "$KAFKA_PORT"
 # The storage tests run on plain PostgreSQL always, and on TimescaleDB where it is
 # installed: then the shared cluster preloads it, and a second one, installed but not

@@ -219,6 +219,12 @@ async fn endpoints_on(path: &Storage) {
             );
         }
     }
+    // One device by its exact id, or none.
+    let one = api(&gateway, &format!("/v1/devices?id={alpha}"));
+    assert_eq!(one["devices"][0]["device_id"], alpha.as_str(), "{one}");
+    assert_eq!(one["devices"].as_array().map(Vec::len), Some(1), "{one}");
+    let none = api(&gateway, &format!("/v1/devices?id={prefix}-alph"));
+    assert_eq!(none["devices"].as_array().map(Vec::len), Some(0), "{none}");
     // Search: part of the id, any case.
     let found = api(&gateway, "/v1/devices?search=GAMM");
     let found: Vec<&str> = found["devices"]
@@ -444,6 +450,26 @@ async fn endpoints_on(path: &Storage) {
         (Some("temp"), Some(99.0), Some(18.0), Some(22.0), Some(12.5)),
         "{one}"
     );
+    let newest = api(
+        &gateway,
+        &format!("/v1/anomalies?device={alpha}&kind=spike&order=desc&limit=1"),
+    );
+    let newer = api(
+        &gateway,
+        &format!(
+            "/v1/anomalies?device={alpha}&kind=spike&order=desc&limit=1&after={}",
+            newest["next"].as_str().expect("a second page")
+        ),
+    );
+    let got: Vec<DateTime<Utc>> = [&newest, &newer]
+        .iter()
+        .map(|p| time(&p["anomalies"][0]["time"]))
+        .collect();
+    assert_eq!(
+        got,
+        want.iter().rev().copied().collect::<Vec<_>>(),
+        "newest first"
+    );
     let all = api(&gateway, &format!("/v1/anomalies?{wide}"));
     assert_eq!(all["anomalies"].as_array().map(Vec::len), Some(5), "{all}");
 
@@ -567,12 +593,17 @@ async fn anonymous_readers_only_where_allowed_and_streams_are_capped() {
         set(c, &["api", "max_streams"], 1);
     })));
     let base = format!("http://127.0.0.1:{}", gateway.ingest_port);
-    // Anonymous senders may post here, but not read.
-    let (status, body, _) = get(&format!("{base}/v1/status"), &[]);
+    // Anonymous senders may post here, but not read: asked for credentials instead.
+    let (status, body, head) = get(&format!("{base}/v1/status"), &[]);
     assert_eq!(
         (status, body["error"].as_str()),
-        (403, Some("forbidden")),
+        (401, Some("unauthorized")),
         "{body}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: basic"),
+        "{head}"
     );
     assert!(
         body["detail"]

@@ -1,4 +1,5 @@
-//! `GET /v1/devices`: the devices that have readings, a page at a time, each with its
+//! `GET /v1/devices`: the devices that have readings, a page at a time (or one by its
+//! `id`), each with its
 //! metrics, first and last reading, readings in the last hour and last value per metric.
 //! Device ids come from a skip scan of the `(device_id, metric, time)` key, so a page
 //! costs a few index probes per device however many readings there are.
@@ -74,7 +75,7 @@ pub async fn list(State(api): State<Arc<Api>>, RawQuery(query): RawQuery) -> Res
 }
 
 async fn devices(api: &Api, query: Option<&str>) -> Result<serde_json::Value, ApiError> {
-    let params = Params::parse(query, &["search", "limit", "after"])?;
+    let params = Params::parse(query, &["id", "search", "limit", "after"])?;
     let limit = params.limit(100, 1000)?;
     let search = params.one("search")?.unwrap_or("");
     let after = params
@@ -82,11 +83,21 @@ async fn devices(api: &Api, query: Option<&str>) -> Result<serde_json::Value, Ap
         .map(|mut k| k.remove(0))
         .unwrap_or_default();
     let db = api.pool.get().await?;
-    let rows = db
-        .query(IDS, &[&after, &search, &(limit as i64 + 1)])
-        .await?;
-    let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    let (ids, next) = page(ids, limit, |id| vec![id.clone()]);
+    let (ids, next) = match params.one("id")? {
+        // One device by its exact id (a link to it), or none.
+        Some(id) => {
+            let sql = "SELECT device_id FROM readings WHERE device_id = $1 LIMIT 1";
+            let rows = db.query(sql, &[&id]).await?;
+            (rows.iter().map(|r| r.get(0)).collect(), None)
+        }
+        None => {
+            let rows = db
+                .query(IDS, &[&after, &search, &(limit as i64 + 1)])
+                .await?;
+            let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            page(ids, limit, |id| vec![id.clone()])
+        }
+    };
     // The database's order (its collation), which the cursor follows too.
     let mut devices: Vec<Device> = ids
         .iter()

@@ -249,21 +249,36 @@ async fn summaries(api: &Api, query: Option<&str>) -> Result<Value, ApiError> {
     Ok(json!({"from": from, "to": to, "summaries": summaries, "next": next}))
 }
 
-const ANOMALIES: &str = "
-SELECT time, device_id, metric, kind, value, expected, low, high, score
-  FROM anomalies
- WHERE time >= $1 AND time < $2
-   AND (cardinality($3::text[]) = 0 OR device_id = ANY($3))
-   AND ($4::text IS NULL OR metric = $4)
-   AND ($5::text IS NULL OR kind = $5)
-   AND (time, device_id, metric, kind) > ($6, $7, $8, $9)
- ORDER BY time, device_id, metric, kind LIMIT $10";
+/// Oldest first, or newest first (the paging key then compared the other way).
+fn anomalies_sql(newest_first: bool) -> String {
+    let (order, past) = match newest_first {
+        true => ("DESC", "<"),
+        false => ("ASC", ">"),
+    };
+    format!(
+        "SELECT time, device_id, metric, kind, value, expected, low, high, score
+           FROM anomalies
+          WHERE time >= $1 AND time < $2
+            AND (cardinality($3::text[]) = 0 OR device_id = ANY($3))
+            AND ($4::text IS NULL OR metric = $4)
+            AND ($5::text IS NULL OR kind = $5)
+            AND (time, device_id, metric, kind) {past} ($6, $7, $8, $9)
+          ORDER BY time {order}, device_id {order}, metric {order}, kind {order} LIMIT $10"
+    )
+}
 
 async fn flagged(api: &Api, query: Option<&str>) -> Result<Value, ApiError> {
     let params = Params::parse(
         query,
-        &["device", "metric", "kind", "from", "to", "limit", "after"],
+        &[
+            "device", "metric", "kind", "from", "to", "limit", "after", "order",
+        ],
     )?;
+    let newest_first = match params.one("order")? {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(other) => return Err(bad(format!("order={other:?}: asc or desc"))),
+    };
     let devices = params.devices()?;
     let metric = params.one("metric")?;
     let kind = params.one("kind")?;
@@ -280,18 +295,19 @@ async fn flagged(api: &Api, query: Option<&str>) -> Result<Value, ApiError> {
                 key[3].clone(),
             )
         }
-        // Before `from`: no key is smaller than the first row's.
-        None => (
-            from - Duration::seconds(1),
-            String::new(),
-            String::new(),
-            String::new(),
-        ),
+        // Outside the range: every row's key is past it, in either order.
+        None => {
+            let edge = match newest_first {
+                false => from - Duration::seconds(1),
+                true => to + Duration::seconds(1),
+            };
+            (edge, String::new(), String::new(), String::new())
+        }
     };
     let db = api.pool.get().await?;
     let rows = db
         .query(
-            ANOMALIES,
+            &anomalies_sql(newest_first),
             &[
                 &from,
                 &to,

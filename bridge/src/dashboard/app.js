@@ -218,8 +218,8 @@ function connectStream() {
   stream.onerror = () => {
     setLive(false, "reconnecting…");
     if (stream.readyState !== EventSource.CLOSED) {
-      // The browser retries by itself after a dropped connection.
-      problem("stream", "Live status stream lost; reconnecting…");
+      // The browser retries by itself after a dropped connection (the server ends each
+      // stream after 10 minutes); watchStream speaks up if no event comes for a while.
       return;
     }
     // Refused (an error status or not an event stream): the browser gives up, so we retry,
@@ -343,10 +343,10 @@ function showDevice(device) {
   info.textContent = parts.join(" · ");
 }
 
-// Finds the hash's device by id: a search for it lists the exact id among its matches.
+// Finds the hash's device by its exact id.
 async function lookupDevice() {
   try {
-    const page = await api(`/v1/devices?search=${encodeURIComponent(state.device)}&limit=${SEARCH_LIMIT}`);
+    const page = await api(`/v1/devices?id=${encodeURIComponent(state.device)}`);
     clear("devices");
     return page.devices.find((d) => d.device_id === state.device) || null;
   } catch (e) {
@@ -357,7 +357,8 @@ async function lookupDevice() {
 
 // ---- Device chart ---------------------------------------------------------------------
 
-const view = { chart: null, from: 0, to: 0, seq: 0 };
+// `loading`: a refresh waits for the last one; `restUntil`: after a 503, wait a while.
+const view = { chart: null, from: 0, to: 0, seq: 0, loading: false, restUntil: 0 };
 
 function resetDeviceChart() {
   if (view.chart) view.chart.destroy();
@@ -366,6 +367,12 @@ function resetDeviceChart() {
   node.dataset.points = "0";
   node.dataset.anomalies = "0";
   $("#anomalies").hidden = true;
+}
+
+// The timer's refresh skips a turn while a load is in flight or resting after a 503;
+// a person's choice always loads.
+function refreshDevice() {
+  if (!view.loading && Date.now() >= view.restUntil) loadDevice();
 }
 
 async function loadDevice() {
@@ -381,15 +388,19 @@ async function loadDevice() {
     to: to.toISOString(),
   });
   let series, anomalies;
+  view.loading = true;
   try {
     [series, anomalies] = await Promise.all([
       api(`/v1/series?${q}`),
-      api(`/v1/anomalies?${q}&limit=${ANOMALY_LIMIT}`),
+      api(`/v1/anomalies?${q}&order=desc&limit=${ANOMALY_LIMIT}`),
     ]);
     clear("series");
   } catch (e) {
+    if (e.status === 503) view.restUntil = Date.now() + 15000;
     problem("series", explain(`Series of ${state.device} ${state.metric}`, e));
     return;
+  } finally {
+    view.loading = false;
   }
   if (seq !== view.seq) return;
   view.from = from.getTime() / 1000;
@@ -414,8 +425,9 @@ function drawDevice(points, anomalies, moreAnomalies) {
   }
   let marked = 0;
   for (const a of anomalies) {
-    const y = a.value ?? a.expected;
     const t = seconds(a.time);
+    // A dropout's numbers are seconds, not the metric: it sits on the line instead.
+    const y = a.kind === "dropout" ? nearest(points, t) : a.value ?? a.expected;
     if (y === null || y === undefined || Number.isNaN(t)) continue;
     row(t)[4] = y;
     marked += 1;
@@ -456,9 +468,21 @@ function deviceOptions(node) {
   };
 }
 
+// The average of the bucket nearest to `t` (seconds), or null.
+function nearest(points, t) {
+  let best = null;
+  for (const p of points) {
+    if (p.avg === null) continue;
+    if (best === null || Math.abs(seconds(p.time) - t) < Math.abs(seconds(best.time) - t)) best = p;
+  }
+  return best ? best.avg : null;
+}
+
 function renderAnomalies(anomalies, more) {
   const table = $("#anomalies");
-  const latest = [...anomalies].sort((a, b) => Date.parse(b.time) - Date.parse(a.time)).slice(0, 20);
+  // Newest first, as the API sends them; a dropout's figures are seconds.
+  const latest = anomalies.slice(0, 20);
+  const unit = (a) => (a.kind === "dropout" ? " s" : "");
   table.querySelector("tbody").replaceChildren(
     ...latest.map((a) =>
       el(
@@ -466,9 +490,9 @@ function renderAnomalies(anomalies, more) {
         {},
         el("td", {}, new Date(a.time).toLocaleString()),
         el("td", {}, a.kind),
-        el("td", {}, number(a.value, 2)),
-        el("td", {}, number(a.expected, 2)),
-        el("td", {}, `${number(a.low, 2)} – ${number(a.high, 2)}`),
+        el("td", {}, number(a.value, 2) + unit(a)),
+        el("td", {}, number(a.expected, 2) + unit(a)),
+        el("td", {}, `${number(a.low, 2)} – ${number(a.high, 2)}${unit(a)}`),
         el("td", {}, number(a.score, 1)),
       ),
     ),
@@ -530,7 +554,7 @@ function start() {
   document.addEventListener("visibilitychange", loadDevice);
   connectStream();
   setInterval(watchStream, 1000);
-  setInterval(loadDevice, DEVICE_REFRESH_MS);
+  setInterval(refreshDevice, DEVICE_REFRESH_MS);
   loadConfig();
   openFromHash();
 }

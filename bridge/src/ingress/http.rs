@@ -829,11 +829,20 @@ async fn reader(
         .is_some_and(|api| api.may_read(name, address));
     if !may_read {
         counter!("sluice_denied_total", "action" => "read").increment(1);
-        let detail = match name {
-            Some(_) => "this identity may not read; list it in [api] readers",
-            None => "anonymous clients may not read here ([api] allow_anonymous); send credentials",
+        // Anonymous clients are asked for credentials (a browser then prompts).
+        let (status, error, detail) = match name {
+            Some(_) => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this identity may not read; list it in [api] readers",
+            ),
+            None => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "anonymous clients may not read here ([api] allow_anonymous); send credentials",
+            ),
         };
-        return Answer::refused(StatusCode::FORBIDDEN, "forbidden", detail).into_response();
+        return Answer::refused(status, error, detail).into_response();
     }
     request
         .extensions_mut()
