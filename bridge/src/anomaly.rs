@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use metrics::counter;
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use serde::Serialize;
 
 use crate::produce::client_config;
@@ -403,6 +404,17 @@ impl Publisher {
             producer: config.create_with_context(Reports)?,
             topic: topic.to_owned(),
         }))
+    }
+
+    /// Waits up to `timeout` for every queued anomaly to be delivered (or given up on): a
+    /// graceful stop's last step. Blocks; call it from `spawn_blocking`.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+
+    /// Anomalies queued and not yet delivered or given up on.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
     }
 
     pub fn publish(&self, anomalies: &[Anomaly]) {

@@ -72,6 +72,9 @@ pub struct Writer {
 struct Anomalies {
     detector: Detector,
     publisher: Arc<Publisher>,
+    /// How long a graceful stop waits for the publisher: `kafka.delivery_timeout_ms`, after
+    /// which librdkafka gives a record up anyway.
+    flush_timeout: Duration,
 }
 
 impl Writer {
@@ -99,6 +102,7 @@ impl Writer {
             true => Some(Anomalies {
                 detector: Detector::new(anomalies.clone()),
                 publisher: Publisher::new(kafka, &anomalies.topic)?,
+                flush_timeout: Duration::from_millis(kafka.delivery_timeout_ms),
             }),
             false => None,
         };
@@ -140,6 +144,9 @@ impl Writer {
         let fetching = tokio::spawn(fetch.run(waiting));
         let stopped = store.run(requests, stop).await;
         fetching.abort();
+        if let Some(a) = &store.anomalies {
+            flush_anomalies(a.publisher.clone(), a.flush_timeout).await;
+        }
         if stopped {
             tracing::info!("writer stopped");
             return Ok(());
@@ -189,6 +196,23 @@ impl Writer {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+}
+
+/// Sends the anomalies still queued before the writer returns, as main.rs does for the
+/// readings' producer; what is left after `timeout` is lost (and logged).
+async fn flush_anomalies(publisher: Arc<Publisher>, timeout: Duration) {
+    let left = publisher.in_flight();
+    if left == 0 {
+        return;
+    }
+    tracing::info!(records = left, "flushing the anomaly publisher");
+    match tokio::task::spawn_blocking(move || publisher.flush(timeout)).await {
+        Ok(Ok(())) => tracing::info!("anomaly publisher flushed"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "anomaly publisher not flushed; anomalies may be unpublished")
+        }
+        Err(e) => tracing::error!(error = %e, "anomaly publisher flush failed"),
     }
 }
 
