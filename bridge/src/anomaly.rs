@@ -161,8 +161,14 @@ impl Detector {
             Some(m) => m,
             None => self.series.entry(device.into()).or_default(),
         };
+        let held = metrics.len();
         let series = match metrics.get_mut(reading.metric.as_str()) {
             Some(series) => series,
+            None if held >= s.max_series_per_device => {
+                // One device cannot crowd the others out with made-up metric names.
+                counter!("sluice_anomaly_series_refused_total").increment(1);
+                return;
+            }
             None => {
                 self.count += 1;
                 let series = Series::new(x, reading.time, s.window, self.batches);
@@ -270,21 +276,24 @@ impl Detector {
         }
     }
 
-    /// Drops the tenth of the series seen least recently (devices gone quiet), so memory
-    /// stays bounded by `max_series`.
+    /// Drops a tenth of the series, so memory stays bounded by `max_series`: those still
+    /// in their warm-up first (a flood of new series costs only its own kind), then those
+    /// seen least recently (devices gone quiet).
     fn evict(&mut self) {
-        let mut touched: Vec<u64> = self
+        let warmup = self.settings.warmup as u64;
+        let rank = |s: &Series| (s.seen > warmup, s.touched);
+        let mut ranks: Vec<(bool, u64)> = self
             .series
             .values()
-            .flat_map(|m| m.values().map(|s| s.touched))
+            .flat_map(|m| m.values().map(rank))
             .collect();
         let drop = (self.count / 10).max(self.count - self.settings.max_series);
-        let (_, cut, _) = touched.select_nth_unstable(drop.saturating_sub(1));
+        let (_, cut, _) = ranks.select_nth_unstable(drop.saturating_sub(1));
         let cut = *cut;
         let mut left = drop;
         for metrics in self.series.values_mut() {
             metrics.retain(|_, s| {
-                let gone = left > 0 && s.touched <= cut;
+                let gone = left > 0 && rank(s) <= cut;
                 left -= usize::from(gone);
                 !gone
             });
@@ -573,6 +582,37 @@ mod tests {
         }
         assert!(d.series() <= 100, "{}", d.series());
         assert!(d.series() >= 90, "{}", d.series());
+    }
+
+    #[test]
+    fn a_warmed_series_survives_a_flood_of_new_series() {
+        let mut d = Detector::new(AnomalySettings {
+            max_series: 100,
+            ..settings()
+        });
+        feed(&mut d, "old", &series(100, 50.0, 1.0));
+        // Many devices, each newer than "old", each seen once.
+        for n in 0..1000 {
+            d.observe([(format!("d{n}").as_str(), &reading("m", 0, 1.0))]);
+        }
+        assert!(d.series() <= 100, "{}", d.series());
+        // Still warmed up: a spike is flagged at once.
+        let found = feed(&mut d, "old", &[(100, 80.0)]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].kind, Kind::Spike);
+    }
+
+    #[test]
+    fn one_device_holds_at_most_max_series_per_device() {
+        let mut d = Detector::new(AnomalySettings {
+            max_series_per_device: 3,
+            ..settings()
+        });
+        for n in 0..10 {
+            d.observe([("d", &reading(&format!("m{n}"), 0, 1.0))]);
+        }
+        d.observe([("other", &reading("m", 0, 1.0))]);
+        assert_eq!(d.series(), 4);
     }
 
     #[test]

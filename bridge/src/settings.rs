@@ -421,8 +421,11 @@ pub struct AnomalySettings {
     pub drift_alpha: f64,
     pub drift_threshold: f64,
     pub drift_for: usize,
-    /// Series kept; past it the ones seen least recently are dropped.
+    /// Series kept (about 700 bytes each with the default window); past it those still in
+    /// their warm-up are dropped first, then those seen least recently.
     pub max_series: usize,
+    /// Series (metrics) tracked per device; a device's further metrics are not judged.
+    pub max_series_per_device: usize,
 }
 
 impl Default for AnomalySettings {
@@ -440,6 +443,7 @@ impl Default for AnomalySettings {
             drift_threshold: 2.0,
             drift_for: 10,
             max_series: 1_000_000,
+            max_series_per_device: 256,
         }
     }
 }
@@ -463,8 +467,11 @@ impl AnomalySettings {
         if self.stuck_after < 3 {
             return invalid("stuck_after", "must be at least 3");
         }
-        if self.drift_for == 0 || self.max_series == 0 {
-            return invalid("drift_for and max_series", "must be at least 1");
+        if self.drift_for == 0 || self.max_series == 0 || self.max_series_per_device == 0 {
+            return invalid(
+                "drift_for, max_series and max_series_per_device",
+                "must be at least 1",
+            );
         }
         for (key, v, low) in [
             ("threshold", self.threshold, 0.0),
