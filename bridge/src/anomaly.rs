@@ -74,6 +74,10 @@ const MAD_TO_SIGMA: f64 = 1.4826;
 /// The mean absolute step between two independent normal values is 2/sqrt(pi) = 1.128
 /// standard deviations.
 const STEP_TO_SIGMA: f64 = 1.128;
+/// A reading this many typical intervals older than its series' last one means the
+/// device's clock went back: the series starts again from it. Closer, it is a resend or a
+/// straggler and is passed over.
+const CLOCK_RESET_INTERVALS: f64 = 100.0;
 /// The drift baseline follows the values this many times more slowly than the fast
 /// average (`anomalies.drift_alpha`).
 const BASELINE_SLOWER: f64 = 10.0;
@@ -133,7 +137,10 @@ impl Detector {
     }
 
     /// Judges one batch's readings of each device, in order; returns what it found. Readings
-    /// no later than their series' last one (resends, stragglers) are passed over.
+    /// no later than their series' last one (resends, stragglers) are passed over
+    /// (`sluice_anomaly_readings_skipped_total`), unless far older: then the device's clock
+    /// went back and the series starts again. A series whose state overflows (values near
+    /// f64's limits) starts again too.
     pub fn observe<'a>(
         &mut self,
         readings: impl IntoIterator<Item = (&'a str, &'a Reading)>,
@@ -178,6 +185,20 @@ impl Detector {
         };
         series.touched = self.batches;
         if reading.time <= series.last_time {
+            let back = (series.last_time - reading.time).as_seconds_f64();
+            // Far older than the series' last reading: the device's clock went back (a
+            // reset), and every reading after would be passed over forever; start again.
+            if back > CLOCK_RESET_INTERVALS * series.interval {
+                series.restart(
+                    x,
+                    reading.time,
+                    s.window,
+                    self.batches,
+                    "its clock went back",
+                );
+            } else {
+                counter!("sluice_anomaly_readings_skipped_total").increment(1);
+            }
             return;
         }
         let gap = (reading.time - series.last_time).as_seconds_f64();
@@ -221,6 +242,18 @@ impl Detector {
         }
 
         let (median, scale) = median_and_scale(&series.window, &mut self.scratch, s.min_scale);
+        if !(median.is_finite() && scale.is_finite()) {
+            // Values near f64's limits overflow the median or scale: there is no band to
+            // judge or clip to (a NaN bound would panic), so the series starts again.
+            series.restart(
+                x,
+                reading.time,
+                s.window,
+                self.batches,
+                "its state overflowed",
+            );
+            return;
+        }
         let low = median - s.threshold * scale;
         let high = median + s.threshold * scale;
         let z = (x - median).abs() / scale;
@@ -273,6 +306,17 @@ impl Detector {
         if series.drift_run == s.drift_for {
             let b = series.baseline;
             found.push(anomaly(Kind::Drift, x, b, b - band, b + band, off / noise));
+        }
+        // An overflowed average or step (inf, then NaN) would stay so and silence the
+        // series' drift for good.
+        if !series.is_finite() {
+            series.restart(
+                x,
+                reading.time,
+                s.window,
+                self.batches,
+                "its state overflowed",
+            );
         }
     }
 
@@ -328,6 +372,26 @@ impl Series {
             drift_run: 0,
             touched: batch,
         }
+    }
+
+    /// Starts the series again from this reading, with a new warm-up.
+    fn restart(&mut self, x: f64, time: DateTime<Utc>, window: usize, batch: u64, why: &str) {
+        tracing::debug!(why, "anomaly series restarted");
+        counter!("sluice_anomaly_series_restarted_total").increment(1);
+        *self = Series::new(x, time, window, batch);
+    }
+
+    fn is_finite(&self) -> bool {
+        [
+            self.fast,
+            self.baseline,
+            self.step,
+            self.previous_kept,
+            self.interval,
+            self.repeat_rate,
+        ]
+        .iter()
+        .all(|v| v.is_finite())
     }
 
     /// Takes the run that just ended into the repeat rate. Only ended runs count, so a run
@@ -554,6 +618,46 @@ mod tests {
         assert_eq!(feed(&mut d, "d", &[(100, 90.0)]).len(), 1);
         // The same reading again (a resend), and an older one.
         assert!(feed(&mut d, "d", &[(100, 90.0), (50, 90.0)]).is_empty());
+    }
+
+    #[test]
+    fn a_clock_gone_far_back_restarts_the_series() {
+        let mut d = Detector::new(settings());
+        let later: Vec<(u64, f64)> = series(100, 50.0, 1.0)
+            .into_iter()
+            .map(|(i, v)| (i + 10_000, v))
+            .collect();
+        feed(&mut d, "d", &later);
+        // The clock is reset: readings from long before are taken, not passed over for
+        // the next 10,000 seconds.
+        assert!(feed(&mut d, "d", &series(100, 50.0, 1.0)).is_empty());
+        let found = feed(&mut d, "d", &[(100, 80.0)]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].kind, found[0].time), (Kind::Spike, at(100)));
+    }
+
+    #[test]
+    fn a_series_whose_state_overflows_starts_again() {
+        let mut d = Detector::new(settings());
+        // Huge values: the median of two overflows to inf, and so would the steps.
+        let huge: Vec<(u64, f64)> = (0..100)
+            .map(|i| (i, if i % 2 == 0 { 1e308 } else { -0.9e308 }))
+            .chain((100..200).map(|i| (i, if i % 2 == 0 { 1e308 } else { 0.9e308 })))
+            .collect();
+        feed(&mut d, "d", &huge);
+        let normal: Vec<(u64, f64)> = series(400, 50.0, 1.0)[200..].to_vec();
+        feed(&mut d, "d", &normal);
+        let found = feed(&mut d, "d", &[(400, 80.0)]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].kind, Kind::Spike);
+        let state = &d.series["d"]["temp"];
+        assert!(state.is_finite() && state.window.iter().all(|v| v.is_finite()));
+        // And a slow drift is still seen (an inf average would hide it for good).
+        let drift: Vec<(u64, f64)> = (401..500)
+            .map(|i| (i, 50.0 + noise(i) + 0.15 * (i - 400) as f64))
+            .collect();
+        let found = feed(&mut d, "d", &drift);
+        assert!(found.iter().any(|a| a.kind == Kind::Drift), "{found:?}");
     }
 
     #[test]
