@@ -372,7 +372,12 @@ impl Store {
             let started = Instant::now();
             // Judged once, before any attempt: a retried write stores the same anomalies,
             // and each reading moves its series' state once.
-            let found = self.detect(&batch);
+            // A large batch keeps the detector busy for a while: off the async worker (which
+            // also serves MQTT acks) when the runtime has others to take over its tasks.
+            let found = match tokio::runtime::Handle::current().runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::CurrentThread => self.detect(&batch),
+                _ => tokio::task::block_in_place(|| self.detect(&batch)),
+            };
             let mut backoff = Duration::from_millis(100);
             loop {
                 match self.write(&batch, &found).await {
