@@ -824,6 +824,27 @@ impl Settings {
             return invalid("writer.max_batch_bytes", "must be at least 1");
         }
         self.anomalies.validate()?;
+        if self.anomalies.enabled {
+            // The writer would read its own anomalies back as readings, or mix them with
+            // dead letters.
+            let topic = self.anomalies.topic.trim();
+            if topic == self.kafka.dead_letter_topic.trim() {
+                return invalid(
+                    "anomalies.topic",
+                    &format!("{topic:?} is also kafka.dead_letter_topic; give anomalies a topic of their own"),
+                );
+            }
+            if let Some(i) = self
+                .mappings
+                .iter()
+                .position(|m| m.kafka_topic.trim() == topic)
+            {
+                return invalid(
+                    "anomalies.topic",
+                    &format!("{topic:?} is also mappings[{i}].kafka_topic; give anomalies a topic of their own"),
+                );
+            }
+        }
         let st = &self.storage;
         for (key, span) in [
             ("storage.chunk_interval", st.chunk_interval),
@@ -1040,6 +1061,24 @@ mod tests {
         assert!(
             bad_threshold.is_err_and(|e| e.contains("anomalies.threshold")),
             "anomaly thresholds are checked"
+        );
+        let readings_topic = load_edited(|t| {
+            t.replace(
+                "topic = \"sensor.anomalies\"",
+                "topic = \"sensor.readings\"",
+            )
+        });
+        assert!(
+            readings_topic.is_err_and(
+                |e| e.contains("anomalies.topic") && e.contains("mappings[0].kafka_topic")
+            ),
+            "anomalies are not published among readings"
+        );
+        let dead_letters =
+            load_edited(|t| t.replace("topic = \"sensor.anomalies\"", "topic = \"sensor.dlq\""));
+        assert!(
+            dead_letters.is_err_and(|e| e.contains("kafka.dead_letter_topic")),
+            "anomalies are not published among dead letters"
         );
     }
 }
