@@ -1,6 +1,7 @@
-//! Anomaly detection: a streaming detector per device and metric, run by the writer on each
-//! batch it takes, judging every numeric reading against that series' own recent past.
-//! It calls nothing; the writer stores its `Anomaly`s and `Publisher` sends them to Kafka.
+//! Anomaly detection: `Detector`, a streaming detector per device and metric, run by the
+//! writer on each batch it takes, judging every numeric reading against that series' own
+//! recent past; it does no I/O. The writer stores its `Anomaly`s in the readings'
+//! transaction, then hands those it stored to `Publisher`, which sends them to Kafka.
 
 use std::collections::HashMap;
 use std::sync::Arc;
