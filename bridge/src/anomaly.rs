@@ -1,15 +1,17 @@
-//! Anomaly detection: a streaming detector per device and metric, run by the writer on each
-//! batch it takes, judging every numeric reading against that series' own recent past.
-//! It calls nothing; the writer stores its `Anomaly`s and `Publisher` sends them to Kafka.
+//! Anomaly detection: `Detector`, a streaming detector per device and metric, run by the
+//! writer on each batch it takes, judging every numeric reading against that series' own
+//! recent past; it does no I/O. The writer stores its `Anomaly`s in the readings'
+//! transaction, then hands those it stored to `Publisher`, which sends them to Kafka.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use metrics::counter;
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use serde::Serialize;
 
 use crate::produce::client_config;
@@ -73,6 +75,10 @@ const MAD_TO_SIGMA: f64 = 1.4826;
 /// The mean absolute step between two independent normal values is 2/sqrt(pi) = 1.128
 /// standard deviations.
 const STEP_TO_SIGMA: f64 = 1.128;
+/// A reading this many typical intervals older than its series' last one means the
+/// device's clock went back: the series starts again from it. Closer, it is a resend or a
+/// straggler and is passed over.
+const CLOCK_RESET_INTERVALS: f64 = 100.0;
 /// The drift baseline follows the values this many times more slowly than the fast
 /// average (`anomalies.drift_alpha`).
 const BASELINE_SLOWER: f64 = 10.0;
@@ -132,7 +138,10 @@ impl Detector {
     }
 
     /// Judges one batch's readings of each device, in order; returns what it found. Readings
-    /// no later than their series' last one (resends, stragglers) are passed over.
+    /// no later than their series' last one (resends, stragglers) are passed over
+    /// (`sluice_anomaly_readings_skipped_total`), unless far older: then the device's clock
+    /// went back and the series starts again. A series whose state overflows (values near
+    /// f64's limits) starts again too.
     pub fn observe<'a>(
         &mut self,
         readings: impl IntoIterator<Item = (&'a str, &'a Reading)>,
@@ -160,8 +169,14 @@ impl Detector {
             Some(m) => m,
             None => self.series.entry(device.into()).or_default(),
         };
+        let held = metrics.len();
         let series = match metrics.get_mut(reading.metric.as_str()) {
             Some(series) => series,
+            None if held >= s.max_series_per_device => {
+                // One device cannot crowd the others out with made-up metric names.
+                counter!("sluice_anomaly_series_refused_total").increment(1);
+                return;
+            }
             None => {
                 self.count += 1;
                 let series = Series::new(x, reading.time, s.window, self.batches);
@@ -171,6 +186,20 @@ impl Detector {
         };
         series.touched = self.batches;
         if reading.time <= series.last_time {
+            let back = (series.last_time - reading.time).as_seconds_f64();
+            // Far older than the series' last reading: the device's clock went back (a
+            // reset), and every reading after would be passed over forever; start again.
+            if back > CLOCK_RESET_INTERVALS * series.interval {
+                series.restart(
+                    x,
+                    reading.time,
+                    s.window,
+                    self.batches,
+                    "its clock went back",
+                );
+            } else {
+                counter!("sluice_anomaly_readings_skipped_total").increment(1);
+            }
             return;
         }
         let gap = (reading.time - series.last_time).as_seconds_f64();
@@ -214,6 +243,18 @@ impl Detector {
         }
 
         let (median, scale) = median_and_scale(&series.window, &mut self.scratch, s.min_scale);
+        if !(median.is_finite() && scale.is_finite()) {
+            // Values near f64's limits overflow the median or scale: there is no band to
+            // judge or clip to (a NaN bound would panic), so the series starts again.
+            series.restart(
+                x,
+                reading.time,
+                s.window,
+                self.batches,
+                "its state overflowed",
+            );
+            return;
+        }
         let low = median - s.threshold * scale;
         let high = median + s.threshold * scale;
         let z = (x - median).abs() / scale;
@@ -267,23 +308,37 @@ impl Detector {
             let b = series.baseline;
             found.push(anomaly(Kind::Drift, x, b, b - band, b + band, off / noise));
         }
+        // An overflowed average or step (inf, then NaN) would stay so and silence the
+        // series' drift for good.
+        if !series.is_finite() {
+            series.restart(
+                x,
+                reading.time,
+                s.window,
+                self.batches,
+                "its state overflowed",
+            );
+        }
     }
 
-    /// Drops the tenth of the series seen least recently (devices gone quiet), so memory
-    /// stays bounded by `max_series`.
+    /// Drops a tenth of the series, so memory stays bounded by `max_series`: those still
+    /// in their warm-up first (a flood of new series costs only its own kind), then those
+    /// seen least recently (devices gone quiet).
     fn evict(&mut self) {
-        let mut touched: Vec<u64> = self
+        let warmup = self.settings.warmup as u64;
+        let rank = |s: &Series| (s.seen > warmup, s.touched);
+        let mut ranks: Vec<(bool, u64)> = self
             .series
             .values()
-            .flat_map(|m| m.values().map(|s| s.touched))
+            .flat_map(|m| m.values().map(rank))
             .collect();
         let drop = (self.count / 10).max(self.count - self.settings.max_series);
-        let (_, cut, _) = touched.select_nth_unstable(drop.saturating_sub(1));
+        let (_, cut, _) = ranks.select_nth_unstable(drop.saturating_sub(1));
         let cut = *cut;
         let mut left = drop;
         for metrics in self.series.values_mut() {
             metrics.retain(|_, s| {
-                let gone = left > 0 && s.touched <= cut;
+                let gone = left > 0 && rank(s) <= cut;
                 left -= usize::from(gone);
                 !gone
             });
@@ -318,6 +373,26 @@ impl Series {
             drift_run: 0,
             touched: batch,
         }
+    }
+
+    /// Starts the series again from this reading, with a new warm-up.
+    fn restart(&mut self, x: f64, time: DateTime<Utc>, window: usize, batch: u64, why: &str) {
+        tracing::debug!(why, "anomaly series restarted");
+        counter!("sluice_anomaly_series_restarted_total").increment(1);
+        *self = Series::new(x, time, window, batch);
+    }
+
+    fn is_finite(&self) -> bool {
+        [
+            self.fast,
+            self.baseline,
+            self.step,
+            self.previous_kept,
+            self.interval,
+            self.repeat_rate,
+        ]
+        .iter()
+        .all(|v| v.is_finite())
     }
 
     /// Takes the run that just ended into the repeat rate. Only ended runs count, so a run
@@ -403,6 +478,17 @@ impl Publisher {
             producer: config.create_with_context(Reports)?,
             topic: topic.to_owned(),
         }))
+    }
+
+    /// Waits up to `timeout` for every queued anomaly to be delivered (or given up on): a
+    /// graceful stop's last step. Blocks; call it from `spawn_blocking`.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+
+    /// Anomalies queued and not yet delivered or given up on.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
     }
 
     pub fn publish(&self, anomalies: &[Anomaly]) {
@@ -536,6 +622,46 @@ mod tests {
     }
 
     #[test]
+    fn a_clock_gone_far_back_restarts_the_series() {
+        let mut d = Detector::new(settings());
+        let later: Vec<(u64, f64)> = series(100, 50.0, 1.0)
+            .into_iter()
+            .map(|(i, v)| (i + 10_000, v))
+            .collect();
+        feed(&mut d, "d", &later);
+        // The clock is reset: readings from long before are taken, not passed over for
+        // the next 10,000 seconds.
+        assert!(feed(&mut d, "d", &series(100, 50.0, 1.0)).is_empty());
+        let found = feed(&mut d, "d", &[(100, 80.0)]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].kind, found[0].time), (Kind::Spike, at(100)));
+    }
+
+    #[test]
+    fn a_series_whose_state_overflows_starts_again() {
+        let mut d = Detector::new(settings());
+        // Huge values: the median of two overflows to inf, and so would the steps.
+        let huge: Vec<(u64, f64)> = (0..100)
+            .map(|i| (i, if i % 2 == 0 { 1e308 } else { -0.9e308 }))
+            .chain((100..200).map(|i| (i, if i % 2 == 0 { 1e308 } else { 0.9e308 })))
+            .collect();
+        feed(&mut d, "d", &huge);
+        let normal: Vec<(u64, f64)> = series(400, 50.0, 1.0)[200..].to_vec();
+        feed(&mut d, "d", &normal);
+        let found = feed(&mut d, "d", &[(400, 80.0)]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].kind, Kind::Spike);
+        let state = &d.series["d"]["temp"];
+        assert!(state.is_finite() && state.window.iter().all(|v| v.is_finite()));
+        // And a slow drift is still seen (an inf average would hide it for good).
+        let drift: Vec<(u64, f64)> = (401..500)
+            .map(|i| (i, 50.0 + noise(i) + 0.15 * (i - 400) as f64))
+            .collect();
+        let found = feed(&mut d, "d", &drift);
+        assert!(found.iter().any(|a| a.kind == Kind::Drift), "{found:?}");
+    }
+
+    #[test]
     fn a_gap_is_a_dropout_and_a_slow_drift_is_seen() {
         let mut d = Detector::new(settings());
         feed(&mut d, "d", &series(100, 50.0, 1.0));
@@ -561,6 +687,37 @@ mod tests {
         }
         assert!(d.series() <= 100, "{}", d.series());
         assert!(d.series() >= 90, "{}", d.series());
+    }
+
+    #[test]
+    fn a_warmed_series_survives_a_flood_of_new_series() {
+        let mut d = Detector::new(AnomalySettings {
+            max_series: 100,
+            ..settings()
+        });
+        feed(&mut d, "old", &series(100, 50.0, 1.0));
+        // Many devices, each newer than "old", each seen once.
+        for n in 0..1000 {
+            d.observe([(format!("d{n}").as_str(), &reading("m", 0, 1.0))]);
+        }
+        assert!(d.series() <= 100, "{}", d.series());
+        // Still warmed up: a spike is flagged at once.
+        let found = feed(&mut d, "old", &[(100, 80.0)]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].kind, Kind::Spike);
+    }
+
+    #[test]
+    fn one_device_holds_at_most_max_series_per_device() {
+        let mut d = Detector::new(AnomalySettings {
+            max_series_per_device: 3,
+            ..settings()
+        });
+        for n in 0..10 {
+            d.observe([("d", &reading(&format!("m{n}"), 0, 1.0))]);
+        }
+        d.observe([("other", &reading("m", 0, 1.0))]);
+        assert_eq!(d.series(), 4);
     }
 
     #[test]

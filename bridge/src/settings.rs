@@ -421,8 +421,11 @@ pub struct AnomalySettings {
     pub drift_alpha: f64,
     pub drift_threshold: f64,
     pub drift_for: usize,
-    /// Series kept; past it the ones seen least recently are dropped.
+    /// Series kept (about 700 bytes each with the default window); past it those still in
+    /// their warm-up are dropped first, then those seen least recently.
     pub max_series: usize,
+    /// Series (metrics) tracked per device; a device's further metrics are not judged.
+    pub max_series_per_device: usize,
 }
 
 impl Default for AnomalySettings {
@@ -440,6 +443,7 @@ impl Default for AnomalySettings {
             drift_threshold: 2.0,
             drift_for: 10,
             max_series: 1_000_000,
+            max_series_per_device: 256,
         }
     }
 }
@@ -463,8 +467,11 @@ impl AnomalySettings {
         if self.stuck_after < 3 {
             return invalid("stuck_after", "must be at least 3");
         }
-        if self.drift_for == 0 || self.max_series == 0 {
-            return invalid("drift_for and max_series", "must be at least 1");
+        if self.drift_for == 0 || self.max_series == 0 || self.max_series_per_device == 0 {
+            return invalid(
+                "drift_for, max_series and max_series_per_device",
+                "must be at least 1",
+            );
         }
         for (key, v, low) in [
             ("threshold", self.threshold, 0.0),
@@ -817,6 +824,27 @@ impl Settings {
             return invalid("writer.max_batch_bytes", "must be at least 1");
         }
         self.anomalies.validate()?;
+        if self.anomalies.enabled {
+            // The writer would read its own anomalies back as readings, or mix them with
+            // dead letters.
+            let topic = self.anomalies.topic.trim();
+            if topic == self.kafka.dead_letter_topic.trim() {
+                return invalid(
+                    "anomalies.topic",
+                    &format!("{topic:?} is also kafka.dead_letter_topic; give anomalies a topic of their own"),
+                );
+            }
+            if let Some(i) = self
+                .mappings
+                .iter()
+                .position(|m| m.kafka_topic.trim() == topic)
+            {
+                return invalid(
+                    "anomalies.topic",
+                    &format!("{topic:?} is also mappings[{i}].kafka_topic; give anomalies a topic of their own"),
+                );
+            }
+        }
         let st = &self.storage;
         for (key, span) in [
             ("storage.chunk_interval", st.chunk_interval),
@@ -1033,6 +1061,24 @@ mod tests {
         assert!(
             bad_threshold.is_err_and(|e| e.contains("anomalies.threshold")),
             "anomaly thresholds are checked"
+        );
+        let readings_topic = load_edited(|t| {
+            t.replace(
+                "topic = \"sensor.anomalies\"",
+                "topic = \"sensor.readings\"",
+            )
+        });
+        assert!(
+            readings_topic.is_err_and(
+                |e| e.contains("anomalies.topic") && e.contains("mappings[0].kafka_topic")
+            ),
+            "anomalies are not published among readings"
+        );
+        let dead_letters =
+            load_edited(|t| t.replace("topic = \"sensor.anomalies\"", "topic = \"sensor.dlq\""));
+        assert!(
+            dead_letters.is_err_and(|e| e.contains("kafka.dead_letter_topic")),
+            "anomalies are not published among dead letters"
         );
     }
 }

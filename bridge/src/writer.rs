@@ -72,6 +72,9 @@ pub struct Writer {
 struct Anomalies {
     detector: Detector,
     publisher: Arc<Publisher>,
+    /// How long a graceful stop waits for the publisher: `kafka.delivery_timeout_ms`, after
+    /// which librdkafka gives a record up anyway.
+    flush_timeout: Duration,
 }
 
 impl Writer {
@@ -99,6 +102,7 @@ impl Writer {
             true => Some(Anomalies {
                 detector: Detector::new(anomalies.clone()),
                 publisher: Publisher::new(kafka, &anomalies.topic)?,
+                flush_timeout: Duration::from_millis(kafka.delivery_timeout_ms),
             }),
             false => None,
         };
@@ -140,6 +144,9 @@ impl Writer {
         let fetching = tokio::spawn(fetch.run(waiting));
         let stopped = store.run(requests, stop).await;
         fetching.abort();
+        if let Some(a) = &store.anomalies {
+            flush_anomalies(a.publisher.clone(), a.flush_timeout).await;
+        }
         if stopped {
             tracing::info!("writer stopped");
             return Ok(());
@@ -189,6 +196,23 @@ impl Writer {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+}
+
+/// Sends the anomalies still queued before the writer returns, as main.rs does for the
+/// readings' producer; what is left after `timeout` is lost (and logged).
+async fn flush_anomalies(publisher: Arc<Publisher>, timeout: Duration) {
+    let left = publisher.in_flight();
+    if left == 0 {
+        return;
+    }
+    tracing::info!(records = left, "flushing the anomaly publisher");
+    match tokio::task::spawn_blocking(move || publisher.flush(timeout)).await {
+        Ok(Ok(())) => tracing::info!("anomaly publisher flushed"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "anomaly publisher not flushed; anomalies may be unpublished")
+        }
+        Err(e) => tracing::error!(error = %e, "anomaly publisher flush failed"),
     }
 }
 
@@ -348,14 +372,21 @@ impl Store {
             let started = Instant::now();
             // Judged once, before any attempt: a retried write stores the same anomalies,
             // and each reading moves its series' state once.
-            let found = self.detect(&batch);
+            // A large batch keeps the detector busy for a while: off the async worker (which
+            // also serves MQTT acks) when the runtime has others to take over its tasks.
+            let found = match tokio::runtime::Handle::current().runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::CurrentThread => self.detect(&batch),
+                _ => tokio::task::block_in_place(|| self.detect(&batch)),
+            };
             let mut backoff = Duration::from_millis(100);
             loop {
                 match self.write(&batch, &found).await {
-                    Ok(()) => {
+                    Ok(inserted) => {
                         self.health.database_working();
+                        // Only what this commit stored: an anomaly already in the table
+                        // (a batch fetched again) was published when it was stored.
                         if let Some(a) = &self.anomalies {
-                            a.publisher.publish(&found);
+                            a.publisher.publish(&inserted);
                         }
                         break;
                     }
@@ -437,7 +468,13 @@ impl Store {
         found
     }
 
-    async fn write(&mut self, batch: &Batch, anomalies: &[Anomaly]) -> Result<(), WriterError> {
+    /// Writes the batch and its anomalies in one transaction; returns the anomalies it
+    /// inserted (not those already stored).
+    async fn write(
+        &mut self,
+        batch: &Batch,
+        anomalies: &[Anomaly],
+    ) -> Result<Vec<Anomaly>, WriterError> {
         let started = Instant::now();
         let group = self.settings.group_id.clone();
         let crash = match self.crash_before_commit.as_mut() {
@@ -473,9 +510,10 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         };
-        if !anomalies.is_empty() {
-            insert_anomalies(&tx, anomalies).await?;
-        }
+        let stored = match anomalies.is_empty() {
+            true => Vec::new(),
+            false => insert_anomalies(&tx, anomalies).await?,
+        };
         let (topics, partitions, offsets): (Vec<&str>, Vec<i32>, Vec<i64>) = batch
             .next_offsets
             .iter()
@@ -509,7 +547,7 @@ impl Store {
         }
         let now = Utc::now().timestamp_millis() as f64 / 1000.0;
         gauge!("sluice_writer_last_commit_seconds").set(now);
-        Ok(())
+        Ok(stored)
     }
 
     /// Keeps to `max_rows_per_second` by sleeping off what this batch was ahead.
@@ -540,21 +578,24 @@ impl Store {
 }
 
 /// Anomalies are few, so one multi-row INSERT; one found again (the batch fetched again
-/// after a crash before its commit was seen) is already there and left alone.
+/// after a crash before its commit was seen) is already there and left alone. Returns the
+/// anomalies inserted, in their order.
 async fn insert_anomalies(
     tx: &Transaction<'_>,
     anomalies: &[Anomaly],
-) -> Result<u64, tokio_postgres::Error> {
+) -> Result<Vec<Anomaly>, tokio_postgres::Error> {
     let column = |f: fn(&Anomaly) -> f64| anomalies.iter().map(f).collect::<Vec<f64>>();
     let times: Vec<DateTime<Utc>> = anomalies.iter().map(|a| a.time).collect();
     let devices: Vec<&str> = anomalies.iter().map(|a| a.device_id.as_str()).collect();
     let metrics: Vec<&str> = anomalies.iter().map(|a| a.metric.as_str()).collect();
     let kinds: Vec<&str> = anomalies.iter().map(|a| a.kind.name()).collect();
-    tx.execute(
+    let rows = tx
+        .query(
         "INSERT INTO anomalies (time, device_id, metric, kind, value, expected, low, high, score) \
          SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], \
                               $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[]) \
-         ON CONFLICT DO NOTHING",
+         ON CONFLICT DO NOTHING \
+         RETURNING device_id, metric, time, kind",
         &[
             &times,
             &devices,
@@ -567,7 +608,25 @@ async fn insert_anomalies(
             &column(|a| a.score),
         ],
     )
-    .await
+    .await?;
+    // The table keeps microseconds.
+    let key = |device: &str, metric: &str, time: DateTime<Utc>, kind: &str| {
+        (
+            device.to_owned(),
+            metric.to_owned(),
+            time.timestamp_micros(),
+            kind.to_owned(),
+        )
+    };
+    let inserted: std::collections::HashSet<_> = rows
+        .iter()
+        .map(|r| key(r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    Ok(anomalies
+        .iter()
+        .filter(|a| inserted.contains(&key(&a.device_id, &a.metric, a.time, a.kind.name())))
+        .cloned()
+        .collect())
 }
 
 /// Binary COPY of `rows` into `table`; returns the number of rows copied.

@@ -1,13 +1,18 @@
 //! Anomaly detection end to end on real parts: a rumqttc device publishes a series with a
 //! spike and a stuck run, another a normal one, through a real `sluice`, tansu and
 //! PostgreSQL; the `anomalies` rows and the `sensor.anomalies` records are checked, and a
-//! writer that reads every record again (its offsets lost) writes no anomaly twice.
+//! writer that reads every record again (its offsets lost) writes and publishes no anomaly
+//! twice.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{db, read_topic, wait_for, wait_rows, Gateway};
+use common::{db, env, read_topic, unique, wait_for, wait_rows, Gateway};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 const START_MS: i64 = 1_700_000_000_000;
@@ -55,6 +60,53 @@ async fn publish(gateway: &Gateway, device: &str, metric: &str, values: &[f64]) 
     .await
     .expect("every reading acknowledged within 60 s");
     let _ = client.disconnect().await;
+}
+
+/// The (kind, time) of every record on `topic`'s 3 partitions, read to their end.
+async fn topic_contents(topic: &str) -> Vec<(String, String)> {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", env("KAFKA_BROKERS"))
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..3 {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                .expect("partition");
+        }
+        consumer.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        let mut ended = std::collections::HashSet::new();
+        let start = std::time::Instant::now();
+        while ended.len() < 3 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{topic} read to its end"
+            );
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    let json: serde_json::Value =
+                        serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON");
+                    out.push((
+                        json["kind"].as_str().unwrap_or_default().to_owned(),
+                        json["time"].as_str().unwrap_or_default().to_owned(),
+                    ));
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    ended.insert(p);
+                }
+                _ => {}
+            }
+        }
+        out.sort();
+        out
+    })
+    .await
+    .expect("reader")
 }
 
 /// (device, metric, time in ms, kind, value) of the anomalies of devices starting `prefix`.
@@ -185,4 +237,15 @@ async fn a_spike_and_a_stuck_run_are_stored_and_published_once_and_a_normal_devi
         1.0
     );
     assert_eq!(anomalies(&db, &gateway.id).await, want, "each anomaly once");
+    // Nor published twice: a graceful stop flushes whatever the replay would have sent.
+    gateway.signal(1, "TERM");
+    gateway.wait_exit(1);
+    assert_eq!(
+        topic_contents(&gateway.anomalies_topic).await,
+        vec![
+            ("spike".into(), "2023-11-14T22:14:00Z".into()),
+            ("stuck".into(), "2023-11-14T22:14:28Z".into()),
+        ],
+        "each anomaly published once"
+    );
 }
