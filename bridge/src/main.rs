@@ -190,7 +190,10 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             &topic_refs,
         )?;
         tracing::info!(group = %settings.writer.group_id, "writer consuming");
-        w.run(health.clone(), stop.clone()).await.context("writer")
+        // A task of its own: the detector's block_in_place must not hold up the ingress's
+        // accept loops, which share this task.
+        let running = tokio::spawn(w.run(health.clone(), stop.clone()));
+        running.await.context("writer task")?.context("writer")
     };
     tracing::info!(listen = %settings.http.listen, "serving /metrics and /health");
     tokio::select! {
