@@ -8,11 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{db, env, read_topic, unique, wait_for, wait_rows, Gateway};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use common::{db, read_topic, topic_consumer, wait_for, wait_rows, Gateway};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 const START_MS: i64 = 1_700_000_000_000;
@@ -66,19 +64,7 @@ async fn publish(gateway: &Gateway, device: &str, metric: &str, values: &[f64]) 
 async fn topic_contents(topic: &str) -> Vec<(String, String)> {
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", env("KAFKA_BROKERS"))
-            .set("group.id", unique("reader"))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..3 {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning)
-                .expect("partition");
-        }
-        consumer.assign(&tpl).expect("assign");
+        let consumer = topic_consumer(&topic, true);
         let mut out = Vec::new();
         let mut ended = std::collections::HashSet::new();
         let start = std::time::Instant::now();

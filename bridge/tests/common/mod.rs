@@ -630,22 +630,30 @@ impl KafkaRecord {
     }
 }
 
+/// A consumer of a test topic's 3 partitions from the beginning; with `eof`, it reports
+/// each partition's end.
+pub fn topic_consumer(topic: &str, eof: bool) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", env("KAFKA_BROKERS"))
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", eof.to_string())
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    consumer
+}
+
 /// Reads `n` records from every partition of a topic, from the beginning.
 pub async fn read_topic(topic: &str, n: usize) -> Vec<KafkaRecord> {
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", env("KAFKA_BROKERS"))
-            .set("group.id", unique("reader"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..3 {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning)
-                .expect("partition");
-        }
-        consumer.assign(&tpl).expect("assign");
+        let consumer = topic_consumer(&topic, false);
         let mut out = Vec::new();
         wait_for(Duration::from_secs(30), "kafka records", || {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
