@@ -69,6 +69,11 @@ fn latencies() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("static bounds")
 }
 
+/// Now, while the status is watched: nobody else pays for the clock on the ack path.
+fn watched_since() -> Option<Instant> {
+    RECORDING.load(Ordering::Relaxed).then(Instant::now)
+}
+
 /// The confirmation times recorded since the last call.
 pub fn take_confirmations() -> Histogram<u64> {
     let mut recorded = CONFIRMATIONS.lock().unwrap_or_else(|e| e.into_inner());
@@ -93,7 +98,7 @@ impl Waiter {
         let (tx, rx) = oneshot::channel();
         let waiter = Waiter {
             ack: Some(Listener::Request(tx)),
-            since: Some(Instant::now()),
+            since: watched_since(),
             ..Waiter::unheard(policy)
         };
         (waiter, rx)
@@ -112,8 +117,7 @@ impl Waiter {
     }
 
     pub fn resolve(self, outcome: Outcome) {
-        let recording = RECORDING.load(Ordering::Relaxed);
-        if let (Some(since), Ok(_), true) = (self.since, &outcome, recording) {
+        if let (Some(since), Ok(_)) = (self.since, &outcome) {
             let micros = since.elapsed().as_micros() as u64;
             let mut recorded = CONFIRMATIONS.lock().unwrap_or_else(|e| e.into_inner());
             recorded.saturating_record(micros.max(1));
@@ -201,7 +205,7 @@ impl AckQueue {
             session: None,
             policy: "kafka",
             success: Delivered::Stored,
-            since: Some(Instant::now()),
+            since: watched_since(),
         }
     }
 
