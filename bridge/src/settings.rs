@@ -221,6 +221,10 @@ pub struct HttpIngestSettings {
     pub request_timeout_ms: u64,
 }
 
+fn default_lease_ms() -> u64 {
+    5000
+}
+
 fn default_http_topic() -> String {
     "devices/{device_id}/senml".into()
 }
@@ -380,10 +384,15 @@ pub struct WriterSettings {
     pub database_url: String,
     /// Names this writer's progress in `sluice_offsets`.
     pub group_id: String,
-    /// Partitions of each readings topic this writer takes; all of them when absent.
-    /// Writers that share the load take disjoint sets under one `group_id`.
+    /// Partitions of each readings topic this writer takes, fixed, with no failover. When
+    /// absent, the writers of one `group_id` share all partitions through a lease in the
+    /// database and take over a stopped or dead writer's share (`lease`).
     #[serde(default)]
     pub partitions: Option<Vec<i32>>,
+    /// A writer that has not renewed its lease for this long is taken for dead and its
+    /// partitions are dealt to the others.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
     /// Upper bounds on one COPY batch: rows, and Kafka record bytes.
     pub max_batch_rows: usize,
     pub max_batch_bytes: usize,
@@ -822,6 +831,9 @@ impl Settings {
         }
         if self.writer.max_batch_bytes == 0 {
             return invalid("writer.max_batch_bytes", "must be at least 1");
+        }
+        if self.writer.lease_ms < 500 {
+            return invalid("writer.lease_ms", "must be at least 500");
         }
         self.anomalies.validate()?;
         if self.anomalies.enabled {

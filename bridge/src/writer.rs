@@ -3,11 +3,12 @@
 //! over whenever the store is free, so batches stay small under light load and grow with
 //! the backlog. Each batch is one transaction: the rows, and the next Kafka offsets in
 //! `sluice_offsets`. The database is the source of truth for progress: the writer assigns
-//! itself its partitions at the offsets stored there. The anomaly detector judges each
+//! itself its share of the partitions (`lease`) at the offsets stored there, and again
+//! whenever the share changes. The anomaly detector judges each
 //! batch once, as it is taken; its anomalies go into the same transaction and, once that
 //! is committed, to Kafka.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,7 @@ use tokio_postgres::Transaction;
 use crate::anomaly::{Anomaly, Detector, Publisher};
 use crate::db;
 use crate::health::Health;
+use crate::lease::{Coordinator, Partition};
 use crate::produce::client_config;
 use crate::record::{Reading, Record};
 use crate::settings::{AnomalySettings, KafkaSettings, WriterSettings};
@@ -39,11 +41,9 @@ pub enum WriterError {
     Db(#[from] db::DbError),
     #[error("database: {}", db::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
-    #[error("the fetch task ended")]
-    FetchEnded,
+    #[error("the writer's {0} task ended")]
+    TaskEnded(&'static str),
 }
-
-type Partition = (String, i32);
 
 /// One row of `readings`, as COPY sends it.
 struct Row {
@@ -84,9 +84,10 @@ impl Writer {
         kafka: &KafkaSettings,
         topics: &[&str],
     ) -> Result<Writer, WriterError> {
-        // The group id only names the progress in `sluice_offsets` (and Kafka's offset
-        // hint); partitions are assigned, not negotiated, so a restarted writer resumes at
-        // once instead of waiting out a dead member's session.
+        // The group id names the progress in `sluice_offsets` and the lease (and Kafka's
+        // offset hint); partitions are assigned by the lease, not negotiated with Kafka,
+        // so a restarted writer resumes at once instead of waiting out a dead member's
+        // session.
         let mut config = client_config(kafka);
         config
             .set("group.id", &settings.group_id)
@@ -115,7 +116,11 @@ impl Writer {
     }
 
     /// Runs until `stop` turns true, then returns once the batch being written, if any, is
-    /// committed; database outages are waited out batch by batch.
+    /// committed; database outages are waited out batch by batch. Each time its share of
+    /// the partitions changes, the writer finishes the batch in hand and starts again from
+    /// the offsets in the database: a partition another writer wrote meanwhile resumes
+    /// where that one stopped, and rows written twice in the handover are absorbed by
+    /// the readings' unique key.
     pub async fn run(
         mut self,
         health: Arc<Health>,
@@ -127,76 +132,84 @@ impl Writer {
             health,
             self.anomalies.take(),
         );
-        let committed = store.load_committed().await;
-        self.assign(&committed).await?;
-        let (requests, waiting) = mpsc::channel(1);
-        let fetch = Fetch {
-            max_rows: match self.settings.max_rows_per_second {
-                // A throttled writer takes about a second's worth at a time, so it stays smooth.
-                0 => self.settings.max_batch_rows,
-                rate => self.settings.max_batch_rows.min(rate as usize),
-            },
-            max_bytes: self.settings.max_batch_bytes,
-            linger: Duration::from_millis(self.settings.linger_ms),
-            consumer: self.consumer,
-            committed,
+        let (share_tx, mut share) = watch::channel(None);
+        // The coordinator gives the lease up only once the last batch is committed.
+        let (done, quit) = watch::channel(false);
+        let coordinator = Coordinator::new(
+            self.settings.clone(),
+            self.consumer.clone(),
+            self.topics.clone(),
+        );
+        let coordinating = tokio::spawn(coordinator.run(share_tx, quit));
+        let outcome = loop {
+            let mine = tokio::select! {
+                mine = share.wait_for(Option::is_some) => match mine {
+                    Ok(mine) => mine.clone().unwrap_or_default(),
+                    Err(_) => break Ended::CoordinatorEnded,
+                },
+                _ = stopped(stop.clone()) => break Ended::Stopped,
+            };
+            let committed = store.load_committed().await;
+            self.assign(&mine, &committed)?;
+            let (requests, waiting) = mpsc::channel(1);
+            let fetch = Fetch {
+                max_rows: match self.settings.max_rows_per_second {
+                    // A throttled writer takes about a second's worth at a time, so it stays smooth.
+                    0 => self.settings.max_batch_rows,
+                    rate => self.settings.max_batch_rows.min(rate as usize),
+                },
+                max_bytes: self.settings.max_batch_bytes,
+                linger: Duration::from_millis(self.settings.linger_ms),
+                consumer: self.consumer.clone(),
+                mine: mine.into_iter().collect(),
+                committed,
+            };
+            let fetching = tokio::spawn(fetch.run(waiting));
+            let ended = store.run(requests, stop.clone(), &mut share).await;
+            fetching.abort();
+            // The fetcher holds the consumer's stream; it must be gone before the next assign.
+            let _ = fetching.await;
+            if ended != Ended::Reassigned {
+                break ended;
+            }
         };
-        let fetching = tokio::spawn(fetch.run(waiting));
-        let stopped = store.run(requests, stop).await;
-        fetching.abort();
+        done.send_replace(true);
+        let _ = coordinating.await;
         if let Some(a) = &store.anomalies {
             flush_anomalies(a.publisher.clone(), a.flush_timeout).await;
         }
-        if stopped {
-            tracing::info!("writer stopped");
-            return Ok(());
+        match outcome {
+            Ended::Stopped => {
+                tracing::info!("writer stopped");
+                Ok(())
+            }
+            Ended::CoordinatorEnded => Err(WriterError::TaskEnded("coordinator")),
+            Ended::FetchEnded | Ended::Reassigned => Err(WriterError::TaskEnded("fetch")),
         }
-        Err(WriterError::FetchEnded)
     }
 
-    /// Assigns this writer's partitions (all of them, or `writer.partitions`), each at
-    /// the offset the database has for it; waits for Kafka if need be.
-    async fn assign(&self, committed: &HashMap<Partition, i64>) -> Result<(), WriterError> {
+    /// Assigns this writer's share, each partition at the offset the database has for it.
+    fn assign(
+        &self,
+        mine: &[Partition],
+        committed: &HashMap<Partition, i64>,
+    ) -> Result<(), WriterError> {
         let mut tpl = TopicPartitionList::new();
-        for topic in &self.topics {
-            for p in self.partitions(topic).await {
-                let offset = match committed.get(&(topic.clone(), p)) {
-                    Some(&next) => Offset::Offset(next),
-                    None => Offset::Beginning,
-                };
-                tpl.add_partition_offset(topic, p, offset)?;
-            }
+        for partition in mine {
+            let offset = match committed.get(partition) {
+                Some(&next) => Offset::Offset(next),
+                None => Offset::Beginning,
+            };
+            tpl.add_partition_offset(&partition.0, partition.1, offset)?;
         }
         self.consumer.assign(&tpl)?;
         tracing::info!(partitions = tpl.count(), "writer assigned partitions");
         Ok(())
     }
+}
 
-    async fn partitions(&self, topic: &str) -> Vec<i32> {
-        loop {
-            match self
-                .consumer
-                .fetch_metadata(Some(topic), Duration::from_secs(5))
-            {
-                Ok(md) => {
-                    let all: Vec<i32> = md
-                        .topics()
-                        .iter()
-                        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                        .collect();
-                    if !all.is_empty() {
-                        return match &self.settings.partitions {
-                            Some(mine) => all.into_iter().filter(|p| mine.contains(p)).collect(),
-                            None => all,
-                        };
-                    }
-                    tracing::warn!(topic, "topic has no partitions yet; waiting");
-                }
-                Err(e) => tracing::warn!(topic, error = %e, "kafka metadata unavailable; retrying"),
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Sends the anomalies still queued before the writer returns, as main.rs does for the
@@ -219,6 +232,9 @@ async fn flush_anomalies(publisher: Arc<Publisher>, timeout: Duration) {
 /// The fetching half: consumes, decodes and batches records until the store asks.
 struct Fetch {
     consumer: Arc<StreamConsumer>,
+    /// The partitions assigned: a record of another (fetched before a reassignment) is
+    /// left to its new owner.
+    mine: HashSet<Partition>,
     /// Next offset per partition as the database had it at start: anything below is
     /// already written (Kafka's position may lag the database's after a crash).
     committed: HashMap<Partition, i64>,
@@ -275,6 +291,9 @@ impl Fetch {
         };
         let partition = (m.topic().to_owned(), m.partition());
         let offset = m.offset();
+        if !self.mine.contains(&partition) {
+            return;
+        }
         if self
             .committed
             .get(&partition)
@@ -315,6 +334,15 @@ impl Fetch {
 const COLUMNS: &str =
     "time, device_id, metric, value, value_bool, value_text, value_data, sum, unit, seq, received_at";
 
+/// Why `Store::run` returned.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    Stopped,
+    Reassigned,
+    FetchEnded,
+    CoordinatorEnded,
+}
+
 /// The writing half: one transaction per batch, retried until the database takes it.
 struct Store {
     settings: WriterSettings,
@@ -346,28 +374,34 @@ impl Store {
         }
     }
 
-    /// Asks the fetcher for a batch each time it is free. Returns true when `stop` ended
-    /// it (between batches, or while a batch could not be written: it is not committed and
-    /// will be fetched again), false when the fetcher is gone.
+    /// Asks the fetcher for a batch each time it is free, until `stop` (between batches,
+    /// or while a batch could not be written: it is not committed and will be fetched
+    /// again), a new `share` (between batches) or the fetcher's end.
     async fn run(
         &mut self,
         requests: mpsc::Sender<oneshot::Sender<Batch>>,
         mut stop: watch::Receiver<bool>,
-    ) -> bool {
+        share: &mut watch::Receiver<Option<Vec<Partition>>>,
+    ) -> Ended {
         loop {
             if *stop.borrow_and_update() {
-                return true;
+                return Ended::Stopped;
+            }
+            if share.has_changed().unwrap_or(false) {
+                return Ended::Reassigned;
             }
             let (reply, batch) = oneshot::channel();
             if requests.send(reply).await.is_err() {
-                return false;
+                return Ended::FetchEnded;
             }
             let batch = tokio::select! {
                 batch = batch => match batch {
                     Ok(batch) => batch,
-                    Err(_) => return false,
+                    Err(_) => return Ended::FetchEnded,
                 },
-                _ = stop.changed() => return true,
+                _ = stop.changed() => return Ended::Stopped,
+                // An error (the coordinator gone) disables this branch.
+                Ok(()) = share.changed() => return Ended::Reassigned,
             };
             let started = Instant::now();
             // Judged once, before any attempt: a retried write stores the same anomalies,
@@ -397,7 +431,7 @@ impl Store {
                         self.client = None;
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
-                            _ = stop.changed() => return true,
+                            _ = stop.changed() => return Ended::Stopped,
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }

@@ -147,7 +147,8 @@ impl Gateway {
         c
     }
 
-    pub fn spawn(&mut self, args: &[&str], envs: &[(&str, &str)]) {
+    /// Starts a `sluice` process; returns its number, for `signal` and `wait_exit`.
+    pub fn spawn(&mut self, args: &[&str], envs: &[(&str, &str)]) -> usize {
         let n = self.children.len();
         let log = std::fs::File::create(self.dir.path().join(format!("sluice-{n}.log")))
             .expect("log file");
@@ -158,6 +159,7 @@ impl Gateway {
             .spawn()
             .expect("sluice starts");
         self.children.push(child);
+        n
     }
 
     /// Runs `sluice` with this configuration to completion (e.g. `--migrate-only`).

@@ -1,0 +1,176 @@
+//! Writers that cover for each other: two writers of one group share the partitions, the
+//! survivor takes a SIGKILLed writer's partitions over within its lease, a writer that
+//! joins gets its share, and one that stops hands its share over at once. A writer started
+//! before its topic exists takes the partitions once they appear (tansu cannot add
+//! partitions to a topic: CreatePartitions is unsupported; the writer finds partitions the
+//! same way in both cases, by asking Kafka every beat). Every reading is in the database
+//! exactly once, and the offsets account for every record.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{connect, db, free_port, set, wait_for, Gateway};
+
+const LEASE_MS: u64 = 1000;
+const DEVICES: usize = 8;
+
+/// One writer process of the test's group, with a metrics port of its own.
+struct Writer {
+    child: usize,
+    port: u16,
+}
+
+impl Writer {
+    fn start(gateway: &mut Gateway) -> Writer {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let child = gateway.spawn(&["--role", "writer"], &[("SLUICE__HTTP__LISTEN", &listen)]);
+        Writer { child, port }
+    }
+
+    /// `sluice_writer_partitions`, whatever labels it carries; None until it is exported.
+    fn partitions(&self) -> Option<f64> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        write!(s, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        text.lines().find_map(|l| {
+            let rest = l.strip_prefix("sluice_writer_partitions")?;
+            let value = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once('}')?.1,
+                None => rest,
+            };
+            value.trim().parse().ok()
+        })
+    }
+}
+
+/// Waits until each writer holds the number of partitions given; returns how long it took.
+fn wait_shares(shares: &[(&Writer, f64)], what: &str) -> Duration {
+    let start = Instant::now();
+    wait_for(Duration::from_secs(30), what, || {
+        shares.iter().all(|(w, n)| w.partitions() == Some(*n))
+    });
+    start.elapsed()
+}
+
+/// Ten QoS 1 readings from each device, at times after `round`'s; all acknowledged.
+fn publish_round(gateway: &Gateway, round: i64) {
+    for d in 0..DEVICES {
+        let lines: String = (0..10)
+            .map(|i| {
+                let ts = 1_700_000_000_000i64 + round * 1000 + i;
+                format!("{{\"value\": {i}, \"ts\": {ts}}}\n")
+            })
+            .collect();
+        let topic = format!("sensors/{}-w{d}/temp", gateway.id);
+        assert!(gateway.publish_lines(&topic, &lines), "round {round} acked");
+    }
+}
+
+async fn count(db: &tokio_postgres::Client, prefix: &str) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM readings WHERE starts_with(device_id, $1)",
+        &[&prefix],
+    )
+    .await
+    .expect("count")
+    .get(0)
+}
+
+async fn wait_count(db: &tokio_postgres::Client, prefix: &str, n: i64) {
+    let start = Instant::now();
+    while count(db, prefix).await < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{n} rows of {prefix} not written: {}",
+            count(db, prefix).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_share_partitions_and_take_over_from_each_other() {
+    let mut gateway = Gateway::configure(Some(Box::new(|c| {
+        set(c, &["kafka", "partitions"], 4);
+        set(c, &["writer", "lease_ms"], LEASE_MS as i64);
+    })));
+    // The first writer starts before the ingress has created the readings topic.
+    let a = Writer::start(&mut gateway);
+    wait_for(
+        Duration::from_secs(30),
+        "the writer to find no partitions",
+        || {
+            gateway
+                .logs()
+                .contains("the readings topics have no partitions yet")
+        },
+    );
+    assert_eq!(a.partitions(), None, "no share before the topic exists");
+    gateway.spawn(&["--role", "ingress"], &[]);
+    gateway.wait_ready();
+    wait_shares(&[(&a, 4.0)], "the writer to take the topic's partitions");
+    let b = Writer::start(&mut gateway);
+    wait_shares(
+        &[(&a, 2.0), (&b, 2.0)],
+        "two writers with two partitions each",
+    );
+    let db = db().await;
+    let prefix = format!("{}-w", gateway.id);
+
+    publish_round(&gateway, 0);
+    wait_count(&db, &prefix, 80).await;
+
+    // A writer dies without a word: the other takes its partitions once its lease is out.
+    gateway.signal(b.child, "KILL");
+    let took = wait_shares(&[(&a, 4.0)], "the survivor to take all four partitions");
+    eprintln!("takeover after SIGKILL: {took:?} (lease {LEASE_MS} ms)");
+    assert!(
+        took >= Duration::from_millis(LEASE_MS / 2),
+        "not before the dead writer's lease ran out: {took:?}"
+    );
+    publish_round(&gateway, 1);
+    wait_count(&db, &prefix, 160).await;
+
+    // A writer that joins gets its share; one that stops hands it back at once.
+    let c = Writer::start(&mut gateway);
+    wait_shares(&[(&a, 2.0), (&c, 2.0)], "the new writer to get its share");
+    publish_round(&gateway, 2);
+    wait_count(&db, &prefix, 240).await;
+    gateway.signal(c.child, "TERM");
+    let took = wait_shares(&[(&a, 4.0)], "the stopped writer's share to move");
+    eprintln!("takeover after SIGTERM: {took:?}");
+    let status = gateway.wait_exit(c.child);
+    assert!(status.success(), "the stopped writer exits 0: {status}");
+
+    // Exactly once: every reading once, and the offsets account for every record (one
+    // record per reading).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(count(&db, &prefix).await, 240);
+    let group = format!("writer-{}", gateway.id);
+    let next: i64 = db
+        .query_one(
+            "SELECT sum(next_offset)::bigint FROM sluice_offsets WHERE group_id = $1",
+            &[&group],
+        )
+        .await
+        .expect("offsets")
+        .get(0);
+    assert_eq!(next, 240, "offsets cover the 240 records exactly");
+    let members: i64 = connect(&common::env("DATABASE_URL"))
+        .await
+        .query_one(
+            "SELECT count(*) FROM sluice_writers WHERE group_id = $1",
+            &[&group],
+        )
+        .await
+        .expect("members")
+        .get(0);
+    assert_eq!(
+        members, 2,
+        "the killed writer's row stays until cleared; the stopped one left"
+    );
+}
