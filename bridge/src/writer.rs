@@ -145,7 +145,7 @@ impl Writer {
             let mine = tokio::select! {
                 mine = share.wait_for(Option::is_some) => match mine {
                     Ok(mine) => mine.clone().unwrap_or_default(),
-                    Err(_) => break Ended::CoordinatorEnded,
+                    Err(_) => break Ended::CoordinatorGone,
                 },
                 _ = stopped(stop.clone()) => break Ended::Stopped,
             };
@@ -183,8 +183,8 @@ impl Writer {
                 tracing::info!("writer stopped");
                 Ok(())
             }
-            Ended::CoordinatorEnded => Err(WriterError::TaskEnded("coordinator")),
-            Ended::FetchEnded | Ended::Reassigned => Err(WriterError::TaskEnded("fetch")),
+            Ended::CoordinatorGone => Err(WriterError::TaskEnded("coordinator")),
+            Ended::FetchGone | Ended::Reassigned => Err(WriterError::TaskEnded("fetch")),
         }
     }
 
@@ -339,8 +339,8 @@ const COLUMNS: &str =
 enum Ended {
     Stopped,
     Reassigned,
-    FetchEnded,
-    CoordinatorEnded,
+    FetchGone,
+    CoordinatorGone,
 }
 
 /// The writing half: one transaction per batch, retried until the database takes it.
@@ -392,12 +392,12 @@ impl Store {
             }
             let (reply, batch) = oneshot::channel();
             if requests.send(reply).await.is_err() {
-                return Ended::FetchEnded;
+                return Ended::FetchGone;
             }
             let batch = tokio::select! {
                 batch = batch => match batch {
                     Ok(batch) => batch,
-                    Err(_) => return Ended::FetchEnded,
+                    Err(_) => return Ended::FetchGone,
                 },
                 _ = stop.changed() => return Ended::Stopped,
                 // An error (the coordinator gone) disables this branch.
