@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Benchmark: the same N readings (default 2,000,000) into the same empty `readings` table
 # two ways: raw binary `\copy` (the physical limit here) and Sluice's writer consuming
-# them from Kafka. Prints both rates and their ratio, for plain PostgreSQL and, where
-# TimescaleDB is installed, for a hypertable (same rows, same run).
+# them from Kafka, with 1, 2 and 3 writer processes sharing the partitions. Prints the rates
+# and their ratios, for plain PostgreSQL and, where TimescaleDB is installed, for a
+# hypertable (same rows, same run).
 #   scripts/bench-writer.sh [N]
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 N="${1:-2000000}"
+# Writer processes of one group, one run each: the writer's ceiling with 1, 2 and 3.
+WRITERS="${BENCH_WRITERS:-1 2 3}"
 DATA="$ROOT/.data/bench-writer"
 ensure_deps
 build
@@ -48,34 +51,47 @@ bench() {
   q "TRUNCATE readings; TRUNCATE sluice_offsets"
   [ "$backend" = timescaledb ] || q "TRUNCATE readings_1m_dirty"
 
-  log "$backend: sluice writer"
-  t2=$(now)
-  # Only the writer's own work is measured: no TimescaleDB job run by it meanwhile.
-  SLUICE__HTTP__LISTEN=127.0.0.1:61465 SLUICE__WRITER__GROUP_ID=bench SLUICE__STORAGE__BACKEND="$backend" \
-  SLUICE__STORAGE__RUN_OVERDUE_JOBS=false \
-    "$ROOT/target/release/sluice" --config "$DATA/broker.toml" --role writer >"$DATA/writer-$backend.log" 2>&1 &
-  echo $! >"$DATA/sluice-writer.pid"
-  while [ "$(q "SELECT count(*) FROM readings")" -lt "$N" ]; do
-    sleep 0.2
-    running "$DATA/sluice-writer.pid" || { tail "$DATA/writer-$backend.log"; exit 1; }
-  done
-  t3=$(now)
-  writer_rows=$(q "SELECT count(*) FROM readings")
-  metrics=$(curl -s http://127.0.0.1:61465/metrics)
-  stop_pidfile "$DATA/sluice-writer.pid"
-  batches=$(awk '/^sluice_writer_batch_rows_count/ {print $2}' <<<"$metrics")
-  db_seconds=$(awk '/^sluice_writer_batch_seconds_sum/ {print $2}' <<<"$metrics")
-  python3 - "$backend" "$N" "$raw_rows" "$t0" "$t1" "$writer_rows" "$t2" "$t3" "$batches" "$db_seconds" <<'PY'
+  local k
+  for k in $WRITERS; do
+    log "$backend: $k sluice writer(s)"
+    q "TRUNCATE readings; TRUNCATE sluice_offsets; TRUNCATE sluice_writers"
+    [ "$backend" = timescaledb ] || q "TRUNCATE readings_1m_dirty"
+    t2=$(now)
+    # Only the writers' own work is measured: no TimescaleDB job run by them meanwhile.
+    for w in $(seq "$k"); do
+      SLUICE__HTTP__LISTEN="127.0.0.1:$((61465 + w))" SLUICE__WRITER__GROUP_ID=bench \
+      SLUICE__STORAGE__BACKEND="$backend" SLUICE__STORAGE__RUN_OVERDUE_JOBS=false \
+        "$ROOT/target/release/sluice" --config "$DATA/broker.toml" --role writer >"$DATA/writer-$backend-$k-$w.log" 2>&1 &
+      echo $! >"$DATA/sluice-writer$w.pid"
+    done
+    while [ "$(q "SELECT count(*) FROM readings")" -lt "$N" ]; do
+      sleep 0.2
+      for w in $(seq "$k"); do
+        running "$DATA/sluice-writer$w.pid" || { tail "$DATA/writer-$backend-$k-$w.log"; exit 1; }
+      done
+    done
+    t3=$(now)
+    writer_rows=$(q "SELECT count(*) FROM readings")
+    batches=0 db_seconds=0
+    for w in $(seq "$k"); do
+      metrics=$(curl -s "http://127.0.0.1:$((61465 + w))/metrics")
+      batches=$(awk -v t="$batches" '/^sluice_writer_batch_rows_count[ {]/ {t += $NF} END {print t}' <<<"$metrics")
+      db_seconds=$(awk -v t="$db_seconds" '/^sluice_writer_batch_seconds_sum[ {]/ {t += $NF} END {print t}' <<<"$metrics")
+      stop_pidfile "$DATA/sluice-writer$w.pid"
+    done
+    python3 - "$backend" "$N" "$raw_rows" "$t0" "$t1" "$writer_rows" "$t2" "$t3" "$batches" "$db_seconds" "$k" <<'PY'
 import sys
-backend, n, raw_rows, t0, t1, w_rows, t2, t3, batches, db_s = sys.argv[1:]
+backend, n, raw_rows, t0, t1, w_rows, t2, t3, batches, db_s, k = sys.argv[1:]
 raw = int(raw_rows) / (float(t1) - float(t0))
 wr = int(w_rows) / (float(t3) - float(t2))
-print(f"{backend}: readings: {n}")
-print(f"  raw binary COPY: {int(raw_rows)} rows in {float(t1)-float(t0):.1f}s = {raw:,.0f} rows/s")
-print(f"  sluice writer:   {int(w_rows)} rows in {float(t3)-float(t2):.1f}s = {wr:,.0f} rows/s ({batches} batches, start-up included)")
-print(f"    database transactions took {float(db_s):.1f}s of it (fetching and decoding the next batch overlaps them)")
-print(f"  writer / raw COPY = {wr / raw:.2f}")
+if k == "1":
+    print(f"{backend}: readings: {n}")
+    print(f"  raw binary COPY: {int(raw_rows)} rows in {float(t1)-float(t0):.1f}s = {raw:,.0f} rows/s")
+print(f"  {k} sluice writer(s): {int(w_rows)} rows in {float(t3)-float(t2):.1f}s = {wr:,.0f} rows/s ({batches} batches, start-up included)")
+print(f"    database transactions took {float(db_s):.1f}s of it, all writers together (fetching and decoding the next batch overlaps them)")
+print(f"    writers / raw COPY = {wr / raw:.2f}")
 PY
+  done
 }
 
 bench postgres

@@ -84,6 +84,7 @@ impl Coordinator {
         let mut partitions = Vec::new();
         let mut members = vec![self.member.clone()];
         let mut missing: Option<String> = None;
+        let mut renewed = false;
         tracing::info!(member = %self.member, group = %self.settings.group_id, "writer joining its group");
         loop {
             match self.partitions().await {
@@ -106,20 +107,32 @@ impl Coordinator {
                     publish(&share, mine.cloned().collect(), &members);
                 }
                 None => {
-                    match self.renew(lease).await {
-                        Ok(live) => members = live,
+                    let deal = match self.renew(lease).await {
+                        Ok(live) if renewed => {
+                            members = live;
+                            true
+                        }
+                        // Writers started together see each other from their second beat:
+                        // waiting for it spares them taking everything for a moment.
+                        Ok(_) => {
+                            renewed = true;
+                            false
+                        }
                         Err(e) => {
                             // Keep writing what it has: the store cannot write either while
                             // the database is away, and the others may still count it in.
                             tracing::warn!(error = %e, "writer lease not renewed; retrying");
                             self.client = None;
+                            renewed
                         }
+                    };
+                    if deal {
+                        publish(
+                            &share,
+                            share_of(&partitions, &members, &self.member),
+                            &members,
+                        );
                     }
-                    publish(
-                        &share,
-                        share_of(&partitions, &members, &self.member),
-                        &members,
-                    );
                 }
             }
             tokio::select! {

@@ -3,7 +3,7 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 passed=0 failed=0
-for d in kafka-kill "kafka-kill http" postgres-stop sluice-kill writer-kill slow-writer rolling-restart bad-neighbours; do
+for d in kafka-kill "kafka-kill http" postgres-stop sluice-kill writer-kill slow-writer rolling-restart bad-neighbours scale-out; do
   read -r script arg <<<"$d"
   if bash "$script.sh" ${arg:+"$arg"}; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 done

@@ -22,6 +22,7 @@ start_sluice() {
     "$ROOT/target/release/sluice" --config "$CONFIG" --role "$role" \
     >>"$DATA/sluice-$name.log" 2>&1 &
   echo $! >"$DATA/sluice-$name.pid"
+  echo "$http" >"$DATA/sluice-$name.port"
 }
 
 kill9() { # pidfile: SIGKILL, as a crash
