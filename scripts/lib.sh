@@ -29,6 +29,8 @@ ensure_deps() { # [--browser]: also Chromium, for the dashboard test
   # Tests drive the device port with Debian's Paho Python client too (/usr/bin/python3).
   /usr/bin/python3 -c 'import paho.mqtt' 2>/dev/null || pkgs+=(python3-paho-mqtt)
   command -v runuser >/dev/null || pkgs+=(util-linux)
+  # check_manifests' venv (Debian splits ensurepip out of python3).
+  /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || pkgs+=(python3-venv)
   # The dashboard test opens the page in headless Chromium.
   if [ "${1:-}" = --browser ] && ! command -v chromium >/dev/null; then pkgs+=(chromium); fi
   if [ ${#pkgs[@]} -gt 0 ]; then
@@ -45,6 +47,27 @@ ensure_deps() { # [--browser]: also Chromium, for the dashboard test
     log "installing tansu $TANSU_VERSION (Kafka-compatible broker; about 10 minutes, once)"
     cargo install tansu --version "$TANSU_VERSION" --locked --features libsql,dynostore
   fi
+}
+
+# deploy/kubernetes against the Kubernetes API's schema, strictly (an unknown field fails):
+# for the oldest version the manifests are meant for and the newest the validator knows.
+# bridge/tests/deploy.rs checks them against the code; this, against Kubernetes.
+KUBERNETES_VALIDATE_VERSION="1.37.0"
+check_manifests() {
+  local venv="$ROOT/.data/venv-kubernetes-validate"
+  if [ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null)" != "$KUBERNETES_VALIDATE_VERSION" ]; then
+    log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION (a venv under .data, once)"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+  fi
+  local manifests=()
+  for f in "$ROOT"/deploy/kubernetes/*.yaml; do
+    # kustomize's own file has no Kubernetes schema.
+    [ "$(basename "$f")" = kustomization.yaml ] || manifests+=("$f")
+  done
+  for version in 1.29 "$KUBERNETES_VALIDATE_VERSION"; do
+    "$venv/bin/kubernetes-validate" --strict --quiet -k "$version" "${manifests[@]}"
+  done
 }
 
 build() {

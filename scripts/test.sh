@@ -25,6 +25,8 @@ else
 fi
 
 cd "$ROOT"
+log "deployment manifests against the Kubernetes schema"
+check_manifests
 log "formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --release --all-targets --quiet -- -D warnings

@@ -688,19 +688,42 @@ pub enum SettingsError {
 impl Settings {
     /// Reads `path`, then the environment; validates what serde cannot.
     pub fn load(path: &Path) -> Result<Settings, SettingsError> {
+        Self::load_from(path, None)
+    }
+
+    /// As [`Settings::load`], with `env` read instead of the process's environment: a
+    /// configuration checked as a deployment would run it (a Kubernetes container's
+    /// `env`, say) without setting variables that other threads read.
+    pub fn load_with_env(
+        path: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Settings, SettingsError> {
+        Self::load_from(path, Some(env))
+    }
+
+    fn load_from(
+        path: &Path,
+        env: Option<&BTreeMap<String, String>>,
+    ) -> Result<Settings, SettingsError> {
+        let given = env.map(|e| e.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
         let mut builder = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
             .add_source(
                 config::Environment::with_prefix("SLUICE")
                     .prefix_separator("__")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .source(given),
             );
         for (var, key) in [
             ("DATABASE_URL", "writer.database_url"),
             ("KAFKA_BROKERS", "kafka.brokers"),
         ] {
-            if let Ok(value) = std::env::var(var) {
+            let value = match env {
+                Some(env) => env.get(var).cloned(),
+                None => std::env::var(var).ok(),
+            };
+            if let Some(value) = value {
                 builder = builder
                     .set_override(key, value)
                     .map_err(|e| SettingsError::Invalid(e.to_string()))?;
