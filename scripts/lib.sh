@@ -44,9 +44,26 @@ ensure_deps() { # [--browser]: also Chromium, for the dashboard test
     fi
   fi
   if ! command -v tansu >/dev/null || [ "$(tansu --version 2>/dev/null)" != "tansu $TANSU_VERSION" ]; then
-    log "installing tansu $TANSU_VERSION (Kafka-compatible broker; about 10 minutes, once)"
-    cargo install tansu --version "$TANSU_VERSION" --locked --features libsql,dynostore
+    # In the background, so Sluice builds meanwhile: each build leaves a core idle for
+    # long stretches (build scripts, the last crates, linking). start_tansu waits for it.
+    log "installing tansu $TANSU_VERSION in the background (Kafka-compatible broker; once)"
+    mkdir -p "$ROOT/.data"
+    cargo install tansu --version "$TANSU_VERSION" --locked --features libsql,dynostore \
+      >"$ROOT/.data/tansu-install.log" 2>&1 &
+    TANSU_INSTALL_PID=$!
   fi
+}
+
+# Waits for ensure_deps' tansu install, if one is running; stops the script if it failed.
+wait_tansu_install() {
+  [ -n "${TANSU_INSTALL_PID:-}" ] || return 0
+  log "waiting for the tansu install to finish (.data/tansu-install.log)"
+  if ! wait "$TANSU_INSTALL_PID"; then
+    tail -20 "$ROOT/.data/tansu-install.log" >&2
+    echo "installing tansu failed (.data/tansu-install.log)" >&2
+    exit 1
+  fi
+  TANSU_INSTALL_PID=""
 }
 
 # deploy/kubernetes against the Kubernetes API's schema, strictly (an unknown field fails):
@@ -138,6 +155,7 @@ stop_postgres() {
 # start_tansu DATA_DIR PORT: durable sqlite storage (TANSU_STORAGE overrides it, e.g.
 # memory://tansu/), advertised as 127.0.0.1 (tansu listens on IPv4 only).
 start_tansu() {
+  wait_tansu_install
   local dir="$1" port="$2"
   mkdir -p "$dir"
   if running "$dir/tansu.pid"; then return 0; fi

@@ -11,6 +11,15 @@ PG_PORT="${TEST_PG_PORT:-15433}"
 KAFKA_PORT="${TEST_KAFKA_PORT:-19092}"
 
 ensure_deps --browser
+# Built before the stack starts, while a first tansu install (ensure_deps) runs alongside.
+cd "$ROOT"
+log "deployment manifests against the Kubernetes schema"
+check_manifests
+log "formatting and lints"
+cargo fmt --all -- --check
+cargo clippy --release --all-targets --quiet -- -D warnings
+log "building"
+cargo build --release --workspace --all-targets --quiet
 fresh_stack "$DATA" "$PG_PORT" "$KAFKA_PORT"
 # The storage tests run on plain PostgreSQL always, and on TimescaleDB where it is
 # installed: then the shared cluster preloads it, and a second one, installed but not
@@ -24,14 +33,6 @@ else
   log "TimescaleDB not installed: the TimescaleDB half of the storage tests is skipped (README, \"TimescaleDB\")"
 fi
 
-cd "$ROOT"
-log "deployment manifests against the Kubernetes schema"
-check_manifests
-log "formatting and lints"
-cargo fmt --all -- --check
-cargo clippy --release --all-targets --quiet -- -D warnings
-log "building"
-cargo build --release --workspace --all-targets --quiet
 ./target/release/sluice --config broker.toml --migrate-only
 log "tests"
 cargo test --release --workspace -- "$@"
