@@ -184,19 +184,20 @@ impl Coordinator {
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO sluice_writers (group_id, member) VALUES ($1, $2) \
+                "INSERT INTO sluice_writers (group_id, member, lease) \
+                 VALUES ($1, $2, make_interval(secs => $3)) \
                  ON CONFLICT (group_id, member) DO UPDATE SET renewed_at = now()",
-                &[&group, &member],
+                &[&group, &member, &lease.as_secs_f64()],
             )
             .await?;
         // Rows of writers long gone are cleared, by whichever writer beats first.
         let rows = client
             .query(
                 "WITH gone AS (DELETE FROM sluice_writers WHERE group_id = $1 \
-                   AND renewed_at < now() - make_interval(secs => $2::float8 * 100)) \
+                   AND renewed_at < now() - lease * 100) \
                  SELECT member FROM sluice_writers WHERE group_id = $1 \
-                   AND renewed_at >= now() - make_interval(secs => $2) ORDER BY member",
-                &[&group, &lease.as_secs_f64()],
+                   AND renewed_at >= now() - lease ORDER BY member",
+                &[&group],
             )
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
