@@ -43,8 +43,9 @@ python3 - <<PY
 import re
 m = """$metrics"""
 def v(name):
-    x = re.search(r"^" + re.escape(name) + r" (\S+)$", m, re.M)
-    return float(x.group(1)) if x else 0.0
+    # Any labels (every metric carries the process's role).
+    x = re.search(r"^" + re.escape(name) + r"(\{[^}]*\})? (\S+)$", m, re.M)
+    return float(x.group(2)) if x else 0.0
 rows, det, batch = v("sluice_writer_rows_total"), v("sluice_detector_seconds_sum"), v("sluice_writer_batch_seconds_sum")
 print(f"writer: {rows:.0f} rows; detector {det:.3f} s in all = {rows / det if det else 0:,.0f} readings/s, "
       f"{100 * det / batch if batch else 0:.1f}% of the time in database transactions ({batch:.1f} s)")

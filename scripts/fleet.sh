@@ -35,7 +35,8 @@ log "fleet: $SENSORS sensors on one gateway process (ulimit -n $(ulimit -n)), $R
   --prefix fleet --progress 10 --verify-db "$DATABASE_URL" --verify-wait 300 \
   --json "$DATA/report.json" --markdown "$DATA/report.md" --chart "$DATA/report.png" 2>&1 &
 SIM=$!
-metric() { curl -s "http://127.0.0.1:$HTTP_PORT/metrics" | awk -v m="$1" '$1 == m { v = $2 } END { printf "%.0f", v }'; }
+# A metric's value by name, whatever its labels (every metric carries the process's role).
+metric() { curl -s "http://127.0.0.1:$HTTP_PORT/metrics" | awk -v m="$1" '{ n = $1; sub(/\{.*/, "", n) } n == m { v = $2 } END { printf "%.0f", v }'; }
 max_files=0
 while kill -0 "$SIM" 2>/dev/null; do
   sleep 10

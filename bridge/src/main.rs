@@ -1,6 +1,8 @@
 //! The `sluice` binary: reads the configuration and runs the roles it is asked for, the
-//! embedded broker with the ingress, the writer, or both (the default), plus HTTP.
+//! embedded broker with the ingress, the writer, or both (the default), plus HTTP; or
+//! only checks the configuration (`--check-config`).
 
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use sluice::security::tls::TlsSettings;
 use sluice::security::{Door, Security};
 use sluice::settings::Settings;
 use sluice::{api, http, ingress, mapping, produce, writer};
+use tokio::net::{TcpListener, TcpSocket};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -26,6 +29,17 @@ enum Role {
     Ingress,
     /// Writer only: Kafka in, database out.
     Writer,
+}
+
+impl Role {
+    /// As on the command line; also the `role` label of every metric.
+    fn name(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Ingress => "ingress",
+            Role::Writer => "writer",
+        }
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -42,6 +56,11 @@ struct Cli {
     /// Apply database migrations and the [storage] lifecycle, and exit.
     #[arg(long)]
     migrate_only: bool,
+    /// Check the configuration as start-up would for --role (the mappings, the security
+    /// files) without opening a socket or connecting to anything; print it, secrets
+    /// masked, and exit 0, or print what is wrong and exit 2.
+    #[arg(long, conflicts_with = "migrate_only")]
+    check_config: bool,
 }
 
 fn main() {
@@ -53,15 +72,94 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if cli.check_config {
+        std::process::exit(check_config(&settings, cli.role));
+    }
     init_logging(settings.log.json);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     if let Err(e) = runtime.block_on(run(cli, settings)) {
-        tracing::error!("{e:#}");
-        eprintln!("sluice: {e:#}");
+        let e = Failure(e);
+        tracing::error!("{e}");
+        eprintln!("sluice: {e}");
         // 2, as for a bad configuration: retrying will not help until someone acts.
-        let setup = matches!(e.downcast_ref(), Some(lifecycle::LifecycleError::Setup(_)));
+        let setup = matches!(
+            e.0.downcast_ref(),
+            Some(lifecycle::LifecycleError::Setup(_))
+        ) || e.0.downcast_ref::<BadConfiguration>().is_some();
         std::process::exit(if setup { 2 } else { 1 });
     }
+}
+
+/// `--check-config`: what `check` says, and the configuration as set; the exit code.
+fn check_config(settings: &Settings, role: Role) -> i32 {
+    match check(settings, role) {
+        Ok(_) => {
+            let shown = serde_json::to_string_pretty(&settings.as_set)
+                .unwrap_or_else(|_| settings.as_set.to_string());
+            println!("configuration OK (role {})\n{shown}", role.name());
+            0
+        }
+        Err(e) => {
+            eprintln!("sluice: {}", Failure(e));
+            2
+        }
+    }
+}
+
+/// An error and its causes on one line, each cause once: many of the library's errors
+/// already name their source in their own message.
+struct Failure(anyhow::Error);
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut said = String::new();
+        for cause in self.0.chain() {
+            let text = cause.to_string();
+            if said.contains(&text) {
+                continue;
+            }
+            if !said.is_empty() {
+                said.push_str(": ");
+            }
+            said.push_str(&text);
+        }
+        f.write_str(&said)
+    }
+}
+
+/// Marks a start-up error that only an edit of the configuration or its files mends.
+#[derive(Debug)]
+struct BadConfiguration;
+
+impl std::fmt::Display for BadConfiguration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("configuration")
+    }
+}
+
+/// What start-up takes from the configuration before it opens a socket or talks to Kafka
+/// or the database (`Settings::load` has validated the rest): the mappings compiled and,
+/// for the ingress, the embedded broker's v4 listener and the security files read.
+struct Checked {
+    mappings: mapping::Mappings,
+    ingress: Option<(SocketAddr, Security)>,
+}
+
+fn check(settings: &Settings, role: Role) -> anyhow::Result<Checked> {
+    let mappings = mapping::Mappings::new(&settings.mappings).context("mappings")?;
+    let ingress = match role {
+        Role::Writer => None,
+        Role::All | Role::Ingress => {
+            let broker_v4 = settings.broker_addr(4).context("broker.v4 listener")?;
+            let security = Security::load(
+                settings.auth.clone(),
+                settings.ingress.tls.clone(),
+                mappings.identity_patterns(),
+            )?;
+            Some((broker_v4, security))
+        }
+    };
+    Ok(Checked { mappings, ingress })
 }
 
 fn init_logging(json: bool) {
@@ -80,6 +178,13 @@ fn init_logging(json: bool) {
 async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     let with_writer = cli.role != Role::Ingress;
     let with_ingress = cli.role != Role::Writer;
+    tracing::info!(
+        role = cli.role.name(),
+        version = env!("CARGO_PKG_VERSION"),
+        config = %cli.config.display(),
+        configuration = %settings.as_set,
+        "starting with this configuration (as set: secrets masked, unset keys at their defaults)"
+    );
     let mut backend = None;
     if with_writer || cli.migrate_only {
         let url = &settings.writer.database_url;
@@ -88,14 +193,19 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    let metrics = http::install_metrics().context("metrics recorder")?;
+    let metrics = http::install_metrics(cli.role.name()).context("metrics recorder")?;
+    // After the recorder: loading the security files sets a gauge.
+    let Checked {
+        mappings,
+        ingress: ingress_parts,
+    } = check(&settings, cli.role).context(BadConfiguration)?;
     let health = Arc::new(Health::default());
-    let http_listener = tokio::net::TcpListener::bind(settings.http.listen)
+    health.starting(usize::from(with_ingress) + usize::from(with_writer));
+    let http_listener = TcpListener::bind(settings.http.listen)
         .await
         .with_context(|| format!("http.listen {}", settings.http.listen))?;
-    let mappings = mapping::Mappings::new(&settings.mappings).context("mappings")?;
     let topic_refs = mappings.kafka_topics();
-    let stop = stop_on_signals();
+    let stop = stop_on_signals(health.clone());
     let stopping = || {
         let mut stop = stop.clone();
         async move {
@@ -104,10 +214,10 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     };
 
     let ingress_task = async {
-        if !with_ingress {
+        let Some((broker_v4, security)) = ingress_parts else {
             stopping().await;
             return Ok(());
-        }
+        };
         create_topics(&settings, &topic_refs).await?;
         let i = &settings.ingress;
         let producer = produce::Producer::new(
@@ -117,15 +227,10 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             health.clone(),
         )
         .context("kafka producer")?;
-        tokio::spawn(watch_kafka(producer.clone(), health.clone()));
-        let broker_v4 = settings.broker_addr(4).context("broker.v4 listener")?;
+        let p = producer.clone();
+        tokio::spawn(watch_kafka(move || p.reachable(), health.clone(), false));
         let broker_v5 = settings.broker_addr(5);
         start_broker(settings.broker.clone(), broker_v4).await?;
-        let security = Security::load(
-            settings.auth.clone(),
-            i.tls.clone(),
-            mappings.identity_patterns(),
-        )?;
         let security = Arc::new(security);
         tokio::spawn(reload_on_sighup(security.clone()));
         let listeners = listeners(&settings).await?;
@@ -155,6 +260,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                 front.serve(http_listeners, stopping()).await;
             }
         };
+        health.started();
         tokio::join!(ingress.serve(listeners, stopping()), serving_http);
         // Records acknowledged on receipt and QoS 0 records are in librdkafka's queue.
         let left = producer.in_flight();
@@ -183,6 +289,11 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         if anomalies.enabled {
             tokio::spawn(create_anomalies_topic(settings.clone()));
         }
+        if !with_ingress {
+            // No producer here to notice Kafka going away: ask it, for readiness.
+            let probe = Arc::new(produce::Probe::new(&settings.kafka).context("kafka probe")?);
+            tokio::spawn(watch_kafka(move || probe.reachable(), health.clone(), true));
+        }
         let w = writer::Writer::new(
             settings.writer.clone(),
             anomalies,
@@ -193,9 +304,10 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         // A task of its own: the detector's block_in_place must not hold up the ingress's
         // accept loops, which share this task.
         let running = tokio::spawn(w.run(health.clone(), stop.clone()));
+        health.started();
         running.await.context("writer task")?.context("writer")
     };
-    tracing::info!(listen = %settings.http.listen, "serving /metrics and /health");
+    tracing::info!(listen = %settings.http.listen, "serving /metrics, /health/live, /health/ready and /health");
     tokio::select! {
         r = async { tokio::try_join!(ingress_task, writer_task) } => {
             r?;
@@ -215,10 +327,18 @@ async fn listeners(settings: &Settings) -> anyhow::Result<Vec<ingress::Listener>
     if anonymous && !i.listen.ip().is_loopback() {
         tracing::warn!(listen = %i.listen, "anonymous clients allowed beyond loopback (ingress.allow_anonymous)");
     }
-    let mut listeners = vec![bind(i.listen, "ingress.listen", plain_door(anonymous), false).await?];
+    let reuse = i.reuse_port;
+    let door = plain_door(anonymous);
+    let mut listeners = vec![bind(i.listen, "ingress.listen", door, false, reuse)?];
     if let Some(tls) = &i.tls {
         tracing::info!(listen = %tls.listen, client_certificates = tls.cafile.is_some(), "accepting MQTT over TLS");
-        listeners.push(bind(tls.listen, "ingress.tls.listen", tls_door(tls), true).await?);
+        listeners.push(bind(
+            tls.listen,
+            "ingress.tls.listen",
+            tls_door(tls),
+            true,
+            reuse,
+        )?);
     }
     Ok(listeners)
 }
@@ -234,26 +354,50 @@ async fn http_listeners(settings: &Settings) -> anyhow::Result<Vec<ingress::List
     if anonymous && !h.listen.ip().is_loopback() {
         tracing::warn!(listen = %h.listen, "anonymous HTTP senders allowed beyond loopback (ingress.http.allow_anonymous)");
     }
-    let door = plain_door(anonymous);
-    let mut listeners = vec![bind(h.listen, "ingress.http.listen", door, false).await?];
+    let (door, reuse) = (plain_door(anonymous), settings.ingress.reuse_port);
+    let mut listeners = vec![bind(h.listen, "ingress.http.listen", door, false, reuse)?];
     if let (Some(addr), Some(tls)) = (h.tls_listen, &settings.ingress.tls) {
         tracing::info!(listen = %addr, "accepting readings over HTTPS");
-        listeners.push(bind(addr, "ingress.http.tls_listen", tls_door(tls), true).await?);
+        let door = tls_door(tls);
+        listeners.push(bind(addr, "ingress.http.tls_listen", door, true, reuse)?);
     }
     Ok(listeners)
 }
 
-/// A listener on `addr` (`key` names its setting in errors).
-async fn bind(
+/// A device-facing listener on `addr` (`key` names its setting in errors); with
+/// `reuse_port` (`ingress.reuse_port`) other ingress processes may listen there too.
+fn bind(
     addr: SocketAddr,
     key: &str,
     door: Door,
     tls: bool,
+    reuse_port: bool,
 ) -> anyhow::Result<ingress::Listener> {
-    let socket = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("{key} {addr}"))?;
+    let socket = listen(addr, reuse_port).map_err(|e| {
+        let hint = match e.kind() {
+            ErrorKind::AddrInUse if !reuse_port => {
+                " (processes share an address only with ingress.reuse_port = true in each)"
+            }
+            _ => "",
+        };
+        anyhow::Error::new(e).context(format!("{key} {addr}{hint}"))
+    })?;
     Ok(ingress::Listener { socket, door, tls })
+}
+
+/// What `TcpListener::bind` does (SO_REUSEADDR, so a restart binds while old connections
+/// sit in TIME_WAIT; a backlog of 1024), plus SO_REUSEPORT when asked.
+fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// A plain listener's door: anonymous clients, or only those with a password or token.
@@ -289,14 +433,15 @@ async fn reload_on_sighup(security: Arc<Security>) {
 }
 
 /// SIGTERM or Ctrl-C: stop gracefully (drain connections, flush Kafka, let the writer
-/// commit); a second one exits at once.
-fn stop_on_signals() -> tokio::sync::watch::Receiver<bool> {
+/// commit; readiness turns 503 at once); a second one exits at once.
+fn stop_on_signals(health: Arc<Health>) -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         signal().await;
         tracing::info!(
             "stopping: draining connections, flushing kafka (a second signal exits at once)"
         );
+        health.stopping();
         tx.send_replace(true);
         signal().await;
         tracing::warn!("second signal: exiting now");
@@ -318,17 +463,24 @@ async fn signal() {
     }
 }
 
-/// While Kafka is marked down, asks it for metadata every few seconds, so `/health`
-/// recovers even when no record is flowing.
-async fn watch_kafka(producer: Arc<produce::Producer>, health: Arc<Health>) {
+/// Asks Kafka for metadata every few seconds (`reachable` blocks), so readiness and
+/// `/health` recover even when no record is flowing. With a producer (`always` false),
+/// only while Kafka is marked down: the producer marks it down itself, and a failing
+/// delivery says more than an answered metadata request. Without one, always, both ways.
+async fn watch_kafka(
+    reachable: impl Fn() -> bool + Clone + Send + 'static,
+    health: Arc<Health>,
+    always: bool,
+) {
     loop {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        if health.kafka_down() {
-            let p = producer.clone();
-            if let Ok(true) = tokio::task::spawn_blocking(move || p.reachable()).await {
-                health.kafka_working();
+        if always || health.kafka_down() {
+            match tokio::task::spawn_blocking(reachable.clone()).await {
+                Ok(true) => health.kafka_working(),
+                Ok(false) if always => health.kafka_failing(),
+                _ => {}
             }
         }
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
 

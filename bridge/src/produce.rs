@@ -269,10 +269,7 @@ impl Producer {
 
     /// Whether a broker answers a metadata request (blocking, up to two seconds).
     pub fn reachable(&self) -> bool {
-        self.inner
-            .client()
-            .fetch_metadata(None, Duration::from_secs(2))
-            .is_ok()
+        answers(self.inner.client())
     }
 
     /// Whether Kafka is known to be unreachable: every broker down, or a record that
@@ -284,6 +281,26 @@ impl Producer {
     /// Records librdkafka still holds.
     pub fn in_flight(&self) -> i32 {
         self.inner.in_flight_count()
+    }
+}
+
+/// Whether a broker answers `client`'s metadata request (blocking, up to two seconds).
+fn answers<C: ClientContext>(client: &rdkafka::client::Client<C>) -> bool {
+    client.fetch_metadata(None, Duration::from_secs(2)).is_ok()
+}
+
+/// A Kafka client that only asks for metadata: how a process without a producer (a
+/// writer of its own) tells whether Kafka answers, for its readiness.
+pub struct Probe(AdminClient<DefaultClientContext>);
+
+impl Probe {
+    pub fn new(settings: &KafkaSettings) -> Result<Probe, KafkaError> {
+        client_config(settings).create().map(Probe)
+    }
+
+    /// Whether a broker answers a metadata request (blocking, up to two seconds).
+    pub fn reachable(&self) -> bool {
+        answers(self.0.inner())
     }
 }
 

@@ -96,6 +96,11 @@ fn default_api_streams() -> usize {
 pub struct IngressSettings {
     /// The device-facing port: MQTT 3.1.1 and 5 on the same socket.
     pub listen: SocketAddr,
+    /// Binds every device-facing listener (MQTT, MQTT over TLS, HTTP ingest, HTTPS) with
+    /// SO_REUSEPORT, so several ingress processes share one address and the kernel
+    /// spreads connections over them.
+    #[serde(default)]
+    pub reuse_port: bool,
     /// Largest MQTT packet accepted from a device, in bytes.
     pub max_packet_size: usize,
     /// Records a connection may have on their way to Kafka before Sluice stops reading it.

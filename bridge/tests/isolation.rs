@@ -481,7 +481,8 @@ fn session_expiry_ends_only_the_session_it_was_set_for() {
 }
 
 /// With Kafka down, a QoS 0 flood holds only its own connection's budget, so the
-/// others are still read (and acknowledged once Kafka is back); /health says Kafka is down.
+/// others are still read (and acknowledged once Kafka is back); /health/ready says Kafka
+/// is down at once, /health after its grace period, and /health/live never.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budgets_bound_qos0_floods_and_health_tells_when_kafka_is_down() {
     let mut kafka = Tansu::start();
@@ -492,9 +493,28 @@ async fn budgets_bound_qos0_floods_and_health_tells_when_kafka_is_down() {
     gateway.spawn(&["--role", "all"], &[("KAFKA_BROKERS", &kafka.brokers())]);
     gateway.wait_ready();
     assert_eq!(gateway.get("/health").0, 200);
+    for check in ["/health/live", "/health/ready"] {
+        assert_eq!(gateway.get(check), (200, "ok\n".into()), "{check}");
+    }
     let db = db().await;
     let dev = format!("{}-flood", gateway.id);
     kafka.kill();
+    let down = Instant::now();
+    wait_for(
+        Duration::from_secs(25),
+        "/health/ready to say Kafka is down",
+        || {
+            let (status, body) = gateway.get("/health/ready");
+            status == 503 && body.starts_with("kafka unreachable")
+        },
+    );
+    // No grace period for readiness: it turned before /health's 30 s were up.
+    assert!(
+        down.elapsed() < sluice::health::GRACE,
+        "{:?}",
+        down.elapsed()
+    );
+    assert_eq!(gateway.get("/health").0, 200);
 
     let flood = connected(&gateway, 4, &dev, 60);
     let mut socket = flood.0.try_clone().expect("clone");
@@ -542,6 +562,7 @@ async fn budgets_bound_qos0_floods_and_health_tells_when_kafka_is_down() {
             status == 503 && body.contains("kafka")
         },
     );
+    assert_eq!(gateway.get("/health/live").0, 200, "waiting mends this");
 
     kafka.restart();
     for n in 1..=3u8 {
@@ -556,6 +577,7 @@ async fn budgets_bound_qos0_floods_and_health_tells_when_kafka_is_down() {
     wait_for(Duration::from_secs(60), "/health to recover", || {
         gateway.get("/health").0 == 200
     });
+    assert_eq!(gateway.get("/health/ready"), (200, "ok\n".into()));
     drop(flood.0.shutdown(std::net::Shutdown::Both));
     flooder.join().expect("flooder");
 }

@@ -417,3 +417,79 @@ fn configuration_errors_name_the_key_and_stop_start_up() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("missing.toml"), "names the file: {err}");
 }
+
+/// `--check-config` checks what start-up would, connects to nothing, and says so: 0 and
+/// the configuration (secrets masked), or 2 and the key or file at fault.
+#[test]
+fn check_config_checks_without_starting() {
+    let check = |config: &std::path::Path, args: &[&str], envs: &[(&str, &str)]| {
+        // Nothing listens there: a check that tried to connect would fail or hang.
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env("KAFKA_BROKERS", "127.0.0.1:1")
+            .env(
+                "DATABASE_URL",
+                "postgres://sluice:secret@127.0.0.1:1/sluice",
+            )
+            .envs(envs.iter().copied())
+            .output()
+            .expect("sluice runs");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let (code, out, err) = check(&root.join("broker.toml"), &[], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("configuration OK"), "{out}");
+    assert!(
+        out.contains("\"sensors/{device_id}/{metric}\""),
+        "the mappings: {out}"
+    );
+    assert!(
+        out.contains("postgres://sluice@127.0.0.1:1/sluice") && !out.contains("secret"),
+        "the environment applied, the password masked: {out}"
+    );
+
+    let unknown = Gateway::configure(Some(Box::new(|c: &mut toml::Table| {
+        if let Some(toml::Value::Table(writer)) = c.get_mut("writer") {
+            writer.insert("linger".into(), 5.into());
+        }
+    })));
+    let (code, _, err) = check(&unknown.config, &[], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("linger"), "names the unknown key: {err}");
+
+    let bad_mapping = Gateway::configure(Some(Box::new(|c: &mut toml::Table| {
+        let first = c
+            .get_mut("mappings")
+            .and_then(toml::Value::as_array_mut)
+            .and_then(|m| m.first_mut())
+            .and_then(toml::Value::as_table_mut)
+            .expect("a mapping");
+        first.insert("filter".into(), "sensors/#/{device_id}".into());
+    })));
+    let (code, _, err) = check(&bad_mapping.config, &[], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("mappings[0].filter"),
+        "names the mapping: {err}"
+    );
+
+    let missing = Gateway::configure(None);
+    let path = missing.dir.path().join("no-such-passwd");
+    let path = path.to_string_lossy();
+    let passwd = [("SLUICE__AUTH__PASSWORD_FILE", &*path)];
+    let (code, _, err) = check(&missing.config, &[], &passwd);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("auth.password_file") && err.contains("no-such-passwd"),
+        "names the file: {err}"
+    );
+    // A writer reads no security file.
+    let (code, out, err) = check(&missing.config, &["--role", "writer"], &passwd);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("configuration OK (role writer)"), "{out}");
+}

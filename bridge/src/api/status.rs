@@ -425,11 +425,12 @@ mod tests {
 
     #[test]
     fn prometheus_text_is_read_by_name_and_label() {
+        // Every metric carries the process's role, ahead of its own labels.
         let text = "# TYPE sluice_rejected_total counter\n\
-                    sluice_rejected_total{reason=\"malformed_json\"} 3\n\
-                    sluice_rejected_total{reason=\"unmapped\"} 2\n\
-                    sluice_connections 7\n\
-                    sluice_writer_lag_seconds 0.25\n";
+                    sluice_rejected_total{role=\"all\",reason=\"malformed_json\"} 3\n\
+                    sluice_rejected_total{role=\"all\",reason=\"unmapped\"} 2\n\
+                    sluice_connections{role=\"all\"} 7\n\
+                    sluice_writer_lag_seconds{role=\"all\"} 0.25\n";
         let m = Metrics::parse(text);
         assert_eq!(m.sum("sluice_connections"), 7.0);
         assert_eq!(m.sum("sluice_rejected_total"), 5.0);

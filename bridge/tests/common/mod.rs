@@ -50,6 +50,20 @@ pub struct Gateway {
     children: Vec<Child>,
 }
 
+/// The HTTP status code and body of a GET on a local port; status 0 when nothing answers.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok());
+    (status.unwrap_or(0), body.to_owned())
+}
+
 /// Edits of the default broker.toml for one test.
 pub type Tweak = Box<dyn Fn(&mut toml::Table)>;
 
@@ -215,14 +229,7 @@ impl Gateway {
 
     /// The HTTP status code and body of a GET on the HTTP port.
     pub fn get(&self, path: &str) -> (u16, String) {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).expect("http up");
-        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request");
-        let mut text = String::new();
-        s.read_to_string(&mut text).expect("response");
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head.split(' ').nth(1).and_then(|c| c.parse().ok());
-        (status.unwrap_or(0), body.to_owned())
+        http_get(self.http_port, path)
     }
 
     pub fn check_alive(&mut self) {
@@ -285,12 +292,36 @@ impl Gateway {
         self.get("/metrics").1
     }
 
-    /// The value of one sample line (`name{labels}`), 0 when absent.
+    /// The value of one sample (`name` or `name{labels}`), 0 when absent.
     pub fn metric(&self, sample: &str) -> f64 {
-        self.metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
-            .unwrap_or(0.0)
+        metric_in(&self.metrics(), sample)
+    }
+}
+
+/// The value of `sample` (`name` or `name{labels}`) in a Prometheus page: the first line
+/// of that name carrying at least those labels, whatever others it has (every metric
+/// carries the process's `role`), 0 when absent.
+pub fn metric_in(page: &str, sample: &str) -> f64 {
+    let (name, wanted) = sample_parts(sample);
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, labels) = sample_parts(series);
+            let all = wanted.iter().all(|w| labels.contains(w));
+            (n == name && all).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// `name{a="1",b="2"}` as `name` and its `a="1"`, `b="2"` (values hold no commas here).
+fn sample_parts(series: &str) -> (&str, Vec<&str>) {
+    match series.split_once('{') {
+        Some((name, labels)) => {
+            let labels = labels.trim_end_matches('}');
+            (name, labels.split(',').filter(|l| !l.is_empty()).collect())
+        }
+        None => (series, Vec::new()),
     }
 }
 
