@@ -7,13 +7,14 @@
 //! partitions, and the database already holds the offsets the writers resume from.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::sync::watch;
 
 use crate::db;
+use crate::health::Health;
 use crate::settings::WriterSettings;
 
 /// A readings topic and one of its partitions.
@@ -45,15 +46,16 @@ pub fn share(partitions: &[Partition], members: &[String], me: &str) -> Vec<Part
         .collect()
 }
 
-/// Keeps the writer's share of the partitions up to date on `share`: every beat it asks
-/// Kafka for the topics' partitions (so added ones are picked up) and, in a shared group,
-/// renews the lease and reads who else is alive. On `stop` it gives the lease up, so the
-/// others take over at their next beat instead of after the lease.
+/// Keeps the writer's share of the partitions up to date on `share`: a task asks Kafka for
+/// the topics' partitions every beat (so added ones are picked up) and, in a shared group,
+/// the coordinator renews the lease every beat and reads who else is alive. On `stop` it
+/// gives the lease up, so the others take over at their next beat instead of after the lease.
 pub struct Coordinator {
     settings: WriterSettings,
     member: String,
     consumer: Arc<StreamConsumer>,
     topics: Vec<String>,
+    health: Arc<Health>,
     client: Option<tokio_postgres::Client>,
 }
 
@@ -62,110 +64,92 @@ impl Coordinator {
         settings: WriterSettings,
         consumer: Arc<StreamConsumer>,
         topics: Vec<String>,
+        health: Arc<Health>,
     ) -> Coordinator {
         Coordinator {
             member: member_name(),
             settings,
             consumer,
             topics,
+            health,
             client: None,
         }
     }
 
-    /// Publishes the share on `share` (None until the first is known) until `stop`.
+    /// Publishes the share on `out` (None until the first is known) until `stop`.
     pub async fn run(
         mut self,
-        share: watch::Sender<Option<Vec<Partition>>>,
+        out: watch::Sender<Option<Vec<Partition>>>,
         mut stop: watch::Receiver<bool>,
     ) {
         let lease = Duration::from_millis(self.settings.lease_ms);
         // Five beats per lease: a late beat or two does not lose it.
-        let beat = (lease / 5).max(Duration::from_millis(100));
-        let mut partitions = Vec::new();
-        let mut members = vec![self.member.clone()];
-        let mut missing: Option<String> = None;
-        let mut renewed = false;
+        let beat = lease / 5;
+        // Kafka is asked in a task of its own: a slow Kafka must not hold the lease up.
+        let (found, partitions) = watch::channel(Vec::new());
+        let asking = tokio::spawn(watch_partitions(
+            self.consumer.clone(),
+            self.topics.clone(),
+            beat,
+            found,
+        ));
+        let fixed = self.settings.partitions.clone();
+        let mut renewed_at: Option<Instant> = None;
+        let mut failing = false;
         tracing::info!(member = %self.member, group = %self.settings.group_id, "writer joining its group");
         loop {
-            match self.partitions().await {
-                Ok(found) => {
-                    partitions = found;
-                    missing = None;
-                }
-                // Said once per spell, not every beat.
-                Err(why) if missing.as_ref() != Some(&why) => {
-                    tracing::warn!(topics = ?self.topics, "{why}; keeping the partitions known");
-                    missing = Some(why);
-                }
-                Err(_) => {}
-            }
-            match self.settings.partitions.clone() {
+            let known = partitions.borrow().clone();
+            match &fixed {
                 // Nothing to deal until Kafka has named the partitions once.
-                _ if partitions.is_empty() => {}
+                _ if known.is_empty() => {}
                 Some(fixed) => {
-                    let mine = partitions.iter().filter(|(_, p)| fixed.contains(p));
-                    publish(&share, mine.cloned().collect(), &members);
+                    let mine = known.into_iter().filter(|(_, p)| fixed.contains(p));
+                    publish(&out, mine.collect(), None);
                 }
-                None => {
-                    let deal = match self.renew(lease).await {
-                        Ok(live) if renewed => {
-                            members = live;
-                            true
+                None => match tokio::time::timeout(lease / 2, self.renew(lease)).await {
+                    Ok(Ok(members)) => {
+                        self.health.database_working();
+                        failing = false;
+                        // At start, and after a gap longer than the lease, the others' rows
+                        // may be stale or missing: dealing waits a beat for them to show.
+                        let settled = renewed_at.is_some_and(|t| t.elapsed() < lease);
+                        renewed_at = Some(Instant::now());
+                        if settled {
+                            let mine = share(&known, &members, &self.member);
+                            publish(&out, mine, Some(&members));
                         }
-                        // Writers started together see each other from their second beat:
-                        // waiting for it spares them taking everything for a moment.
-                        Ok(_) => {
-                            renewed = true;
-                            false
-                        }
-                        Err(e) => {
-                            // Keep writing what it has: the store cannot write either while
-                            // the database is away, and the others may still count it in.
-                            tracing::warn!(error = %e, "writer lease not renewed; retrying");
-                            self.client = None;
-                            renewed
-                        }
-                    };
-                    if deal {
-                        publish(
-                            &share,
-                            share_of(&partitions, &members, &self.member),
-                            &members,
-                        );
                     }
-                }
+                    failed => {
+                        let why = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => format!("no answer within {:?}", lease / 2),
+                        };
+                        if !failing {
+                            tracing::warn!(error = %why, "writer lease not renewed; retrying every beat");
+                        }
+                        failing = true;
+                        self.health.database_failing();
+                        self.client = None;
+                        // Past its lease the others have this writer's share: it stops
+                        // writing until it holds the lease again.
+                        if renewed_at.is_none_or(|t| t.elapsed() + beat >= lease) {
+                            publish(&out, Vec::new(), None);
+                        }
+                    }
+                },
             }
             tokio::select! {
                 _ = tokio::time::sleep(beat) => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
-        if self.settings.partitions.is_none() {
-            self.leave().await;
-        }
-    }
-
-    /// Every partition of the readings topics, or why there are none.
-    async fn partitions(&self) -> Result<Vec<Partition>, String> {
-        let consumer = self.consumer.clone();
-        let topics = self.topics.clone();
-        let found =
-            tokio::task::spawn_blocking(move || {
-                let mut all = Vec::new();
-                for topic in &topics {
-                    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-                    all.extend(md.topics().iter().flat_map(|t| {
-                        t.partitions().iter().map(|p| (t.name().to_owned(), p.id()))
-                    }));
-                }
-                Ok::<_, rdkafka::error::KafkaError>(all)
-            })
-            .await;
-        match found {
-            Ok(Ok(all)) if !all.is_empty() => Ok(all),
-            Ok(Ok(_)) => Err("the readings topics have no partitions yet".to_owned()),
-            Ok(Err(e)) => Err(format!("kafka metadata unavailable: {e}")),
-            Err(e) => Err(format!("kafka metadata task failed: {e}")),
+        asking.abort();
+        if fixed.is_none() {
+            // Bounded: a database that does not answer costs the others the lease, not
+            // this process its stop.
+            if tokio::time::timeout(lease / 2, self.leave()).await.is_err() {
+                tracing::warn!("writer lease not given up in time; the others wait it out");
+            }
         }
     }
 
@@ -224,26 +208,74 @@ impl Coordinator {
     }
 }
 
-/// This writer's share, counting it in even when its row is not visible yet (its first
-/// renewal failed): it writes its share rather than nothing.
-fn share_of(partitions: &[Partition], members: &[String], me: &str) -> Vec<Partition> {
-    let mut members = members.to_vec();
-    if !members.iter().any(|m| m == me) {
-        members.push(me.to_owned());
+/// Every beat, the partitions of `topics` as Kafka names them, on `found`; while Kafka does
+/// not answer, the last ones known stay.
+async fn watch_partitions(
+    consumer: Arc<StreamConsumer>,
+    topics: Vec<String>,
+    beat: Duration,
+    found: watch::Sender<Vec<Partition>>,
+) {
+    let mut missing: Option<String> = None;
+    loop {
+        match partitions(consumer.clone(), topics.clone()).await {
+            Ok(all) => {
+                missing = None;
+                found.send_if_modified(|known| {
+                    let changed = *known != all;
+                    *known = all;
+                    changed
+                });
+            }
+            // Said once per spell, not every beat.
+            Err(why) if missing.as_ref() != Some(&why) => {
+                tracing::warn!(topics = ?topics, "{why}; keeping the partitions known");
+                missing = Some(why);
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(beat).await;
     }
-    share(partitions, &members, me)
 }
 
-/// Sends a changed share to the writer, and says so.
+/// Every partition of `topics`, sorted, or why there are none.
+async fn partitions(
+    consumer: Arc<StreamConsumer>,
+    topics: Vec<String>,
+) -> Result<Vec<Partition>, String> {
+    let found = tokio::task::spawn_blocking(move || {
+        let mut all = Vec::new();
+        for topic in &topics {
+            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+            all.extend(
+                md.topics()
+                    .iter()
+                    .flat_map(|t| t.partitions().iter().map(|p| (t.name().to_owned(), p.id()))),
+            );
+        }
+        all.sort();
+        Ok::<_, rdkafka::error::KafkaError>(all)
+    })
+    .await;
+    match found {
+        Ok(Ok(all)) if !all.is_empty() => Ok(all),
+        Ok(Ok(_)) => Err("the readings topics have no partitions yet".to_owned()),
+        Ok(Err(e)) => Err(format!("kafka metadata unavailable: {e}")),
+        Err(e) => Err(format!("kafka metadata task failed: {e}")),
+    }
+}
+
+/// Sends a changed share to the writer, and says so; `members` in a shared group.
 fn publish(
-    share: &watch::Sender<Option<Vec<Partition>>>,
-    mut mine: Vec<Partition>,
-    members: &[String],
+    out: &watch::Sender<Option<Vec<Partition>>>,
+    mine: Vec<Partition>,
+    members: Option<&[String]>,
 ) {
-    mine.sort();
-    gauge!("sluice_writer_members").set(members.len() as f64);
+    if let Some(members) = members {
+        gauge!("sluice_writer_members").set(members.len() as f64);
+    }
     gauge!("sluice_writer_partitions").set(mine.len() as f64);
-    share.send_if_modified(|current| {
+    out.send_if_modified(|current| {
         if current.as_ref() == Some(&mine) {
             return false;
         }
@@ -254,13 +286,23 @@ fn publish(
     });
 }
 
-/// Unique per process run, readable in logs: host, process id and start time.
+/// Unique per process run, readable in logs: host, process id, start time and a random
+/// part (containers often share a host name and run as pid 1).
 fn member_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "host".to_owned());
     let started = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f");
-    format!("{host}:{}:{started}", std::process::id())
+    // RandomState is seeded from the operating system's randomness.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!(
+        "{host}:{}:{started}:{:04x}",
+        std::process::id(),
+        random & 0xffff
+    )
 }
 
 #[cfg(test)]
@@ -291,11 +333,5 @@ mod tests {
         let two = share(&parts(5), &["y".into(), "x".into()], "y");
         assert_eq!(one, two);
         assert_eq!(one, vec![("t".to_owned(), 1), ("t".to_owned(), 3)]);
-    }
-
-    #[test]
-    fn a_writer_whose_row_is_missing_still_counts_itself_in() {
-        assert_eq!(share_of(&parts(4), &[], "me"), parts(4));
-        assert_eq!(share_of(&parts(4), &["a".into()], "me").len(), 2);
     }
 }

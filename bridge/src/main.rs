@@ -303,8 +303,8 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         tracing::info!(group = %settings.writer.group_id, "writer consuming");
         // A task of its own: the detector's block_in_place must not hold up the ingress's
         // accept loops, which share this task.
+        // It says it has started once it has its first share of the partitions.
         let running = tokio::spawn(w.run(health.clone(), stop.clone()));
-        health.started();
         running.await.context("writer task")?.context("writer")
     };
     tracing::info!(listen = %settings.http.listen, "serving /metrics, /health/live, /health/ready and /health");

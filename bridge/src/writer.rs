@@ -129,7 +129,7 @@ impl Writer {
         let mut store = Store::new(
             self.settings.clone(),
             self.consumer.clone(),
-            health,
+            health.clone(),
             self.anomalies.take(),
         );
         let (share_tx, mut share) = watch::channel(None);
@@ -139,25 +139,33 @@ impl Writer {
             self.settings.clone(),
             self.consumer.clone(),
             self.topics.clone(),
+            health.clone(),
         );
         let coordinating = tokio::spawn(coordinator.run(share_tx, quit));
+        let max_rows = match self.settings.max_rows_per_second {
+            // A throttled writer takes about a second's worth at a time, so it stays smooth.
+            0 => self.settings.max_batch_rows,
+            rate => self.settings.max_batch_rows.min(rate as usize),
+        };
+        let mut first = true;
         let outcome = loop {
             let mine = tokio::select! {
                 mine = share.wait_for(Option::is_some) => match mine {
                     Ok(mine) => mine.clone().unwrap_or_default(),
-                    Err(_) => break Ended::CoordinatorGone,
+                    Err(_) => break Err(WriterError::TaskEnded("coordinator")),
                 },
-                _ = stopped(stop.clone()) => break Ended::Stopped,
+                _ = stopped(stop.clone()) => break Ok(()),
             };
-            let committed = store.load_committed().await;
+            let Some(committed) = store.load_committed(&stop).await else {
+                break Ok(());
+            };
             self.assign(&mine, &committed)?;
+            if std::mem::take(&mut first) {
+                health.started();
+            }
             let (requests, waiting) = mpsc::channel(1);
             let fetch = Fetch {
-                max_rows: match self.settings.max_rows_per_second {
-                    // A throttled writer takes about a second's worth at a time, so it stays smooth.
-                    0 => self.settings.max_batch_rows,
-                    rate => self.settings.max_batch_rows.min(rate as usize),
-                },
+                max_rows,
                 max_bytes: self.settings.max_batch_bytes,
                 linger: Duration::from_millis(self.settings.linger_ms),
                 consumer: self.consumer.clone(),
@@ -169,8 +177,13 @@ impl Writer {
             fetching.abort();
             // The fetcher holds the consumer's stream; it must be gone before the next assign.
             let _ = fetching.await;
-            if ended != Ended::Reassigned {
-                break ended;
+            match ended {
+                Ended::Reassigned => continue,
+                Ended::Stopped => break Ok(()),
+                Ended::FetchGone => break Err(WriterError::TaskEnded("fetch")),
+                // Writing on without a lease would overlap the writers that took this one's
+                // share: stop, and let the process be restarted.
+                Ended::CoordinatorGone => break Err(WriterError::TaskEnded("coordinator")),
             }
         };
         done.send_replace(true);
@@ -178,14 +191,10 @@ impl Writer {
         if let Some(a) = &store.anomalies {
             flush_anomalies(a.publisher.clone(), a.flush_timeout).await;
         }
-        match outcome {
-            Ended::Stopped => {
-                tracing::info!("writer stopped");
-                Ok(())
-            }
-            Ended::CoordinatorGone => Err(WriterError::TaskEnded("coordinator")),
-            Ended::FetchGone | Ended::Reassigned => Err(WriterError::TaskEnded("fetch")),
+        if outcome.is_ok() {
+            tracing::info!("writer stopped");
         }
+        outcome
     }
 
     /// Assigns this writer's share, each partition at the offset the database has for it.
@@ -304,7 +313,9 @@ impl Fetch {
         }
         batch.records += 1;
         batch.bytes += m.payload_len();
-        batch.next_offsets.insert(partition, offset + 1);
+        // The highest offset taken: a batch never moves a partition backwards.
+        let next = batch.next_offsets.entry(partition).or_default();
+        *next = (*next).max(offset + 1);
         match m.payload().map(Record::from_json) {
             Some(Ok(record)) => {
                 let Record {
@@ -387,8 +398,10 @@ impl Store {
             if *stop.borrow_and_update() {
                 return Ended::Stopped;
             }
-            if share.has_changed().unwrap_or(false) {
-                return Ended::Reassigned;
+            match share.has_changed() {
+                Ok(false) => {}
+                Ok(true) => return Ended::Reassigned,
+                Err(_) => return Ended::CoordinatorGone,
             }
             let (reply, batch) = oneshot::channel();
             if requests.send(reply).await.is_err() {
@@ -400,8 +413,10 @@ impl Store {
                     Err(_) => return Ended::FetchGone,
                 },
                 _ = stop.changed() => return Ended::Stopped,
-                // An error (the coordinator gone) disables this branch.
-                Ok(()) = share.changed() => return Ended::Reassigned,
+                changed = share.changed() => return match changed {
+                    Ok(()) => Ended::Reassigned,
+                    Err(_) => Ended::CoordinatorGone,
+                },
             };
             let started = Instant::now();
             // Judged once, before any attempt: a retried write stores the same anomalies,
@@ -456,8 +471,12 @@ impl Store {
         Ok(self.client.as_mut().expect("just connected"))
     }
 
-    /// Reads this group's offsets, waiting out a database outage.
-    async fn load_committed(&mut self) -> HashMap<Partition, i64> {
+    /// Reads this group's offsets, waiting out a database outage; None when `stop` comes
+    /// first.
+    async fn load_committed(
+        &mut self,
+        stop: &watch::Receiver<bool>,
+    ) -> Option<HashMap<Partition, i64>> {
         let group = self.settings.group_id.clone();
         loop {
             let result = match self.client().await {
@@ -472,15 +491,17 @@ impl Store {
             };
             match result {
                 Ok(rows) => {
-                    return rows
-                        .iter()
-                        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-                        .collect()
+                    let committed = rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2)));
+                    return Some(committed.collect());
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read writer offsets; retrying");
+                    self.health.database_failing();
                     self.client = None;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stopped(stop.clone()) => return None,
+                    }
                 }
             }
         }

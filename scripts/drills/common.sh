@@ -62,9 +62,16 @@ drill() {
   local status=0
   wait "$SIM_PID" || status=$?
   SIM_PID=""
-  PEAK_MB="$(rss_mb "$DATA/sluice-main.pid" VmHWM)"
   cat "$DATA/sim.out"
-  echo "sluice peak resident memory: ${PEAK_MB} MiB"
+  if [ -f "$DATA/sluice-main.pid" ]; then
+    PEAK_MB="$(rss_mb "$DATA/sluice-main.pid" VmHWM)"
+    echo "sluice peak resident memory: ${PEAK_MB} MiB"
+  fi
+  local pidfile
+  for pidfile in "$DATA"/sluice-*.pid; do
+    [ "$pidfile" = "$DATA/sluice-main.pid" ] || [ ! -f "$pidfile" ] ||
+      echo "$(basename "$pidfile" .pid) peak resident memory: $(rss_mb "$pidfile" VmHWM) MiB"
+  done
   if [ "$status" -ne 0 ] || ! grep -q 'lost=0 duplicates=0' "$DATA/sim.out"; then
     echo "drill $name: FAILED (simulator exit $status)"
     tail -30 "$DATA"/sluice-*.log
