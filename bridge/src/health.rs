@@ -18,6 +18,9 @@ pub struct Health {
     producer_fatal: AtomicBool,
     kafka: Outage,
     database: Outage,
+    /// The writer's lease, renewed on a connection of its own: apart from `database`, so
+    /// that a lease renewed does not hide batches that keep failing.
+    lease: Outage,
     /// Roles (ingress, writer) not yet serving: the process is not ready until they are.
     starting: AtomicUsize,
     /// Set on SIGTERM: a draining process takes no new work.
@@ -76,6 +79,14 @@ impl Health {
 
     pub fn database_working(&self) {
         self.database.working();
+    }
+
+    pub fn lease_failing(&self) {
+        self.lease.failing();
+    }
+
+    pub fn lease_working(&self) {
+        self.lease.working();
     }
 
     /// The process has `roles` roles to start before it is ready.
@@ -144,13 +155,17 @@ impl Health {
 
     /// A line per dependency unreachable for at least `past`.
     fn outages(&self, past: Duration) -> Vec<String> {
-        [("kafka", &self.kafka), ("database", &self.database)]
-            .into_iter()
-            .filter_map(|(what, outage)| {
-                let d = outage.down_for().filter(|d| *d >= past)?;
-                Some(format!("{what} unreachable for {} s", d.as_secs()))
-            })
-            .collect()
+        [
+            ("kafka", &self.kafka),
+            ("database", &self.database),
+            ("database (writer lease)", &self.lease),
+        ]
+        .into_iter()
+        .filter_map(|(what, outage)| {
+            let d = outage.down_for().filter(|d| *d >= past)?;
+            Some(format!("{what} unreachable for {} s", d.as_secs()))
+        })
+        .collect()
     }
 }
 

@@ -108,7 +108,7 @@ impl Coordinator {
                 }
                 None => match tokio::time::timeout(lease / 2, self.renew(lease)).await {
                     Ok(Ok(members)) => {
-                        self.health.database_working();
+                        self.health.lease_working();
                         failing = false;
                         // At start, and after a gap longer than the lease, the others' rows
                         // may be stale or missing: dealing waits a beat for them to show.
@@ -128,7 +128,7 @@ impl Coordinator {
                             tracing::warn!(error = %why, "writer lease not renewed; retrying every beat");
                         }
                         failing = true;
-                        self.health.database_failing();
+                        self.health.lease_failing();
                         self.client = None;
                         // Past its lease the others have this writer's share: it stops
                         // writing until it holds the lease again.

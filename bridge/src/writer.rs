@@ -491,6 +491,7 @@ impl Store {
             };
             match result {
                 Ok(rows) => {
+                    self.health.database_working();
                     let committed = rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2)));
                     return Some(committed.collect());
                 }
