@@ -5,6 +5,7 @@
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -147,6 +148,12 @@ struct Checked {
 
 fn check(settings: &Settings, role: Role) -> anyhow::Result<Checked> {
     let mappings = mapping::Mappings::new(&settings.mappings).context("mappings")?;
+    if role != Role::Ingress {
+        let url = &settings.writer.database_url;
+        // Parsed only, no connection; the error names the setting, not the password.
+        tokio_postgres::Config::from_str(url)
+            .with_context(|| format!("writer.database_url {}", sluice::db::redact(url)))?;
+    }
     let ingress = match role {
         Role::Writer => None,
         Role::All | Role::Ingress => {
@@ -230,6 +237,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         let p = producer.clone();
         tokio::spawn(watch_kafka(move || p.reachable(), health.clone(), false));
         let broker_v5 = settings.broker_addr(5);
+        claim_broker_ports(&settings.broker)?;
         start_broker(settings.broker.clone(), broker_v4).await?;
         let security = Arc::new(security);
         tokio::spawn(reload_on_sighup(security.clone()));
@@ -516,6 +524,30 @@ async fn create_anomalies_topic(settings: Settings) {
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
+}
+
+/// Binds each of the embedded broker's listeners and lets go at once. rumqttd only logs
+/// a listener that fails to bind, and `start_broker` only waits until something answers
+/// on broker.v4: without this a second ingress process on the machine with the same
+/// ports would relay its devices through the first one's broker.
+fn claim_broker_ports(config: &rumqttd::Config) -> anyhow::Result<()> {
+    let mut listeners: Vec<(String, SocketAddr)> = Vec::new();
+    for (level, servers) in [("v4", &config.v4), ("v5", &config.v5)] {
+        for (name, server) in servers.iter().flatten() {
+            listeners.push((format!("broker.{level}.{name}.listen"), server.listen));
+        }
+    }
+    listeners.sort();
+    for (setting, addr) in listeners {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            bail!(
+                "{setting} {addr}: {e} (each ingress process on one machine needs its own \
+                 embedded-broker ports: SLUICE__BROKER__V4__1__LISTEN, \
+                 SLUICE__BROKER__V5__1__LISTEN)"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Starts rumqttd on its own threads and waits until its v4 listener accepts.

@@ -492,4 +492,26 @@ fn check_config_checks_without_starting() {
     let (code, out, err) = check(&missing.config, &["--role", "writer"], &passwd);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("configuration OK (role writer)"), "{out}");
+
+    // The database URL is parsed (not connected to), for the roles with the writer.
+    let garbage = [("DATABASE_URL", "garbage")];
+    let (code, _, err) = check(&missing.config, &["--role", "writer"], &garbage);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("writer.database_url"),
+        "names the setting: {err}"
+    );
+    let bad_port = [(
+        "DATABASE_URL",
+        "postgres://sluice:secret@127.0.0.1:x/sluice",
+    )];
+    let (code, _, err) = check(&missing.config, &["--role", "writer"], &bad_port);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("writer.database_url") && !err.contains("secret"),
+        "names the setting, not the password: {err}"
+    );
+    // An ingress has no use for it.
+    let (code, _, err) = check(&root.join("broker.toml"), &["--role", "ingress"], &garbage);
+    assert_eq!(code, Some(0), "{err}");
 }

@@ -33,10 +33,16 @@ impl OwnPorts {
             .expect("a port")
     }
 
-    /// The environment that moves them (what an operator sets).
+    /// The environment that moves only the metrics port: for a writer, which has no
+    /// embedded broker.
+    fn http_env(&self) -> [(&'static str, &str); 1] {
+        [("SLUICE__HTTP__LISTEN", self.http.as_str())]
+    }
+
+    /// The environment that moves them all (what an operator sets).
     fn env(&self) -> [(&'static str, &str); 3] {
         [
-            ("SLUICE__HTTP__LISTEN", self.http.as_str()),
+            self.http_env()[0],
             ("SLUICE__BROKER__V4__1__LISTEN", self.v4.as_str()),
             ("SLUICE__BROKER__V5__1__LISTEN", self.v5.as_str()),
         ]
@@ -63,9 +69,9 @@ async fn ingress_processes_share_the_device_port_and_one_can_die() {
         set(c, &["ingress", "reuse_port"], true);
     })));
     let (second, writer) = (OwnPorts::new(), OwnPorts::new());
-    gateway.spawn(&["--role", "ingress"], &[]);
+    let first = gateway.spawn(&["--role", "ingress"], &[]);
     gateway.spawn(&["--role", "ingress"], &second.env());
-    gateway.spawn(&["--role", "writer"], &writer.env()[..1]);
+    gateway.spawn(&["--role", "writer"], &writer.http_env());
     gateway.wait_ready();
     let ports = [gateway.http_port, second.http_port(), writer.http_port()];
     wait_for(Duration::from_secs(30), "every process to be ready", || {
@@ -77,12 +83,31 @@ async fn ingress_processes_share_the_device_port_and_one_can_die() {
     let third = OwnPorts::new();
     let mut env = third.env().to_vec();
     env.push(("SLUICE__INGRESS__REUSE_PORT", "false"));
-    gateway.spawn(&["--role", "ingress"], &env);
-    assert_eq!(gateway.wait_exit(3).code(), Some(1));
+    let no_reuse = gateway.spawn(&["--role", "ingress"], &env);
+    assert_eq!(gateway.wait_exit(no_reuse).code(), Some(1));
     let refused = format!("ingress.listen 127.0.0.1:{}", gateway.mqtt_port);
     let logs = gateway.logs();
     assert!(
         logs.contains(&refused) && logs.contains("ingress.reuse_port = true"),
+        "names the setting: {logs}"
+    );
+
+    // Nor can it share the first one's embedded-broker ports: it would relay its devices
+    // through the first one's broker.
+    let fourth = OwnPorts::new();
+    let same_broker = gateway.spawn(&["--role", "ingress"], &fourth.http_env());
+    assert_ne!(gateway.wait_exit(same_broker).code(), Some(0));
+    let config: toml::Table = std::fs::read_to_string(&gateway.config)
+        .expect("the configuration")
+        .parse()
+        .expect("it parses");
+    let v4 = config["broker"]["v4"]["1"]["listen"]
+        .as_str()
+        .expect("broker.v4.1.listen");
+    let refused = format!("broker.v4.1.listen {v4}: ");
+    let logs = gateway.logs();
+    assert!(
+        logs.contains(&refused) && logs.contains("SLUICE__BROKER__V4__1__LISTEN"),
         "names the setting: {logs}"
     );
 
@@ -100,8 +125,8 @@ async fn ingress_processes_share_the_device_port_and_one_can_die() {
     }
 
     // One ingress dies; the devices connect again through the same port.
-    gateway.signal(0, "KILL");
-    gateway.wait_exit(0);
+    gateway.signal(first, "KILL");
+    gateway.wait_exit(first);
     publish(&gateway, &devices, 5, 10);
 
     let db = db().await;
