@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{connect, free_port, rows, storages, wait_rows, Gateway, Storage};
+use common::{connect, free_port, offsets_stored, rows, storages, wait_rows, Gateway, Storage};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writer_killed_between_copy_and_commit_loses_and_duplicates_nothing() {
@@ -61,14 +61,6 @@ async fn killed_between_copy_and_commit(path: &Storage) {
     assert_eq!(got_again.len(), 20, "each reading once: {got:?}");
     let values: Vec<Option<f64>> = got_again.iter().map(|r| r.value).collect();
     assert_eq!(values, (0..20).map(|i| Some(i as f64)).collect::<Vec<_>>());
-    let group = format!("writer-{}", gateway.id);
-    let next: i64 = db
-        .query_one(
-            "SELECT sum(next_offset)::bigint FROM sluice_offsets WHERE group_id = $1",
-            &[&group],
-        )
-        .await
-        .expect("offsets")
-        .get(0);
+    let next = offsets_stored(&db, &gateway).await;
     assert_eq!(next, 20, "offsets cover the 20 records exactly");
 }

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{db, free_port, http_get, metric_in, set, wait_for, Gateway};
+use common::{db, free_port, http_get, metric_in, offsets_stored, set, wait_for, Gateway};
 
 const LEASE_MS: u64 = 1000;
 const DEVICES: usize = 8;
@@ -140,16 +140,9 @@ async fn writers_share_partitions_and_take_over_from_each_other() {
     // record per reading).
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(count(&db, &prefix).await, 240);
-    let group = format!("writer-{}", gateway.id);
-    let next: i64 = db
-        .query_one(
-            "SELECT sum(next_offset)::bigint FROM sluice_offsets WHERE group_id = $1",
-            &[&group],
-        )
-        .await
-        .expect("offsets")
-        .get(0);
+    let next = offsets_stored(&db, &gateway).await;
     assert_eq!(next, 240, "offsets cover the 240 records exactly");
+    let group = format!("writer-{}", gateway.id);
     // The stopped writer gave its lease up; the killed one's has run out.
     let alive: i64 = db
         .query_one(

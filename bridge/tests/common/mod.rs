@@ -629,6 +629,19 @@ pub async fn rows(db: &tokio_postgres::Client, device_prefix: &str) -> Vec<Row> 
     .collect()
 }
 
+/// The next offsets the writers of `gateway`'s group stored, added up: the records they
+/// have written, on a topic that started empty.
+pub async fn offsets_stored(db: &tokio_postgres::Client, gateway: &Gateway) -> i64 {
+    let group = format!("writer-{}", gateway.id);
+    db.query_one(
+        "SELECT coalesce(sum(next_offset), 0)::bigint FROM sluice_offsets WHERE group_id = $1",
+        &[&group],
+    )
+    .await
+    .expect("offsets")
+    .get(0)
+}
+
 /// Waits until `n` rows exist for the prefix (and a little longer, to catch extras).
 pub async fn wait_rows(db: &tokio_postgres::Client, device_prefix: &str, n: usize) -> Vec<Row> {
     let start = Instant::now();
