@@ -346,7 +346,7 @@ const COLUMNS: &str =
     "time, device_id, metric, value, value_bool, value_text, value_data, sum, unit, seq, received_at";
 
 /// Why `Store::run` returned.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Ended {
     Stopped,
     Reassigned,
