@@ -2,20 +2,25 @@
 //! readings partitions through a lease the database arbitrates: each renews its row in
 //! `sluice_writers` every beat, a row not renewed for `writer.lease_ms` is a writer gone, and
 //! the partitions are dealt round-robin over the live writers in name order, so every writer
-//! computes the same split without talking to the others. A fixed `writer.partitions` opts
-//! out. Kafka's own group protocol is not used: tansu never reassigns a dead member's
-//! partitions, and the database already holds the offsets the writers resume from.
+//! computes the same split without talking to the others. `writer.coordination = "kafka"`
+//! lets Kafka's group protocol deal them instead (tansu never reassigns a dead member's
+//! partitions, hence not the default); a fixed `writer.partitions` opts out. Either way the
+//! writer only learns its share here: it reads from the offsets in the database.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::db;
 use crate::health::Health;
-use crate::settings::WriterSettings;
+use crate::settings::{Coordination, WriterSettings};
 
 /// A readings topic and one of its partitions.
 pub type Partition = (String, i32);
@@ -26,6 +31,10 @@ pub enum LeaseError {
     Db(#[from] db::DbError),
     #[error("database: {}", db::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
+    #[error("kafka group member: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("the Kafka group member's thread ended: {0}")]
+    MemberEnded(String),
 }
 
 /// This writer's share: the `i`-th of the sorted `partitions` goes to the member at `i` mod
@@ -54,6 +63,8 @@ pub struct Coordinator {
     settings: WriterSettings,
     member: String,
     consumer: Arc<StreamConsumer>,
+    /// The writer's Kafka client settings, for the group member `coordination = "kafka"` runs.
+    kafka: ClientConfig,
     topics: Vec<String>,
     health: Arc<Health>,
     client: Option<tokio_postgres::Client>,
@@ -63,6 +74,7 @@ impl Coordinator {
     pub fn new(
         settings: WriterSettings,
         consumer: Arc<StreamConsumer>,
+        kafka: ClientConfig,
         topics: Vec<String>,
         health: Arc<Health>,
     ) -> Coordinator {
@@ -70,6 +82,7 @@ impl Coordinator {
             member: member_name(),
             settings,
             consumer,
+            kafka,
             topics,
             health,
             client: None,
@@ -82,6 +95,13 @@ impl Coordinator {
         out: watch::Sender<Option<Vec<Partition>>>,
         mut stop: watch::Receiver<bool>,
     ) {
+        // Settings refuse a fixed share with Kafka's dealing.
+        if self.settings.coordination == Coordination::Kafka {
+            if let Err(e) = self.join_kafka_group(out, stop).await {
+                tracing::error!(error = %e, "writer could not join its Kafka group");
+            }
+            return;
+        }
         let lease = Duration::from_millis(self.settings.lease_ms);
         // Five beats per lease: a late beat or two does not lose it.
         let beat = lease / 5;
@@ -151,6 +171,59 @@ impl Coordinator {
                 tracing::warn!("writer lease not given up in time; the others wait it out");
             }
         }
+    }
+
+    /// `coordination = "kafka"`: a consumer of its own joins the group and passes each
+    /// assignment on; it takes no records (`GroupMember`). On `stop` it leaves the group, so
+    /// the others are dealt its share at once instead of after the session timeout.
+    async fn join_kafka_group(
+        self,
+        out: watch::Sender<Option<Vec<Partition>>>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<(), LeaseError> {
+        let session = self.settings.lease_ms;
+        let mut config = self.kafka;
+        config
+            .set("group.id", &self.settings.group_id)
+            .set("session.timeout.ms", session.to_string())
+            .set("heartbeat.interval.ms", (session / 5).to_string())
+            // Partitions added to a topic are dealt once the member's metadata shows them.
+            .set(
+                "topic.metadata.refresh.interval.ms",
+                (session / 2).to_string(),
+            )
+            .set("partition.assignment.strategy", "roundrobin")
+            .set("enable.auto.commit", "false")
+            .set("client.id", format!("sluice-writer:{}", self.member));
+        let member: BaseConsumer<GroupMember> = config.create_with_context(GroupMember { out })?;
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        member.subscribe(&topics)?;
+        tracing::info!(member = %self.member, group = %self.settings.group_id, "writer joining its Kafka group");
+        let mut stopping = stop.clone();
+        let mut polling = tokio::task::spawn_blocking(move || {
+            // Rebalances are served by poll; no record comes, the partitions being paused.
+            while !*stop.borrow() {
+                let _ = member.poll(Duration::from_millis(100));
+            }
+            // Dropping the consumer closes it: its partitions are revoked and it leaves.
+            drop(member);
+        });
+        tokio::select! {
+            ended = &mut polling => return Err(LeaseError::MemberEnded(match ended {
+                Err(e) => e.to_string(),
+                Ok(()) => "stopped".to_owned(),
+            })),
+            _ = stopping.wait_for(|s| *s) => {}
+        }
+        // Bounded: a Kafka that does not answer costs the others the session timeout, not
+        // this process its stop.
+        match tokio::time::timeout(Duration::from_millis(session / 2), polling).await {
+            Ok(_) => tracing::info!("writer left its Kafka group"),
+            Err(_) => tracing::warn!(
+                "writer did not leave its Kafka group in time; the others wait out its session"
+            ),
+        }
+        Ok(())
     }
 
     async fn client(&mut self) -> Result<&tokio_postgres::Client, LeaseError> {
@@ -262,6 +335,57 @@ async fn partitions(
         Ok(Ok(_)) => Err("the readings topics have no partitions yet".to_owned()),
         Ok(Err(e)) => Err(format!("kafka metadata unavailable: {e}")),
         Err(e) => Err(format!("kafka metadata task failed: {e}")),
+    }
+}
+
+/// The Kafka group member of `coordination = "kafka"`: each assignment goes to the writer as
+/// its share, and is taken at the partitions' end and paused, since the writer fetches them
+/// itself from the offsets in the database.
+struct GroupMember {
+    out: watch::Sender<Option<Vec<Partition>>>,
+}
+
+impl ClientContext for GroupMember {}
+
+impl ConsumerContext for GroupMember {
+    fn rebalance(
+        &self,
+        member: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let taken = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mine: Vec<Partition> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                let assigned = tpl
+                    .set_all_offsets(Offset::End)
+                    .and_then(|()| member.assign(tpl))
+                    .and_then(|()| member.pause(tpl));
+                assigned.map(|()| mine)
+            }
+            // Revoked, or lost with the session: the writer stops writing them.
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                member.unassign().map(|()| Vec::new())
+            }
+            other => {
+                tracing::warn!(error = ?other, "kafka group rebalance failed");
+                member.unassign().map(|()| Vec::new())
+            }
+        };
+        match taken {
+            Ok(mut mine) => {
+                mine.sort();
+                publish(&self.out, mine, None);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka group assignment not taken; writing nothing");
+                publish(&self.out, Vec::new(), None);
+            }
+        }
     }
 }
 

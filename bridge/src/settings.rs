@@ -390,12 +390,15 @@ pub struct WriterSettings {
     /// Names this writer's progress in `sluice_offsets`.
     pub group_id: String,
     /// Partitions of each readings topic this writer takes, fixed, with no failover. When
-    /// absent, the writers of one `group_id` share all partitions through a lease in the
-    /// database and take over a stopped or dead writer's share (`lease`).
+    /// absent, the writers of one `group_id` share all partitions as `coordination` says
+    /// and take over a stopped or dead writer's share (`lease`).
     #[serde(default)]
     pub partitions: Option<Vec<i32>>,
-    /// A writer that has not renewed its lease for this long is taken for dead and its
-    /// partitions are dealt to the others.
+    /// Who deals the partitions among the writers of one `group_id`.
+    #[serde(default)]
+    pub coordination: Coordination,
+    /// A writer not heard from for this long is taken for dead and its partitions are
+    /// dealt to the others: its lease in the database, or Kafka's `session.timeout.ms`.
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
     /// Upper bounds on one COPY batch: rows, and Kafka record bytes.
@@ -547,6 +550,18 @@ impl Default for StorageSettings {
             partitions_ahead: 3,
         }
     }
+}
+
+/// Who deals the readings partitions among the writers of one group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Coordination {
+    /// A lease in the database (`sluice_writers`): works on every Kafka.
+    #[default]
+    Lease,
+    /// Kafka's consumer-group protocol, for brokers that reassign a dead member's
+    /// partitions (Apache Kafka, Redpanda; not tansu 0.6).
+    Kafka,
 }
 
 /// Which database path `storage.backend` asks for. A database keeps the path it was
@@ -860,8 +875,26 @@ impl Settings {
         if self.writer.max_batch_bytes == 0 {
             return invalid("writer.max_batch_bytes", "must be at least 1");
         }
-        if self.writer.lease_ms < 500 {
-            return invalid("writer.lease_ms", "must be at least 500");
+        if self.writer.lease_ms < 500 || self.writer.lease_ms > 300_000 {
+            return invalid(
+                "writer.lease_ms",
+                "must be between 500 and 300000 (5 minutes)",
+            );
+        }
+        if self.writer.coordination == Coordination::Kafka {
+            if self.writer.partitions.is_some() {
+                return invalid(
+                    "writer.coordination",
+                    "\"kafka\" deals the partitions; writer.partitions fixes them: set one",
+                );
+            }
+            // Kafka brokers refuse session timeouts under group.min.session.timeout.ms.
+            if self.writer.lease_ms < 6000 {
+                return invalid(
+                    "writer.lease_ms",
+                    "is Kafka's session.timeout.ms with coordination = \"kafka\": at least 6000",
+                );
+            }
         }
         self.anomalies.validate()?;
         if self.anomalies.enabled {
@@ -1120,5 +1153,36 @@ mod tests {
             dead_letters.is_err_and(|e| e.contains("kafka.dead_letter_topic")),
             "anomalies are not published among dead letters"
         );
+    }
+
+    #[test]
+    fn writer_coordination_is_checked_against_the_lease() {
+        fn kafka(lease: &'static str) -> impl Fn(String) -> String {
+            move |t| {
+                t.replace(
+                    "lease_ms = 5000\n",
+                    &format!("lease_ms = {lease}\ncoordination = \"kafka\"\n"),
+                )
+            }
+        }
+        let loaded = load_edited(kafka("6000")).expect("kafka with a 6 s session");
+        assert_eq!(loaded.writer.coordination, super::Coordination::Kafka);
+        assert!(
+            load_edited(kafka("5000")).is_err_and(|e| e.contains("session.timeout.ms")),
+            "Kafka would refuse a session under 6 s"
+        );
+        let fixed = load_edited(|t| {
+            kafka("6000")(t).replace("# partitions = [0, 1, 2]", "partitions = [0, 1, 2]")
+        });
+        assert!(
+            fixed.is_err_and(|e| e.contains("writer.coordination")),
+            "a fixed share and Kafka's dealing exclude each other"
+        );
+        let forever = load_edited(|t| t.replace("lease_ms = 5000", "lease_ms = 86400000"));
+        assert!(forever.is_err_and(|e| e.contains("writer.lease_ms")));
+        let unknown = load_edited(|t| {
+            t.replace("# coordination = \"lease\"", "coordination = \"zookeeper\"")
+        });
+        assert!(unknown.is_err_and(|e| e.contains("coordination")));
     }
 }

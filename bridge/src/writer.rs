@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use metrics::{counter, gauge, histogram};
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -64,6 +65,8 @@ struct Batch {
 pub struct Writer {
     settings: WriterSettings,
     consumer: Arc<StreamConsumer>,
+    /// Kafka's client settings, for the lease's group member when Kafka deals the share.
+    kafka: ClientConfig,
     topics: Vec<String>,
     anomalies: Option<Anomalies>,
 }
@@ -85,10 +88,10 @@ impl Writer {
         topics: &[&str],
     ) -> Result<Writer, WriterError> {
         // The group id names the progress in `sluice_offsets` and the lease (and Kafka's
-        // offset hint); partitions are assigned by the lease, not negotiated with Kafka,
-        // so a restarted writer resumes at once instead of waiting out a dead member's
-        // session.
+        // offset hint). This consumer never joins the group: it is assigned its share (see
+        // `lease`) at the offsets in the database.
         let mut config = client_config(kafka);
+        let base = config.clone();
         config
             .set("group.id", &settings.group_id)
             .set("enable.auto.commit", "false")
@@ -110,6 +113,7 @@ impl Writer {
         Ok(Writer {
             settings,
             consumer: Arc::new(consumer),
+            kafka: base,
             topics: topics.iter().map(|t| t.to_string()).collect(),
             anomalies,
         })
@@ -138,6 +142,7 @@ impl Writer {
         let coordinator = Coordinator::new(
             self.settings.clone(),
             self.consumer.clone(),
+            self.kafka.clone(),
             self.topics.clone(),
             health.clone(),
         );

@@ -155,3 +155,54 @@ async fn writers_share_partitions_and_take_over_from_each_other() {
         .get(0);
     assert_eq!(alive, 1, "only the first writer holds a lease");
 }
+
+/// `writer.coordination = "kafka"`: Kafka's group protocol deals the partitions instead of
+/// the lease. tansu 0.6 rebalances when a member joins or leaves (not when one is killed,
+/// which is why the lease is the default), so that is what this shows: a joining writer
+/// gets its share, a stopped one hands it back, and every reading is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_group_protocol_deals_the_partitions_when_asked() {
+    let mut gateway = Gateway::configure(Some(Box::new(|c| {
+        set(c, &["kafka", "partitions"], 4);
+        set(c, &["writer", "lease_ms"], 6000);
+        set(c, &["writer", "coordination"], "kafka");
+    })));
+    gateway.spawn(&["--role", "ingress"], &[]);
+    let a = Writer::start(&mut gateway);
+    gateway.wait_ready();
+    wait_shares(&[(&a, 4.0)], "the first writer to be dealt every partition");
+    let db = db().await;
+    let prefix = format!("{}-w", gateway.id);
+    publish_round(&gateway, 0);
+    wait_count(&db, &prefix, 80).await;
+
+    let b = Writer::start(&mut gateway);
+    let took = wait_shares(&[(&a, 2.0), (&b, 2.0)], "Kafka to deal two partitions each");
+    eprintln!("rebalance after a join: {took:?}");
+    publish_round(&gateway, 1);
+    wait_count(&db, &prefix, 160).await;
+
+    gateway.signal(b.child, "TERM");
+    let took = wait_shares(&[(&a, 4.0)], "the stopped writer's share to move");
+    eprintln!("rebalance after SIGTERM: {took:?}");
+    assert!(
+        gateway.wait_exit(b.child).success(),
+        "the stopped writer exits 0"
+    );
+    publish_round(&gateway, 2);
+    wait_count(&db, &prefix, 240).await;
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(count(&db, &prefix).await, 240, "every reading once");
+    assert_eq!(offsets_stored(&db, &gateway).await, 240);
+    let group = format!("writer-{}", gateway.id);
+    let leases: i64 = db
+        .query_one(
+            "SELECT count(*) FROM sluice_writers WHERE group_id = $1",
+            &[&group],
+        )
+        .await
+        .expect("members")
+        .get(0);
+    assert_eq!(leases, 0, "no lease is taken when Kafka deals");
+}
