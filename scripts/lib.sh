@@ -18,6 +18,16 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # Debian packages and tansu, each only when missing.
 ensure_deps() { # [--browser]: also Chromium, for the dashboard test
+  if ! command -v tansu >/dev/null || [ "$(tansu --version 2>/dev/null)" != "tansu $TANSU_VERSION" ]; then
+    # In the background, first, so the packages install and Sluice builds meanwhile: the
+    # install is the first run's longest step, and each build leaves a core idle for long
+    # stretches (build scripts, the last crates, linking). start_tansu waits for it.
+    log "installing tansu $TANSU_VERSION in the background (Kafka-compatible broker; once)"
+    mkdir -p "$ROOT/.data"
+    cargo install tansu --version "$TANSU_VERSION" --locked --features libsql,dynostore \
+      >"$ROOT/.data/tansu-install.log" 2>&1 &
+    TANSU_INSTALL_PID=$!
+  fi
   local pkgs=()
   [ -x "$PG_BIN/initdb" ] || pkgs+=(postgresql-15)
   command -v mosquitto_pub >/dev/null || pkgs+=(mosquitto-clients)
@@ -42,15 +52,6 @@ ensure_deps() { # [--browser]: also Chromium, for the dashboard test
       # Only its mosquitto_passwd is wanted: the broker the package starts would hold 1883.
       { systemctl disable --now mosquitto || service mosquitto stop; } >/dev/null 2>&1 || true
     fi
-  fi
-  if ! command -v tansu >/dev/null || [ "$(tansu --version 2>/dev/null)" != "tansu $TANSU_VERSION" ]; then
-    # In the background, so Sluice builds meanwhile: each build leaves a core idle for
-    # long stretches (build scripts, the last crates, linking). start_tansu waits for it.
-    log "installing tansu $TANSU_VERSION in the background (Kafka-compatible broker; once)"
-    mkdir -p "$ROOT/.data"
-    cargo install tansu --version "$TANSU_VERSION" --locked --features libsql,dynostore \
-      >"$ROOT/.data/tansu-install.log" 2>&1 &
-    TANSU_INSTALL_PID=$!
   fi
 }
 
