@@ -27,6 +27,9 @@ ensure_deps() { # [--browser]: also Chromium, for the dashboard test
     cargo install tansu --version "$TANSU_VERSION" --locked --features libsql,dynostore \
       >"$ROOT/.data/tansu-install.log" 2>&1 &
     TANSU_INSTALL_PID=$!
+    # A script that fails before start_tansu must not leave it compiling on its own;
+    # stop_stack, which later traps run, stops it too.
+    trap stop_tansu_install EXIT
   fi
   local pkgs=()
   [ -x "$PG_BIN/initdb" ] || pkgs+=(postgresql-15)
@@ -52,6 +55,15 @@ ensure_deps() { # [--browser]: also Chromium, for the dashboard test
       # Only its mosquitto_passwd is wanted: the broker the package starts would hold 1883.
       { systemctl disable --now mosquitto || service mosquitto stop; } >/dev/null 2>&1 || true
     fi
+  fi
+}
+
+stop_tansu_install() {
+  if [ -n "${TANSU_INSTALL_PID:-}" ]; then
+    # cargo's rustc children first: they would finish their crates on their own.
+    pkill -P "$TANSU_INSTALL_PID" 2>/dev/null || true
+    kill "$TANSU_INSTALL_PID" 2>/dev/null || true
+    TANSU_INSTALL_PID=""
   fi
 }
 
@@ -185,6 +197,7 @@ stop_pidfile() { # pidfile
 # under DIR.
 stop_stack() {
   local p
+  stop_tansu_install
   for p in "$1"/sluice*.pid; do [ -e "$p" ] && stop_pidfile "$p"; done
   stop_pidfile "$1/kafka/tansu.pid"
   for p in "$1"/pg*; do
