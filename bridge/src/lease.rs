@@ -11,19 +11,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::db;
 use crate::health::Health;
-use crate::settings::{Coordination, WriterSettings};
+use crate::kafka_group::KafkaGroup;
+use crate::settings::WriterSettings;
 
 /// A readings topic and one of its partitions.
 pub type Partition = (String, i32);
+
+/// Where the writer's share goes: None until the first is known.
+pub type Share = watch::Sender<Option<Vec<Partition>>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -63,8 +64,8 @@ pub struct Coordinator {
     settings: WriterSettings,
     member: String,
     consumer: Arc<StreamConsumer>,
-    /// The writer's Kafka client settings, for the group member `coordination = "kafka"` runs.
-    kafka: ClientConfig,
+    /// With `coordination = "kafka"`, Kafka's group deals the share instead of the lease.
+    group: Option<KafkaGroup>,
     topics: Vec<String>,
     health: Arc<Health>,
     client: Option<tokio_postgres::Client>,
@@ -73,16 +74,17 @@ pub struct Coordinator {
 impl Coordinator {
     pub fn new(
         settings: WriterSettings,
+        member: String,
         consumer: Arc<StreamConsumer>,
-        kafka: ClientConfig,
+        group: Option<KafkaGroup>,
         topics: Vec<String>,
         health: Arc<Health>,
     ) -> Coordinator {
         Coordinator {
-            member: member_name(),
+            member,
             settings,
             consumer,
-            kafka,
+            group,
             topics,
             health,
             client: None,
@@ -90,15 +92,11 @@ impl Coordinator {
     }
 
     /// Publishes the share on `out` (None until the first is known) until `stop`.
-    pub async fn run(
-        mut self,
-        out: watch::Sender<Option<Vec<Partition>>>,
-        mut stop: watch::Receiver<bool>,
-    ) {
-        // Settings refuse a fixed share with Kafka's dealing.
-        if self.settings.coordination == Coordination::Kafka {
-            if let Err(e) = self.join_kafka_group(out, stop).await {
-                tracing::error!(error = %e, "writer could not join its Kafka group");
+    pub async fn run(mut self, out: Share, mut stop: watch::Receiver<bool>) {
+        if let Some(group) = self.group.take() {
+            tracing::info!(member = %self.member, group = %self.settings.group_id, "writer joining its Kafka group");
+            if let Err(e) = group.follow(&self.topics, stop).await {
+                tracing::error!(error = %e, "writer's Kafka group member ended");
             }
             return;
         }
@@ -126,37 +124,51 @@ impl Coordinator {
                     let mine = known.into_iter().filter(|(_, p)| fixed.contains(p));
                     publish(&out, mine.collect(), None);
                 }
-                None => match tokio::time::timeout(lease / 2, self.renew(lease)).await {
-                    Ok(Ok(members)) => {
-                        self.health.lease_working();
-                        failing = false;
-                        // At start, and after a gap longer than the lease, the others' rows
-                        // may be stale or missing: dealing waits a beat for them to show.
-                        let settled = renewed_at.is_some_and(|t| t.elapsed() < lease);
-                        renewed_at = Some(Instant::now());
-                        if settled {
-                            let mine = share(&known, &members, &self.member);
-                            publish(&out, mine, Some(&members));
+                None => {
+                    // The others take this writer's share a lease after the database
+                    // stamped its last renewal, which was after it was asked for: it stops
+                    // writing a beat before a lease from the asking, until it holds the
+                    // lease again. A renewal that hangs is cut off then too.
+                    let give_up_at = renewed_at.map(|asked| asked + lease - beat);
+                    let left = give_up_at.map(|t| t.saturating_duration_since(Instant::now()));
+                    if left.is_some_and(|l| l.is_zero()) {
+                        publish(&out, Vec::new(), None);
+                    }
+                    let bound = match left {
+                        Some(l) if !l.is_zero() => l.min(lease / 2),
+                        _ => lease / 2,
+                    };
+                    let asked = Instant::now();
+                    match tokio::time::timeout(bound, self.renew(lease)).await {
+                        Ok(Ok(members)) => {
+                            self.health.lease_working();
+                            failing = false;
+                            // At start, and after a gap longer than the lease, the others'
+                            // rows may be stale or missing: dealing waits a beat for them.
+                            let settled = renewed_at.is_some_and(|t| t.elapsed() < lease);
+                            renewed_at = Some(asked);
+                            if settled {
+                                let mine = share(&known, &members, &self.member);
+                                publish(&out, mine, Some(&members));
+                            }
+                        }
+                        failed => {
+                            let why = match failed {
+                                Ok(Err(e)) => e.to_string(),
+                                _ => format!("no answer within {bound:?}"),
+                            };
+                            if !failing {
+                                tracing::warn!(error = %why, "writer lease not renewed; retrying every beat");
+                            }
+                            failing = true;
+                            self.health.lease_failing();
+                            self.client = None;
+                            if give_up_at.is_none_or(|t| Instant::now() >= t) {
+                                publish(&out, Vec::new(), None);
+                            }
                         }
                     }
-                    failed => {
-                        let why = match failed {
-                            Ok(Err(e)) => e.to_string(),
-                            _ => format!("no answer within {:?}", lease / 2),
-                        };
-                        if !failing {
-                            tracing::warn!(error = %why, "writer lease not renewed; retrying every beat");
-                        }
-                        failing = true;
-                        self.health.lease_failing();
-                        self.client = None;
-                        // Past its lease the others have this writer's share: it stops
-                        // writing until it holds the lease again.
-                        if renewed_at.is_none_or(|t| t.elapsed() + beat >= lease) {
-                            publish(&out, Vec::new(), None);
-                        }
-                    }
-                },
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(beat) => {}
@@ -171,59 +183,6 @@ impl Coordinator {
                 tracing::warn!("writer lease not given up in time; the others wait it out");
             }
         }
-    }
-
-    /// `coordination = "kafka"`: a consumer of its own joins the group and passes each
-    /// assignment on; it takes no records (`GroupMember`). On `stop` it leaves the group, so
-    /// the others are dealt its share at once instead of after the session timeout.
-    async fn join_kafka_group(
-        self,
-        out: watch::Sender<Option<Vec<Partition>>>,
-        stop: watch::Receiver<bool>,
-    ) -> Result<(), LeaseError> {
-        let session = self.settings.lease_ms;
-        let mut config = self.kafka;
-        config
-            .set("group.id", &self.settings.group_id)
-            .set("session.timeout.ms", session.to_string())
-            .set("heartbeat.interval.ms", (session / 5).to_string())
-            // Partitions added to a topic are dealt once the member's metadata shows them.
-            .set(
-                "topic.metadata.refresh.interval.ms",
-                (session / 2).to_string(),
-            )
-            .set("partition.assignment.strategy", "roundrobin")
-            .set("enable.auto.commit", "false")
-            .set("client.id", format!("sluice-writer:{}", self.member));
-        let member: BaseConsumer<GroupMember> = config.create_with_context(GroupMember { out })?;
-        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-        member.subscribe(&topics)?;
-        tracing::info!(member = %self.member, group = %self.settings.group_id, "writer joining its Kafka group");
-        let mut stopping = stop.clone();
-        let mut polling = tokio::task::spawn_blocking(move || {
-            // Rebalances are served by poll; no record comes, the partitions being paused.
-            while !*stop.borrow() {
-                let _ = member.poll(Duration::from_millis(100));
-            }
-            // Dropping the consumer closes it: its partitions are revoked and it leaves.
-            drop(member);
-        });
-        tokio::select! {
-            ended = &mut polling => return Err(LeaseError::MemberEnded(match ended {
-                Err(e) => e.to_string(),
-                Ok(()) => "stopped".to_owned(),
-            })),
-            _ = stopping.wait_for(|s| *s) => {}
-        }
-        // Bounded: a Kafka that does not answer costs the others the session timeout, not
-        // this process its stop.
-        match tokio::time::timeout(Duration::from_millis(session / 2), polling).await {
-            Ok(_) => tracing::info!("writer left its Kafka group"),
-            Err(_) => tracing::warn!(
-                "writer did not leave its Kafka group in time; the others wait out its session"
-            ),
-        }
-        Ok(())
     }
 
     async fn client(&mut self) -> Result<&tokio_postgres::Client, LeaseError> {
@@ -338,63 +297,8 @@ async fn partitions(
     }
 }
 
-/// The Kafka group member of `coordination = "kafka"`: each assignment goes to the writer as
-/// its share, and is taken at the partitions' end and paused, since the writer fetches them
-/// itself from the offsets in the database.
-struct GroupMember {
-    out: watch::Sender<Option<Vec<Partition>>>,
-}
-
-impl ClientContext for GroupMember {}
-
-impl ConsumerContext for GroupMember {
-    fn rebalance(
-        &self,
-        member: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        let taken = match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let mine: Vec<Partition> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition()))
-                    .collect();
-                let assigned = tpl
-                    .set_all_offsets(Offset::End)
-                    .and_then(|()| member.assign(tpl))
-                    .and_then(|()| member.pause(tpl));
-                assigned.map(|()| mine)
-            }
-            // Revoked, or lost with the session: the writer stops writing them.
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                member.unassign().map(|()| Vec::new())
-            }
-            other => {
-                tracing::warn!(error = ?other, "kafka group rebalance failed");
-                member.unassign().map(|()| Vec::new())
-            }
-        };
-        match taken {
-            Ok(mut mine) => {
-                mine.sort();
-                publish(&self.out, mine, None);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "kafka group assignment not taken; writing nothing");
-                publish(&self.out, Vec::new(), None);
-            }
-        }
-    }
-}
-
 /// Sends a changed share to the writer, and says so; `members` in a shared group.
-fn publish(
-    out: &watch::Sender<Option<Vec<Partition>>>,
-    mine: Vec<Partition>,
-    members: Option<&[String]>,
-) {
+pub(crate) fn publish(out: &Share, mine: Vec<Partition>, members: Option<&[String]>) {
     if let Some(members) = members {
         gauge!("sluice_writer_members").set(members.len() as f64);
     }
@@ -412,7 +316,7 @@ fn publish(
 
 /// Unique per process run, readable in logs: host, process id, start time and a random
 /// part (containers often share a host name and run as pid 1).
-fn member_name() -> String {
+pub fn member_name() -> String {
     use std::hash::{BuildHasher, Hasher};
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())

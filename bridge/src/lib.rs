@@ -12,6 +12,7 @@ pub mod decode;
 pub mod health;
 pub mod http;
 pub mod ingress;
+pub mod kafka_group;
 pub mod lease;
 pub mod lifecycle;
 pub mod mapping;

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use metrics::{counter, gauge, histogram};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -29,10 +28,11 @@ use tokio_postgres::Transaction;
 use crate::anomaly::{Anomaly, Detector, Publisher};
 use crate::db;
 use crate::health::Health;
-use crate::lease::{Coordinator, Partition};
+use crate::kafka_group::KafkaGroup;
+use crate::lease::{member_name, Coordinator, Partition, Share};
 use crate::produce::client_config;
 use crate::record::{Reading, Record};
-use crate::settings::{AnomalySettings, KafkaSettings, WriterSettings};
+use crate::settings::{AnomalySettings, Coordination, KafkaSettings, WriterSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriterError {
@@ -65,8 +65,11 @@ struct Batch {
 pub struct Writer {
     settings: WriterSettings,
     consumer: Arc<StreamConsumer>,
-    /// Kafka's client settings, for the lease's group member when Kafka deals the share.
-    kafka: ClientConfig,
+    /// This writer's name in its group, and where its share arrives.
+    member: String,
+    share: Option<(Share, watch::Receiver<Option<Vec<Partition>>>)>,
+    /// The member of Kafka's group that deals the share, with `coordination = "kafka"`.
+    group: Option<KafkaGroup>,
     topics: Vec<String>,
     anomalies: Option<Anomalies>,
 }
@@ -91,7 +94,18 @@ impl Writer {
         // offset hint). This consumer never joins the group: it is assigned its share (see
         // `lease`) at the offsets in the database.
         let mut config = client_config(kafka);
-        let base = config.clone();
+        let member = member_name();
+        let share = watch::channel(None);
+        // Only the coordinator's senders may keep the share open: the writer ends when they go.
+        let group = match settings.coordination {
+            Coordination::Kafka => Some(KafkaGroup::new(
+                &settings,
+                config.clone(),
+                &member,
+                share.0.clone(),
+            )?),
+            Coordination::Lease => None,
+        };
         config
             .set("group.id", &settings.group_id)
             .set("enable.auto.commit", "false")
@@ -113,7 +127,9 @@ impl Writer {
         Ok(Writer {
             settings,
             consumer: Arc::new(consumer),
-            kafka: base,
+            member,
+            share: Some(share),
+            group,
             topics: topics.iter().map(|t| t.to_string()).collect(),
             anomalies,
         })
@@ -136,13 +152,14 @@ impl Writer {
             health.clone(),
             self.anomalies.take(),
         );
-        let (share_tx, mut share) = watch::channel(None);
+        let (share_tx, mut share) = self.share.take().expect("a writer runs once");
         // The coordinator gives the lease up only once the last batch is committed.
         let (done, quit) = watch::channel(false);
         let coordinator = Coordinator::new(
             self.settings.clone(),
+            self.member.clone(),
             self.consumer.clone(),
-            self.kafka.clone(),
+            self.group.take(),
             self.topics.clone(),
             health.clone(),
         );

@@ -8,9 +8,12 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{db, free_port, http_get, metric_in, offsets_stored, set, wait_for, Gateway};
+use tokio::net::{TcpListener, TcpStream};
 
 const LEASE_MS: u64 = 1000;
 const DEVICES: usize = 8;
@@ -23,10 +26,21 @@ struct Writer {
 
 impl Writer {
     fn start(gateway: &mut Gateway) -> Writer {
+        Writer::start_with(gateway, &[])
+    }
+
+    fn start_with(gateway: &mut Gateway, envs: &[(&str, &str)]) -> Writer {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
-        let child = gateway.spawn(&["--role", "writer"], &[("SLUICE__HTTP__LISTEN", &listen)]);
+        let mut envs = envs.to_vec();
+        envs.push(("SLUICE__HTTP__LISTEN", &listen));
+        let child = gateway.spawn(&["--role", "writer"], &envs);
         Writer { child, port }
+    }
+
+    /// `/health/ready`: its status and body.
+    fn ready(&self) -> (u16, String) {
+        http_get(self.port, "/health/ready")
     }
 
     /// `sluice_writer_partitions`; None until the writer exports it.
@@ -205,4 +219,108 @@ async fn kafka_group_protocol_deals_the_partitions_when_asked() {
         .expect("members")
         .get(0);
     assert_eq!(leases, 0, "no lease is taken when Kafka deals");
+}
+
+/// A TCP relay to PostgreSQL that the test can cut: while cut, it drops every connection
+/// it relays and every new one, as a network partition between one writer and the
+/// database would.
+struct Relay {
+    port: u16,
+    cut: Arc<AtomicBool>,
+}
+
+impl Relay {
+    async fn to(target: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("relay binds");
+        let port = listener.local_addr().expect("relay address").port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let is_cut = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if is_cut.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let is_cut = is_cut.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)).await else {
+                        return;
+                    };
+                    let relay = tokio::io::copy_bidirectional(&mut client, &mut server);
+                    let cut_off = async {
+                        while !is_cut.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    };
+                    tokio::select! { _ = relay => {}, _ = cut_off => {} }
+                });
+            }
+        });
+        Relay { port, cut }
+    }
+}
+
+/// A writer cut off from the database gives its share up before its lease runs out and
+/// says why on `/health/ready`; the other writer takes the share over and writes what
+/// arrives meanwhile; once the database is back the first writer gets its share back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_loses_the_database_hands_its_share_over() {
+    let mut gateway = Gateway::configure(Some(Box::new(|c| {
+        set(c, &["kafka", "partitions"], 4);
+        set(c, &["writer", "lease_ms"], LEASE_MS as i64);
+    })));
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let parsed: tokio_postgres::Config = url.parse().expect("DATABASE_URL parses");
+    let pg_port = parsed.get_ports().first().copied().unwrap_or(5432);
+    let relay = Relay::to(pg_port).await;
+    let relayed = url.replacen(&format!(":{pg_port}/"), &format!(":{}/", relay.port), 1);
+    assert_ne!(relayed, url, "DATABASE_URL names its port");
+
+    gateway.spawn(&["--role", "ingress"], &[]);
+    let a = Writer::start_with(&mut gateway, &[("DATABASE_URL", &relayed)]);
+    let b = Writer::start(&mut gateway);
+    gateway.wait_ready();
+    wait_shares(
+        &[(&a, 2.0), (&b, 2.0)],
+        "two writers with two partitions each",
+    );
+    let db = db().await;
+    let prefix = format!("{}-w", gateway.id);
+    publish_round(&gateway, 0);
+    wait_count(&db, &prefix, 80).await;
+
+    relay.cut.store(true, Ordering::SeqCst);
+    let cut_at = Instant::now();
+    wait_shares(
+        &[(&a, 0.0), (&b, 4.0)],
+        "the cut-off writer's share to move",
+    );
+    let moved = cut_at.elapsed();
+    eprintln!("share moved {moved:?} after the cut (lease {LEASE_MS} ms)");
+    wait_for(
+        Duration::from_secs(10),
+        "the cut-off writer to be unready",
+        || {
+            let (status, body) = a.ready();
+            status == 503 && body.contains("database (writer lease) unreachable")
+        },
+    );
+    assert_eq!(b.ready().0, 200, "the other writer stays ready");
+    publish_round(&gateway, 1);
+    wait_count(&db, &prefix, 160).await;
+
+    relay.cut.store(false, Ordering::SeqCst);
+    wait_shares(
+        &[(&a, 2.0), (&b, 2.0)],
+        "the returning writer to get its share back",
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the returning writer to be ready",
+        || a.ready().0 == 200,
+    );
+    publish_round(&gateway, 2);
+    wait_count(&db, &prefix, 240).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(count(&db, &prefix).await, 240, "every reading once");
+    assert_eq!(offsets_stored(&db, &gateway).await, 240);
 }
