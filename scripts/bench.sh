@@ -40,7 +40,7 @@ command -v mosquitto >/dev/null || {
 build
 rm -rf "$DATA/runs"
 mkdir -p "$DATA/runs"
-trap 'stop_pidfile "$DATA/mosquitto.pid"; stop_stack "$STACK"' EXIT
+trap 'stop_tansu_install; stop_pidfile "$DATA/mosquitto.pid"; stop_stack "$STACK"' EXIT
 
 # The processes a run's CPU is counted for, "name pid" lines, in $DATA/procs.
 cpu_seconds() { # PID: user + system CPU seconds so far
@@ -67,7 +67,7 @@ children_cpu() { tail -1 "$1" | awk '{ gsub(/[ms]/, " "); split($0, t, " "); pri
 start_sluice() {
   TANSU_STORAGE="$1" fresh_stack "$STACK" 15437 19095
   shift
-  trap 'stop_pidfile "$DATA/mosquitto.pid"; stop_stack "$STACK"' EXIT
+  trap 'stop_tansu_install; stop_pidfile "$DATA/mosquitto.pid"; stop_stack "$STACK"' EXIT
   "$ROOT/target/release/sluice" --config "$CONFIG" --migrate-only
   SLUICE__INGRESS__LISTEN="127.0.0.1:$MQTT_PORT" SLUICE__HTTP__LISTEN=127.0.0.1:25464 \
   SLUICE__INGRESS__HTTP__LISTEN="127.0.0.1:$INGEST_PORT" \

@@ -27,8 +27,8 @@ ensure_deps() { # [--browser]: also Chromium, for the dashboard test
     cargo install tansu --version "$TANSU_VERSION" --locked --features libsql,dynostore \
       >"$ROOT/.data/tansu-install.log" 2>&1 &
     TANSU_INSTALL_PID=$!
-    # A script that fails before start_tansu must not leave it compiling on its own;
-    # stop_stack, which later traps run, stops it too.
+    # A script that fails before start_tansu must not leave it compiling on its own
+    # (the traps fresh_stack and the scripts set later stop it too).
     trap stop_tansu_install EXIT
   fi
   local pkgs=()
@@ -102,7 +102,11 @@ check_manifests() {
 
 build() {
   log "building sluice (release)"
-  (cd "$ROOT" && cargo build --release --workspace --quiet)
+  # While tansu installs, the first run's longest step, Sluice's build takes the CPU that
+  # the install leaves.
+  local yield=()
+  if [ -n "${TANSU_INSTALL_PID:-}" ]; then yield=(nice -n 10); fi
+  (cd "$ROOT" && "${yield[@]}" cargo build --release --workspace --quiet)
 }
 
 wait_port() { # host port what
@@ -197,7 +201,6 @@ stop_pidfile() { # pidfile
 # under DIR.
 stop_stack() {
   local p
-  stop_tansu_install
   for p in "$1"/sluice*.pid; do [ -e "$p" ] && stop_pidfile "$p"; done
   stop_pidfile "$1/kafka/tansu.pid"
   for p in "$1"/pg*; do
@@ -210,7 +213,7 @@ stop_stack() {
 # each time, so no result depends on an earlier run.
 fresh_stack() {
   local dir="$1"
-  trap "stop_stack '$dir'" EXIT
+  trap "stop_tansu_install; stop_stack '$dir'" EXIT
   stop_stack "$dir"
   local pg
   for pg in "$dir"/pg*; do

@@ -35,8 +35,8 @@ impl KafkaGroup {
             .set("group.id", &settings.group_id)
             .set("session.timeout.ms", session.to_string())
             // Eager rebalances stop every member's writing until each has heard of them at
-            // its next heartbeat: hear often, whatever the session.
-            .set("heartbeat.interval.ms", (session / 5).min(1000).to_string())
+            // its next heartbeat: hear every second, whatever the session (at least 6 s).
+            .set("heartbeat.interval.ms", "1000")
             // Partitions added to a topic are dealt once the member's metadata shows them.
             .set(
                 "topic.metadata.refresh.interval.ms",
@@ -110,7 +110,8 @@ fn poll(
     stop: &watch::Receiver<bool>,
 ) -> Result<(), LeaseError> {
     let mut said: Option<String> = None;
-    while !*stop.borrow() {
+    // A writer that ended without a stop drops the sender: leave then too.
+    while !*stop.borrow() && stop.has_changed().is_ok() {
         if let Some(why) = member
             .context()
             .failed

@@ -113,6 +113,13 @@ impl Coordinator {
         ));
         let fixed = self.settings.partitions.clone();
         let mut renewed_at: Option<Instant> = None;
+        // The others take this writer's share a lease after the database stamped its last
+        // renewal, which was after it was asked for: it gives the share up a beat before a
+        // lease from the asking, until it holds the lease again, and a renewal that hangs
+        // is cut off then too. None before the first renewal.
+        let until_give_up = |renewed_at: Option<Instant>| {
+            renewed_at.map(|asked| (asked + lease - beat).saturating_duration_since(Instant::now()))
+        };
         let mut failing = false;
         tracing::info!(member = %self.member, group = %self.settings.group_id, "writer joining its group");
         loop {
@@ -125,12 +132,7 @@ impl Coordinator {
                     publish(&out, mine.collect(), None);
                 }
                 None => {
-                    // The others take this writer's share a lease after the database
-                    // stamped its last renewal, which was after it was asked for: it stops
-                    // writing a beat before a lease from the asking, until it holds the
-                    // lease again. A renewal that hangs is cut off then too.
-                    let give_up_at = renewed_at.map(|asked| asked + lease - beat);
-                    let left = give_up_at.map(|t| t.saturating_duration_since(Instant::now()));
+                    let left = until_give_up(renewed_at);
                     if left.is_some_and(|l| l.is_zero()) {
                         publish(&out, Vec::new(), None);
                     }
@@ -163,15 +165,20 @@ impl Coordinator {
                             failing = true;
                             self.health.lease_failing();
                             self.client = None;
-                            if give_up_at.is_none_or(|t| Instant::now() >= t) {
+                            if until_give_up(renewed_at).is_none_or(|l| l.is_zero()) {
                                 publish(&out, Vec::new(), None);
                             }
                         }
                     }
                 }
             }
+            // While failing, the next pass comes no later than the moment to give up.
+            let nap = match until_give_up(renewed_at) {
+                Some(left) if failing && !left.is_zero() => beat.min(left),
+                _ => beat,
+            };
             tokio::select! {
-                _ = tokio::time::sleep(beat) => {}
+                _ = tokio::time::sleep(nap) => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
         }

@@ -181,7 +181,9 @@ impl Writer {
             let Some(committed) = store.load_committed(&stop).await else {
                 break Ok(());
             };
-            self.assign(&mine, &committed)?;
+            if let Err(e) = self.assign(&mine, &committed) {
+                break Err(e);
+            }
             if std::mem::take(&mut first) {
                 health.started();
             }

@@ -221,9 +221,10 @@ async fn kafka_group_protocol_deals_the_partitions_when_asked() {
     assert_eq!(leases, 0, "no lease is taken when Kafka deals");
 }
 
-/// A TCP relay to PostgreSQL that the test can cut: while cut, it drops every connection
-/// it relays and every new one, as a network partition between one writer and the
-/// database would.
+/// A TCP relay to PostgreSQL that the test can cut as a network partition would: while cut
+/// it passes no byte either way and holds every connection, old and new, open and
+/// unanswered, so the writer's renewals hang rather than fail; once restored it closes
+/// what it held, and new connections go through again.
 struct Relay {
     port: u16,
     cut: Arc<AtomicBool>,
@@ -234,28 +235,33 @@ impl Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("relay binds");
         let port = listener.local_addr().expect("relay address").port();
         let cut = Arc::new(AtomicBool::new(false));
-        let is_cut = cut.clone();
+        let flag = cut.clone();
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
-                if is_cut.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let is_cut = is_cut.clone();
+                let cut = flag.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)).await else {
-                        return;
-                    };
-                    let relay = tokio::io::copy_bidirectional(&mut client, &mut server);
-                    let cut_off = async {
-                        while !is_cut.load(Ordering::SeqCst) {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
+                    if !cut.load(Ordering::SeqCst) {
+                        let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => return,
+                            _ = until(&cut, true) => {}
                         }
-                    };
-                    tokio::select! { _ = relay => {}, _ = cut_off => {} }
+                        until(&cut, false).await;
+                        return;
+                    }
+                    until(&cut, false).await;
                 });
             }
         });
         Relay { port, cut }
+    }
+}
+
+async fn until(flag: &AtomicBool, value: bool) {
+    while flag.load(Ordering::SeqCst) != value {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -46,7 +46,7 @@ drill() {
   local name="$1"
   [ -x "$ROOT/target/release/sluice-sim" ] || build
   fresh_stack "$DATA" "$PG_PORT" "$KAFKA_PORT"
-  trap '[ -n "${SIM_PID:-}" ] && kill "$SIM_PID" 2>/dev/null; stop_stack "$DATA"' EXIT
+  trap 'stop_tansu_install; [ -n "${SIM_PID:-}" ] && kill "$SIM_PID" 2>/dev/null; stop_stack "$DATA"' EXIT
   "$ROOT/target/release/sluice" --config "$CONFIG" --migrate-only
   if declare -F start_stack >/dev/null; then start_stack; else start_sluice main all; fi
   wait_port 127.0.0.1 "$MQTT_PORT" sluice
