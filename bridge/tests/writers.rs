@@ -96,12 +96,29 @@ async fn wait_count(db: &tokio_postgres::Client, prefix: &str, n: i64) {
     }
 }
 
+/// A test's gateway: four partitions to share, writers dealt them as `coordination` says.
+fn four_partitions(lease_ms: u64, coordination: &'static str) -> Gateway {
+    Gateway::configure(Some(Box::new(move |c| {
+        set(c, &["kafka", "partitions"], 4);
+        set(c, &["writer", "lease_ms"], lease_ms as i64);
+        set(c, &["writer", "coordination"], coordination);
+    })))
+}
+
+/// Exactly once: `n` readings of the test's devices, each once, and the offsets account
+/// for every record (one record per reading).
+async fn stored_once(db: &tokio_postgres::Client, gateway: &Gateway, n: i64) {
+    // Time for a second copy to show, were one written.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let prefix = format!("{}-w", gateway.id);
+    assert_eq!(count(db, &prefix).await, n, "every reading once");
+    let next = offsets_stored(db, gateway).await;
+    assert_eq!(next, n, "offsets cover the {n} records exactly");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_share_partitions_and_take_over_from_each_other() {
-    let mut gateway = Gateway::configure(Some(Box::new(|c| {
-        set(c, &["kafka", "partitions"], 4);
-        set(c, &["writer", "lease_ms"], LEASE_MS as i64);
-    })));
+    let mut gateway = four_partitions(LEASE_MS, "lease");
     // The first writer starts before the ingress has created the readings topic.
     let a = Writer::start(&mut gateway);
     wait_for(
@@ -150,12 +167,7 @@ async fn writers_share_partitions_and_take_over_from_each_other() {
     let status = gateway.wait_exit(c.child);
     assert!(status.success(), "the stopped writer exits 0: {status}");
 
-    // Exactly once: every reading once, and the offsets account for every record (one
-    // record per reading).
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(count(&db, &prefix).await, 240);
-    let next = offsets_stored(&db, &gateway).await;
-    assert_eq!(next, 240, "offsets cover the 240 records exactly");
+    stored_once(&db, &gateway, 240).await;
     let group = format!("writer-{}", gateway.id);
     // The stopped writer gave its lease up; the killed one's has run out.
     let alive: i64 = db
@@ -176,11 +188,7 @@ async fn writers_share_partitions_and_take_over_from_each_other() {
 /// gets its share, a stopped one hands it back, and every reading is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_group_protocol_deals_the_partitions_when_asked() {
-    let mut gateway = Gateway::configure(Some(Box::new(|c| {
-        set(c, &["kafka", "partitions"], 4);
-        set(c, &["writer", "lease_ms"], 6000);
-        set(c, &["writer", "coordination"], "kafka");
-    })));
+    let mut gateway = four_partitions(6000, "kafka");
     gateway.spawn(&["--role", "ingress"], &[]);
     let a = Writer::start(&mut gateway);
     gateway.wait_ready();
@@ -206,9 +214,7 @@ async fn kafka_group_protocol_deals_the_partitions_when_asked() {
     publish_round(&gateway, 2);
     wait_count(&db, &prefix, 240).await;
 
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(count(&db, &prefix).await, 240, "every reading once");
-    assert_eq!(offsets_stored(&db, &gateway).await, 240);
+    stored_once(&db, &gateway, 240).await;
     let group = format!("writer-{}", gateway.id);
     let leases: i64 = db
         .query_one(
@@ -270,10 +276,7 @@ async fn until(flag: &AtomicBool, value: bool) {
 /// arrives meanwhile; once the database is back the first writer gets its share back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_that_loses_the_database_hands_its_share_over() {
-    let mut gateway = Gateway::configure(Some(Box::new(|c| {
-        set(c, &["kafka", "partitions"], 4);
-        set(c, &["writer", "lease_ms"], LEASE_MS as i64);
-    })));
+    let mut gateway = four_partitions(LEASE_MS, "lease");
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
     let parsed: tokio_postgres::Config = url.parse().expect("DATABASE_URL parses");
     let pg_port = parsed.get_ports().first().copied().unwrap_or(5432);
@@ -326,7 +329,5 @@ async fn a_writer_that_loses_the_database_hands_its_share_over() {
     );
     publish_round(&gateway, 2);
     wait_count(&db, &prefix, 240).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(count(&db, &prefix).await, 240, "every reading once");
-    assert_eq!(offsets_stored(&db, &gateway).await, 240);
+    stored_once(&db, &gateway, 240).await;
 }
