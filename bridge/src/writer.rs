@@ -67,7 +67,7 @@ pub struct Writer {
     consumer: Arc<StreamConsumer>,
     /// This writer's name in its group, and where its share arrives.
     member: String,
-    share: Option<(Share, watch::Receiver<Option<Vec<Partition>>>)>,
+    share: (Share, watch::Receiver<Option<Vec<Partition>>>),
     /// The member of Kafka's group that deals the share, with `coordination = "kafka"`.
     group: Option<KafkaGroup>,
     topics: Vec<String>,
@@ -128,7 +128,7 @@ impl Writer {
             settings,
             consumer: Arc::new(consumer),
             member,
-            share: Some(share),
+            share,
             group,
             topics: topics.iter().map(|t| t.to_string()).collect(),
             anomalies,
@@ -142,32 +142,40 @@ impl Writer {
     /// where that one stopped, and rows written twice in the handover are absorbed by
     /// the readings' unique key.
     pub async fn run(
-        mut self,
+        self,
         health: Arc<Health>,
         stop: watch::Receiver<bool>,
     ) -> Result<(), WriterError> {
+        let Writer {
+            settings,
+            consumer,
+            member,
+            share: (share_tx, mut share),
+            group,
+            topics,
+            anomalies,
+        } = self;
         let mut store = Store::new(
-            self.settings.clone(),
-            self.consumer.clone(),
+            settings.clone(),
+            consumer.clone(),
             health.clone(),
-            self.anomalies.take(),
+            anomalies,
         );
-        let (share_tx, mut share) = self.share.take().expect("a writer runs once");
         // The coordinator gives the lease up only once the last batch is committed.
         let (done, quit) = watch::channel(false);
         let coordinator = Coordinator::new(
-            self.settings.clone(),
-            self.member.clone(),
-            self.consumer.clone(),
-            self.group.take(),
-            self.topics.clone(),
+            settings.clone(),
+            member,
+            consumer.clone(),
+            group,
+            topics,
             health.clone(),
         );
         let coordinating = tokio::spawn(coordinator.run(share_tx, quit));
-        let max_rows = match self.settings.max_rows_per_second {
+        let max_rows = match settings.max_rows_per_second {
             // A throttled writer takes about a second's worth at a time, so it stays smooth.
-            0 => self.settings.max_batch_rows,
-            rate => self.settings.max_batch_rows.min(rate as usize),
+            0 => settings.max_batch_rows,
+            rate => settings.max_batch_rows.min(rate as usize),
         };
         let mut first = true;
         let outcome = loop {
@@ -181,7 +189,7 @@ impl Writer {
             let Some(committed) = store.load_committed(&stop).await else {
                 break Ok(());
             };
-            if let Err(e) = self.assign(&mine, &committed) {
+            if let Err(e) = assign(&consumer, &mine, &committed) {
                 break Err(e);
             }
             if std::mem::take(&mut first) {
@@ -190,9 +198,9 @@ impl Writer {
             let (requests, waiting) = mpsc::channel(1);
             let fetch = Fetch {
                 max_rows,
-                max_bytes: self.settings.max_batch_bytes,
-                linger: Duration::from_millis(self.settings.linger_ms),
-                consumer: self.consumer.clone(),
+                max_bytes: settings.max_batch_bytes,
+                linger: Duration::from_millis(settings.linger_ms),
+                consumer: consumer.clone(),
                 mine: mine.into_iter().collect(),
                 committed,
             };
@@ -220,25 +228,25 @@ impl Writer {
         }
         outcome
     }
+}
 
-    /// Assigns this writer's share, each partition at the offset the database has for it.
-    fn assign(
-        &self,
-        mine: &[Partition],
-        committed: &HashMap<Partition, i64>,
-    ) -> Result<(), WriterError> {
-        let mut tpl = TopicPartitionList::new();
-        for partition in mine {
-            let offset = match committed.get(partition) {
-                Some(&next) => Offset::Offset(next),
-                None => Offset::Beginning,
-            };
-            tpl.add_partition_offset(&partition.0, partition.1, offset)?;
-        }
-        self.consumer.assign(&tpl)?;
-        tracing::info!(partitions = tpl.count(), "writer assigned partitions");
-        Ok(())
+/// Assigns this writer's share, each partition at the offset the database has for it.
+fn assign(
+    consumer: &StreamConsumer,
+    mine: &[Partition],
+    committed: &HashMap<Partition, i64>,
+) -> Result<(), WriterError> {
+    let mut tpl = TopicPartitionList::new();
+    for partition in mine {
+        let offset = match committed.get(partition) {
+            Some(&next) => Offset::Offset(next),
+            None => Offset::Beginning,
+        };
+        tpl.add_partition_offset(&partition.0, partition.1, offset)?;
     }
+    consumer.assign(&tpl)?;
+    tracing::info!(partitions = tpl.count(), "writer assigned partitions");
+    Ok(())
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {

@@ -60,8 +60,9 @@ fn wait_shares(shares: &[(&Writer, f64)], what: &str) -> Duration {
     start.elapsed()
 }
 
-/// Ten QoS 1 readings from each device, at times after `round`'s; all acknowledged.
-fn publish_round(gateway: &Gateway, round: i64) {
+/// Ten QoS 1 readings from each device, at times after `round`'s, all acknowledged, then
+/// waits until every round so far is in the database (rounds count from 0).
+async fn write_round(gateway: &Gateway, db: &tokio_postgres::Client, round: i64) {
     for d in 0..DEVICES {
         let lines: String = (0..10)
             .map(|i| {
@@ -72,6 +73,13 @@ fn publish_round(gateway: &Gateway, round: i64) {
         let topic = format!("sensors/{}-w{d}/temp", gateway.id);
         assert!(gateway.publish_lines(&topic, &lines), "round {round} acked");
     }
+    let rows = (round + 1) * 10 * DEVICES as i64;
+    wait_count(db, &devices(gateway), rows).await;
+}
+
+/// The prefix of the test's device ids.
+fn devices(gateway: &Gateway) -> String {
+    format!("{}-w", gateway.id)
 }
 
 async fn count(db: &tokio_postgres::Client, prefix: &str) -> i64 {
@@ -110,8 +118,7 @@ fn four_partitions(lease_ms: u64, coordination: &'static str) -> Gateway {
 async fn stored_once(db: &tokio_postgres::Client, gateway: &Gateway, n: i64) {
     // Time for a second copy to show, were one written.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let prefix = format!("{}-w", gateway.id);
-    assert_eq!(count(db, &prefix).await, n, "every reading once");
+    assert_eq!(count(db, &devices(gateway)).await, n, "every reading once");
     let next = offsets_stored(db, gateway).await;
     assert_eq!(next, n, "offsets cover the {n} records exactly");
 }
@@ -140,10 +147,8 @@ async fn writers_share_partitions_and_take_over_from_each_other() {
         "two writers with two partitions each",
     );
     let db = db().await;
-    let prefix = format!("{}-w", gateway.id);
 
-    publish_round(&gateway, 0);
-    wait_count(&db, &prefix, 80).await;
+    write_round(&gateway, &db, 0).await;
 
     // A writer dies without a word: the other takes its partitions once its lease is out.
     gateway.signal(b.child, "KILL");
@@ -153,14 +158,12 @@ async fn writers_share_partitions_and_take_over_from_each_other() {
         took >= Duration::from_millis(LEASE_MS / 2),
         "not before the dead writer's lease ran out: {took:?}"
     );
-    publish_round(&gateway, 1);
-    wait_count(&db, &prefix, 160).await;
+    write_round(&gateway, &db, 1).await;
 
     // A writer that joins gets its share; one that stops hands it back at once.
     let c = Writer::start(&mut gateway);
     wait_shares(&[(&a, 2.0), (&c, 2.0)], "the new writer to get its share");
-    publish_round(&gateway, 2);
-    wait_count(&db, &prefix, 240).await;
+    write_round(&gateway, &db, 2).await;
     gateway.signal(c.child, "TERM");
     let took = wait_shares(&[(&a, 4.0)], "the stopped writer's share to move");
     eprintln!("takeover after SIGTERM: {took:?}");
@@ -194,15 +197,12 @@ async fn kafka_group_protocol_deals_the_partitions_when_asked() {
     gateway.wait_ready();
     wait_shares(&[(&a, 4.0)], "the first writer to be dealt every partition");
     let db = db().await;
-    let prefix = format!("{}-w", gateway.id);
-    publish_round(&gateway, 0);
-    wait_count(&db, &prefix, 80).await;
+    write_round(&gateway, &db, 0).await;
 
     let b = Writer::start(&mut gateway);
     let took = wait_shares(&[(&a, 2.0), (&b, 2.0)], "Kafka to deal two partitions each");
     eprintln!("rebalance after a join: {took:?}");
-    publish_round(&gateway, 1);
-    wait_count(&db, &prefix, 160).await;
+    write_round(&gateway, &db, 1).await;
 
     gateway.signal(b.child, "TERM");
     let took = wait_shares(&[(&a, 4.0)], "the stopped writer's share to move");
@@ -211,8 +211,7 @@ async fn kafka_group_protocol_deals_the_partitions_when_asked() {
         gateway.wait_exit(b.child).success(),
         "the stopped writer exits 0"
     );
-    publish_round(&gateway, 2);
-    wait_count(&db, &prefix, 240).await;
+    write_round(&gateway, &db, 2).await;
 
     stored_once(&db, &gateway, 240).await;
     let group = format!("writer-{}", gateway.id);
@@ -293,9 +292,7 @@ async fn a_writer_that_loses_the_database_hands_its_share_over() {
         "two writers with two partitions each",
     );
     let db = db().await;
-    let prefix = format!("{}-w", gateway.id);
-    publish_round(&gateway, 0);
-    wait_count(&db, &prefix, 80).await;
+    write_round(&gateway, &db, 0).await;
 
     relay.cut.store(true, Ordering::SeqCst);
     let cut_at = Instant::now();
@@ -314,8 +311,7 @@ async fn a_writer_that_loses_the_database_hands_its_share_over() {
         },
     );
     assert_eq!(b.ready().0, 200, "the other writer stays ready");
-    publish_round(&gateway, 1);
-    wait_count(&db, &prefix, 160).await;
+    write_round(&gateway, &db, 1).await;
 
     relay.cut.store(false, Ordering::SeqCst);
     wait_shares(
@@ -327,7 +323,6 @@ async fn a_writer_that_loses_the_database_hands_its_share_over() {
         "the returning writer to be ready",
         || a.ready().0 == 200,
     );
-    publish_round(&gateway, 2);
-    wait_count(&db, &prefix, 240).await;
+    write_round(&gateway, &db, 2).await;
     stored_once(&db, &gateway, 240).await;
 }
