@@ -13,14 +13,25 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{oneshot, watch};
 
-use crate::lease::{publish, LeaseError, Partition, Share};
+use crate::lease::{publish, Partition, Share};
 use crate::settings::WriterSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("kafka group member: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("the Kafka group member's thread ended: {0}")]
+    MemberEnded(String),
+}
 
 /// The group member, made with the writer so that a setting librdkafka refuses stops the
 /// start; it joins once `follow` subscribes it.
 pub struct KafkaGroup {
     member: BaseConsumer<GroupMember>,
     session: Duration,
+    /// For the logs: this writer's name and its group.
+    name: String,
+    group: String,
 }
 
 impl KafkaGroup {
@@ -55,17 +66,26 @@ impl KafkaGroup {
         Ok(KafkaGroup {
             member: config.create_with_context(context)?,
             session: Duration::from_millis(session),
+            name: name.to_owned(),
+            group: settings.group_id.clone(),
         })
     }
 
     /// Follows the group's assignments until `stop`, then leaves the group so the others
-    /// are dealt this writer's share at once instead of after the session. Returns an
-    /// error, ending the writer, when the member cannot go on.
-    pub async fn follow(
+    /// are dealt this writer's share at once instead of after the session. Ends early,
+    /// ending the writer, when the member cannot go on.
+    pub async fn follow(self, topics: Vec<String>, stop: watch::Receiver<bool>) {
+        tracing::info!(member = %self.name, group = %self.group, "writer joining its Kafka group");
+        if let Err(e) = self.serve(&topics, stop).await {
+            tracing::error!(error = %e, "writer's Kafka group member ended");
+        }
+    }
+
+    async fn serve(
         self,
         topics: &[String],
         mut stop: watch::Receiver<bool>,
-    ) -> Result<(), LeaseError> {
+    ) -> Result<(), GroupError> {
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         self.member.subscribe(&topics)?;
         let (done, mut ended) = oneshot::channel();
@@ -80,14 +100,14 @@ impl KafkaGroup {
                 drop(member);
                 let _ = done.send(outcome);
             })
-            .map_err(|e| LeaseError::MemberEnded(format!("no thread: {e}")))?;
+            .map_err(|e| GroupError::MemberEnded(format!("no thread: {e}")))?;
         tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => {}
             outcome = &mut ended => return Err(match outcome {
                 Ok(Err(e)) => e,
-                Ok(Ok(())) => LeaseError::MemberEnded("it stopped".into()),
-                Err(_) => LeaseError::MemberEnded("its thread panicked".into()),
+                Ok(Ok(())) => GroupError::MemberEnded("it stopped".into()),
+                Err(_) => GroupError::MemberEnded("its thread panicked".into()),
             }),
         }
         // Bounded: a Kafka that does not answer costs the others the session, not this
@@ -108,7 +128,7 @@ impl KafkaGroup {
 fn poll(
     member: &BaseConsumer<GroupMember>,
     stop: &watch::Receiver<bool>,
-) -> Result<(), LeaseError> {
+) -> Result<(), GroupError> {
     let mut said: Option<String> = None;
     // A writer that ended without a stop drops the sender: leave then too.
     while !*stop.borrow() && stop.has_changed().is_ok() {
@@ -119,13 +139,13 @@ fn poll(
             .ok()
             .and_then(|mut f| f.take())
         {
-            return Err(LeaseError::MemberEnded(why));
+            return Err(GroupError::MemberEnded(why));
         }
         // Records are dropped: the few fetched between an assign and its pause.
         if let Some(Err(e)) = member.poll(Duration::from_millis(100)) {
             if let Some((_, why)) = member.client().fatal_error() {
                 publish(&member.context().out, Vec::new(), None);
-                return Err(LeaseError::MemberEnded(format!("fatal kafka error: {why}")));
+                return Err(GroupError::MemberEnded(format!("fatal kafka error: {why}")));
             }
             // Said once per spell, not every poll.
             let e = e.to_string();

@@ -12,12 +12,10 @@ use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
 use tokio::sync::watch;
 
 use crate::db;
 use crate::health::Health;
-use crate::kafka_group::KafkaGroup;
 use crate::settings::WriterSettings;
 
 /// A readings topic and one of its partitions.
@@ -32,10 +30,6 @@ pub enum LeaseError {
     Db(#[from] db::DbError),
     #[error("database: {}", db::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
-    #[error("kafka group member: {0}")]
-    Kafka(#[from] KafkaError),
-    #[error("the Kafka group member's thread ended: {0}")]
-    MemberEnded(String),
 }
 
 /// This writer's share: the `i`-th of the sorted `partitions` goes to the member at `i` mod
@@ -64,8 +58,6 @@ pub struct Coordinator {
     settings: WriterSettings,
     member: String,
     consumer: Arc<StreamConsumer>,
-    /// With `coordination = "kafka"`, Kafka's group deals the share instead of the lease.
-    group: Option<KafkaGroup>,
     topics: Vec<String>,
     health: Arc<Health>,
     client: Option<tokio_postgres::Client>,
@@ -76,7 +68,6 @@ impl Coordinator {
         settings: WriterSettings,
         member: String,
         consumer: Arc<StreamConsumer>,
-        group: Option<KafkaGroup>,
         topics: Vec<String>,
         health: Arc<Health>,
     ) -> Coordinator {
@@ -84,7 +75,6 @@ impl Coordinator {
             member,
             settings,
             consumer,
-            group,
             topics,
             health,
             client: None,
@@ -93,13 +83,6 @@ impl Coordinator {
 
     /// Publishes the share on `out` (None until the first is known) until `stop`.
     pub async fn run(mut self, out: Share, mut stop: watch::Receiver<bool>) {
-        if let Some(group) = self.group.take() {
-            tracing::info!(member = %self.member, group = %self.settings.group_id, "writer joining its Kafka group");
-            if let Err(e) = group.follow(&self.topics, stop).await {
-                tracing::error!(error = %e, "writer's Kafka group member ended");
-            }
-            return;
-        }
         let lease = Duration::from_millis(self.settings.lease_ms);
         // Five beats per lease: a late beat or two does not lose it.
         let beat = lease / 5;

@@ -163,15 +163,23 @@ impl Writer {
         );
         // The coordinator gives the lease up only once the last batch is committed.
         let (done, quit) = watch::channel(false);
-        let coordinator = Coordinator::new(
-            settings.clone(),
-            member,
-            consumer.clone(),
-            group,
-            topics,
-            health.clone(),
-        );
-        let coordinating = tokio::spawn(coordinator.run(share_tx, quit));
+        let coordinating = match group {
+            Some(group) => {
+                // Kafka's group member publishes the share on a sender of its own.
+                drop(share_tx);
+                tokio::spawn(group.follow(topics, quit))
+            }
+            None => {
+                let coordinator = Coordinator::new(
+                    settings.clone(),
+                    member,
+                    consumer.clone(),
+                    topics,
+                    health.clone(),
+                );
+                tokio::spawn(coordinator.run(share_tx, quit))
+            }
+        };
         let max_rows = match settings.max_rows_per_second {
             // A throttled writer takes about a second's worth at a time, so it stays smooth.
             0 => settings.max_batch_rows,
